@@ -1,0 +1,54 @@
+"""Settings: environment variables override the user's config file, which overrides `[tool.qabi]`.
+
+Keys (config file `$XDG_CONFIG_HOME/qabi/config.toml` or `[tool.qabi]` in ./pyproject.toml):
+  debian-mirror           base URL of the Debian archive (env QABI_DEBIAN_MIRROR)
+  debian-security-mirror  base URL of the security archive (env QABI_DEBIAN_SECURITY_MIRROR)
+  debian-keyring          keyring the archive signatures are verified against (env QABI_DEBIAN_KEYRING)
+When no mirror is configured, the first Debian archive found in the host's apt sources is used.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from harness.errors import QabiError
+
+
+def _config_files() -> list[Path]:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return [Path(base) / "qabi" / "config.toml"]
+
+
+def _load_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise QabiError(f"{path}: malformed TOML: {exc}") from None
+
+
+def pyproject_settings(start: Path | None = None) -> dict[str, Any]:
+    """`[tool.qabi]` of the nearest pyproject.toml at or above `start` (default: the working dir)."""
+    here = (start or Path.cwd()).resolve()
+    for folder in [here, *here.parents]:
+        candidate = folder / "pyproject.toml"
+        if candidate.is_file():
+            table = _load_toml(candidate).get("tool", {}).get("qabi", {})
+            return dict(table) if isinstance(table, dict) else {}
+    return {}
+
+
+def setting(key: str, default: str | None = None) -> str | None:
+    env = "QABI_" + key.upper().replace("-", "_")
+    if os.environ.get(env):
+        return os.environ[env]
+    for path in _config_files():
+        if path.is_file():
+            value = _load_toml(path).get(key)
+            if value is not None:
+                return str(value)
+    value = pyproject_settings().get(key)
+    return str(value) if value is not None else default

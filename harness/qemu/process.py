@@ -1,0 +1,80 @@
+"""Running QEMU: argv lists, its own process group, killed on every exit path."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from harness.errors import BuildError
+
+_LIVE: set[int] = set()
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def kill_all() -> None:
+    """Kill every QEMU process group this process started (used on signals and at exit)."""
+    for pid in list(_LIVE):
+        _kill_group(pid)
+        _LIVE.discard(pid)
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    kill_all()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def install_signal_handlers() -> None:
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        with contextlib.suppress(ValueError):
+            signal.signal(sig, _on_signal)
+
+
+@contextlib.contextmanager
+def private_dir(prefix: str = "qabi-") -> Iterator[Path]:
+    """A 0700 temporary directory, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as name:
+        os.chmod(name, 0o700)
+        yield Path(name)
+
+
+@contextlib.contextmanager
+def spawn(argv: list[str], env: dict[str, str], stderr_path: Path | None = None,
+          **popen: object) -> Iterator[subprocess.Popen[bytes]]:
+    """Start `argv` in a new process group; on leaving the block the whole group is killed."""
+    stderr = open(stderr_path, "wb") if stderr_path else subprocess.DEVNULL
+    try:
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stderr=stderr,
+                                start_new_session=True, **popen)  # type: ignore[call-overload]
+    except OSError as exc:
+        raise BuildError(f"cannot start {argv[0]}: {exc}") from None
+    finally:
+        if stderr_path:
+            stderr.close()  # type: ignore[union-attr]
+    _LIVE.add(proc.pid)
+    try:
+        yield proc
+    finally:
+        _kill_group(proc.pid)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+        _LIVE.discard(proc.pid)
+
+
+def wait_for(predicate: object, timeout: float, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(interval)
+    return False
