@@ -18,6 +18,7 @@ TOOLS: dict[str, str] = {
     "qemu-img": "qemu-utils",
     "ssh-keygen": "openssh-client",
     "chromium": "chromium",
+    "unshare": "util-linux",
 }
 
 

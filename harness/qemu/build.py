@@ -17,14 +17,25 @@ from harness.cache import cache_dir, file_lock, sha256_file, staging_dir
 from harness.errors import BuildError, QabiError, VerificationError
 from harness.qemu import archive
 from harness.qemu.process import private_dir, spawn
+from harness.tools import require
 
 QEMU_PACKAGE = "qemu-system-x86"
 BINARY = "qemu-system-x86_64"
-# Firmware that newer releases only recommend but that is guest-visible (option ROMs, BIOS).
-FIRMWARE_PACKAGES = ("seabios", "ipxe-qemu")
+# Firmware that newer releases only recommend but that is guest-visible (option ROMs, BIOS), and
+# the module package that holds the QXL display where a release splits it out.
+FIRMWARE_PACKAGES = ("seabios", "ipxe-qemu", "qemu-system-modules-spice")
 PREFIX_MANIFEST = "qabi-prefix.json"
 FIRMWARE_SUBDIRS = ("usr/share/qemu", "usr/share/seabios", "usr/lib/ipxe/qemu")
 QUERY_TIMEOUT = 60
+# Where a Debian QEMU looks for modules and firmware when its own dirs lack a file. A build that
+# brings its own firmware runs in a private mount namespace with these hidden, so it can never
+# silently load the host's modules (a crash for another QEMU version) or the host's firmware
+# (a false attribution of what the guest sees).
+HOST_QEMU_DIRS = ("/usr/lib/x86_64-linux-gnu/qemu", "/usr/share/qemu", "/usr/share/seabios",
+                  "/usr/lib/ipxe", "/usr/share/ipxe")
+_HIDE_SCRIPT = ('for d in "$@"; do [ "$d" = -- ] && break; if [ -d "$d" ]; then '
+                'mount -t tmpfs -o size=4k,mode=0555 qabi-hidden "$d" || exit 125; fi; shift; done; '
+                'shift; exec "$@"')
 
 
 @dataclass(frozen=True)
@@ -57,11 +68,17 @@ class QemuBuild:
     firmware_dirs: tuple[str, ...] = ()
     firmware_from: str | None = None
     prefix: str | None = None
+    isolate: bool = False            # hide the host's QEMU modules and firmware (see HOST_QEMU_DIRS)
     _info: list[BuildInfo] = field(default_factory=list, compare=False, repr=False)
 
     def argv(self) -> list[str]:
         """The argv prefix: loader (if any), the binary, and one -L per firmware dir."""
         out = [*self.launcher, str(self.executable)]
+        if self.isolate:
+            unshare = [require("unshare"), "--mount", "--propagation", "private"]
+            if os.geteuid() != 0:
+                unshare.append("--map-root-user")
+            out = [*unshare, "--", "sh", "-c", _HIDE_SCRIPT, "qabi", *HOST_QEMU_DIRS, "--", *out]
         for d in self.firmware_dirs:
             out += ["-L", d]
         return out
@@ -72,7 +89,8 @@ class QemuBuild:
         return env
 
     def with_firmware_from(self, other: QemuBuild) -> QemuBuild:
-        return replace(self, firmware_dirs=other.firmware_dirs, firmware_from=other.spec, _info=[])
+        return replace(self, firmware_dirs=other.firmware_dirs, firmware_from=other.spec, isolate=True,
+                       _info=[])
 
     def info(self) -> BuildInfo:
         if not self._info:
@@ -156,7 +174,8 @@ def _local(spec: str) -> QemuBuild:
         path = found
     if not path.is_file() or not os.access(path, os.X_OK):
         raise BuildError(f"{spec}: not an executable QEMU binary")
-    return QemuBuild(spec, "local", path, sha256_file(path), "local", firmware_dirs=firmware)
+    return QemuBuild(spec, "local", path, sha256_file(path), "local", firmware_dirs=firmware,
+                     isolate=bool(firmware))
 
 
 # -- Debian prefixes ----------------------------------------------------------------------------
@@ -251,7 +270,7 @@ def _from_prefix(spec: str, prefix: Path) -> QemuBuild:
     launcher = (str(loader), "--inhibit-cache", "--library-path", ":".join(libdirs))
     return QemuBuild(spec, "debian", exe, sha256_file(exe), manifest["version"], launcher=launcher,
                      env=(("QEMU_MODULE_DIR", str(module_dir)),), firmware_dirs=firmware,
-                     prefix=str(prefix))
+                     prefix=str(prefix), isolate=True)
 
 
 def cached_builds() -> list[dict[str, Any]]:
@@ -286,11 +305,17 @@ def query_info(build: QemuBuild) -> BuildInfo:
                     proc.poll()
                     err = (tmp / "stderr").read_text(errors="replace").strip()
                     raise BuildError(f"{build.spec}: QEMU did not answer on QMP ({err or exc})") from None
-                version = qmp.cmd_obj({"execute": "query-version"})["return"]
-                machines = qmp.cmd_obj({"execute": "query-machines"})["return"]
-                types = qmp.cmd_obj({"execute": "qom-list-types",
-                                     "arguments": {"implements": "device", "abstract": False}})["return"]
-                qmp.cmd_obj({"execute": "quit"})
+                try:
+                    version = qmp.cmd_obj({"execute": "query-version"})["return"]
+                    machines = qmp.cmd_obj({"execute": "query-machines"})["return"]
+                    types = qmp.cmd_obj({"execute": "qom-list-types",
+                                         "arguments": {"implements": "device", "abstract": False}})["return"]
+                    qmp.cmd_obj({"execute": "quit"})
+                except Exception as exc:  # noqa: BLE001
+                    proc.wait(timeout=5) if proc.poll() is None else None
+                    err = (tmp / "stderr").read_text(errors="replace").strip().splitlines()
+                    raise BuildError(f"{build.spec}: QEMU failed while answering QMP: "
+                                     f"{err[-1] if err else exc}") from None
         finally:
             with contextlib.suppress(Exception):  # QEMU closes the socket on quit: EOF is expected
                 qmp.close()
