@@ -81,6 +81,23 @@ def cmd_qemu_list(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- qabi capture -------------------------------------------------------------------------------
+def cmd_capture(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from harness.capture import capture
+    from harness.guest.profile import load_profile
+    from harness.qemu import resolve
+
+    build = resolve(args.qemu, firmware_from=args.firmware_from)
+    profile = load_profile(args.guest)
+    result = capture(build, profile, args.machine, Path(args.output), accel=args.accel, timeout=args.timeout)
+    m = result.manifest
+    print(f"{result.path}: {len(m['files'])} files from {m['build']['spec']} (QEMU {m['build']['version']}), "
+          f"{m['machine']['resolved']}, guest {m['profile']['name']}, {m['timings']['total']:.1f}s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="qabi", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -101,6 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = qsub.add_parser("list", help="builds in the cache")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_qemu_list)
+
+    p = sub.add_parser("capture", help="boot the reference guest and capture what it sees")
+    p.add_argument("--qemu", required=True, metavar="SPEC")
+    p.add_argument("--firmware-from", metavar="SPEC")
+    p.add_argument("--machine", required=True, metavar="M")
+    p.add_argument("--guest", required=True, metavar="PROFILE")
+    p.add_argument("--accel", choices=["tcg", "kvm"], default="tcg")
+    p.add_argument("--timeout", type=float, default=180.0, metavar="S")
+    p.add_argument("-o", "--output", required=True, metavar="DIR")
+    p.set_defaults(func=cmd_capture)
     return parser
 
 

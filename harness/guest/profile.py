@@ -130,3 +130,49 @@ def check_supported(profile: GuestProfile, machine: str, devices: set[str] | fro
     for driver in profile.drivers_for(machine):
         if driver not in devices:
             raise UnsupportedError(f"unsupported on this build: {driver}")
+
+
+RTC_BASE = "2020-01-01T00:00:00"
+AUDIODEV_ID = "qabi-snd"
+
+
+def qemu_args(profile: GuestProfile, machine: str, workdir: Path) -> list[str]:
+    """The hardware part of QEMU's argv for `profile` on `machine`; blank disks go in `workdir`."""
+    smp = ",".join(f"{k}={v}" for k, v in profile.smp)
+    args = ["-machine", machine, "-cpu", profile.cpu, "-m", str(profile.memory_mib), "-smp", smp,
+            "-uuid", profile.uuid, "-rtc", f"base={RTC_BASE},clock=vm"]
+    devices = profile.devices_for(machine)
+    if any(d.audio for d in devices):
+        args += ["-audiodev", f"none,id={AUDIODEV_ID}"]
+    for index, dev in enumerate(devices):
+        opts = [dev.driver]
+        if dev.id:
+            opts.append(f"id={dev.id}")
+        if dev.bus:
+            opts.append(f"bus={dev.bus}")
+        if dev.addr:
+            opts.append(f"addr={dev.addr}")
+        if dev.mac:
+            args += ["-netdev", f"user,id=qabinet{index},restrict=on"]
+            opts += [f"netdev=qabinet{index}", f"mac={dev.mac}"]
+        if dev.disk:
+            image = workdir / f"disk{index}.img"
+            with open(image, "wb") as handle:
+                handle.truncate(_size(dev.disk))
+            args += ["-drive", f"if=none,id=qabidisk{index},file={image},format=raw,cache=unsafe"]
+            opts.append(f"drive=qabidisk{index}")
+        if dev.cdrom:
+            args += ["-drive", f"if=none,id=qabicd{index},media=cdrom"]
+            opts.append(f"drive=qabicd{index}")
+        if dev.audio:
+            opts.append(f"audiodev={AUDIODEV_ID}")
+        opts += [f"{k}={v}" for k, v in dev.props]
+        args += ["-device", ",".join(opts)]
+    return args
+
+
+def _size(text: str) -> int:
+    match = re.fullmatch(r"(\d+)([KMG]?)", text.strip().upper())
+    if not match:
+        raise QabiError(f"bad disk size '{text}' (use e.g. 1M)")
+    return int(match.group(1)) * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[match.group(2)]

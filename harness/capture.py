@@ -1,0 +1,164 @@
+"""Capture: boot the reference guest under one build and machine type and keep what it saw.
+
+A capture directory holds `manifest.json`, `raw/` (bytes exactly as read in the guest) and
+`console.log`. The manifest is written last, atomically, with `"complete": true`; a directory
+without it is a failed or partial capture and is never compared.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness import __version__
+from harness.cache import atomic_write_bytes, sha256_file
+from harness.errors import CaptureError, QabiError
+from harness.guest import build_reference_image
+from harness.guest.image import KERNEL_CMDLINE
+from harness.guest.profile import GuestProfile, check_supported, machine_family, qemu_args
+from harness.qemu import QemuBuild
+from harness.qemu.process import private_dir
+from harness.transport import serial
+from harness.transport.framing import write_raw
+
+MANIFEST = "manifest.json"
+DEFAULT_TIMEOUT = 180.0
+ACCELS = ("tcg", "kvm")
+
+
+@dataclass(frozen=True)
+class Capture:
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def raw(self) -> Path:
+        return self.path / "raw"
+
+
+def resolve_machine(build: QemuBuild, machine: str) -> str:
+    """The versioned machine type `machine` names on `build` (aliases resolved), or a clear error."""
+    info = build.info()
+    resolved = info.resolve_machine(machine)
+    if resolved is None:
+        close = difflib.get_close_matches(machine, info.machine_names(), n=4, cutoff=0.6)
+        hint = f" (close: {', '.join(close)})" if close else ""
+        raise QabiError(f"unknown machine type '{machine}' on {build.spec} (QEMU {info.version}){hint}")
+    machine_family(resolved)
+    return resolved
+
+
+def is_complete(path: Path) -> bool:
+    try:
+        return bool(json.loads((path / MANIFEST).read_text()).get("complete"))
+    except (OSError, ValueError):
+        return False
+
+
+def load_capture(path: Path, verify: bool = True) -> Capture:
+    """Open a complete capture; with `verify`, every raw file's sha256 is checked."""
+    if not (path / MANIFEST).is_file():
+        raise CaptureError(f"{path}: not a capture (no {MANIFEST})")
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except ValueError as exc:
+        raise CaptureError(f"{path / MANIFEST}: not valid JSON: {exc}") from None
+    if not manifest.get("complete"):
+        raise CaptureError(f"{path}: incomplete capture: {manifest.get('error', 'no reason recorded')}")
+    if verify:
+        files = manifest.get("files", {})
+        on_disk = {str(p.relative_to(path)) for p in (path / "raw").rglob("*") if p.is_file()}
+        missing = set(files) - on_disk
+        if missing:
+            raise CaptureError(f"{path}: {len(missing)} raw file(s) missing, e.g. {sorted(missing)[0]}")
+        extra = on_disk - set(files)
+        if extra:
+            raise CaptureError(f"{path}: raw file(s) not in the manifest, e.g. {sorted(extra)[0]}")
+        for rel, digest in files.items():
+            if sha256_file(path / rel) != digest:
+                raise CaptureError(f"{path}: {rel} does not match its sha256 in the manifest")
+    return Capture(path, manifest)
+
+
+def _prepare_out(out: Path) -> None:
+    if out.exists():
+        if is_complete(out):
+            raise QabiError(f"{out} already holds a complete capture; refusing to overwrite it")
+        if out.is_dir() and any(p.name not in ("console.log", "FAILED", "raw") for p in out.iterdir()):
+            raise QabiError(f"{out} exists and is not a capture directory; refusing to overwrite it")
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+
+
+def capture(build: QemuBuild, profile: GuestProfile, machine: str, out: Path, accel: str = "tcg",
+            timeout: float = DEFAULT_TIMEOUT, extra_args: tuple[str, ...] = ()) -> Capture:
+    """Boot, probe, verify and write a complete capture to `out`, or raise (leaving no manifest)."""
+    if accel not in ACCELS:
+        raise QabiError(f"unknown accelerator '{accel}' (use {' or '.join(ACCELS)})")
+    resolved = resolve_machine(build, machine)
+    check_supported(profile, resolved, frozenset(build.info().devices))
+    image = build_reference_image()
+    out = out.resolve()
+    _prepare_out(out)
+    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "raw").mkdir(parents=True)
+    started = time.time()
+    try:
+        with private_dir() as work:
+            hw = qemu_args(profile, resolved, work)
+            argv = build.argv() + [
+                "-no-user-config", "-nodefaults", "-display", "none", "-no-reboot", "-accel", accel,
+                *hw, "-kernel", str(image.kernel), "-initrd", str(image.initramfs), "-append", KERNEL_CMDLINE,
+                "-qmp", f"unix:{work / 'qmp.sock'},server=on,wait=off", *extra_args]
+            # the console log is written where a person will look if this fails: OUT/console.log
+            result = serial.run(argv, build.environ(), work, out / "console.log", timeout)
+            files = write_raw(result.records, staging / "raw")
+    except BaseException as exc:
+        _fail(staging, out, exc)
+        raise
+    os.replace(out / "console.log", staging / "console.log")
+    out.rmdir()
+    manifest = {
+        "complete": True,
+        "qabi_version": __version__,
+        "build": build.provenance(),
+        "profile": {"name": profile.name, "source": Path(profile.source).name, "cpu": profile.cpu,
+                    "memory_mib": profile.memory_mib, "smp": dict(profile.smp), "uuid": profile.uuid,
+                    "devices": profile.drivers_for(resolved)},
+        "machine": {"asked": machine, "resolved": resolved, "family": machine_family(resolved)},
+        "accel": accel,
+        "argv": _portable_argv(argv),
+        "image": {"sha256": image.sha256, "cmdline": KERNEL_CMDLINE},
+        "transport": "serial",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "timings": result.timings,
+        "files": {f"raw/{rel}": digest for rel, digest in sorted(files.items())},
+        "console_sha256": sha256_file(staging / "console.log"),
+    }
+    atomic_write_bytes(staging / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    os.rename(staging, out)
+    return Capture(out, manifest)
+
+
+def _portable_argv(argv: list[str]) -> list[str]:
+    """argv with the per-run temp dir replaced, so that identical inputs give identical manifests."""
+    out = []
+    for arg in argv:
+        if "/qabi-" in arg and "/tmp" in arg:
+            head, _, tail = arg.partition("/qabi-")
+            arg = head + "/$WORK/" + tail.split("/", 1)[-1] if "/" in tail else arg
+        out.append(arg)
+    return out
+
+
+def _fail(staging: Path, out: Path, exc: BaseException) -> None:
+    """Keep the console log of a failed capture at `out`, marked FAILED, with no manifest."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "FAILED").write_text(f"{type(exc).__name__}: {exc}\n")
+    shutil.rmtree(staging, ignore_errors=True)

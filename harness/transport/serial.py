@@ -1,0 +1,115 @@
+"""Serial transport: boot QEMU with the guest's ttyS0 on a unix socket and read the probe with pexpect.
+
+The console is the only channel: adding a device to carry results would change the ABI being
+measured. QEMU's own stderr goes to a file so that its complaints never mix with guest output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pexpect
+from pexpect import fdpexpect
+
+from harness.errors import CaptureError, UnsupportedError
+from harness.qemu.process import spawn, wait_for
+from harness.transport.framing import Record, parse_stream
+
+BEGIN = re.compile(rb"@@QABI-BEGIN \d+\r?\n")
+TRAILER = re.compile(rb"@@QABI-TRAILER \d+\r?\n")
+MAX_CONSOLE = 64 << 20
+_UNSUPPORTED = re.compile(
+    r"'([^']+)' is not a valid device model name|Property '([^']+)' not found|"
+    r"Parameter 'driver' expects a pluggable device type|can't apply global ([^ ]+)|"
+    r"(?:Bus|bus) '([^']+)' not found")
+
+
+@dataclass(frozen=True)
+class SerialResult:
+    records: list[Record]
+    console: bytes
+    timings: dict[str, float]
+    qemu_stderr: str
+
+
+def _early_exit_error(stderr: str, console_log: Path) -> Exception:
+    text = stderr.strip()
+    match = _UNSUPPORTED.search(text)
+    if match:
+        what = next(g for g in match.groups() if g)
+        return UnsupportedError(f"unsupported on this build: {what}")
+    last = text.splitlines()[-1] if text else "no message"
+    return CaptureError(f"QEMU exited early: {last} (console log: {console_log})")
+
+
+def run(argv: list[str], env: dict[str, str], workdir: Path, console_log: Path, timeout: float) -> SerialResult:
+    """Run `argv` (without a serial option) and return the verified probe records.
+
+    `console_log` receives everything the console printed, whatever happens.
+    """
+    sock_path = workdir / "serial.sock"
+    stderr_path = workdir / "qemu.stderr"
+    full = argv + ["-chardev", f"socket,id=qabicon,path={sock_path},server=on,wait=on",
+                   "-serial", "chardev:qabicon"]
+    started = time.monotonic()
+    deadline = started + timeout
+    timings: dict[str, float] = {}
+    console = b""
+    try:
+        with spawn(full, env, stderr_path=stderr_path) as proc:
+            if not wait_for(lambda: sock_path.exists() or proc.poll() is not None, min(timeout, 60)):
+                raise CaptureError(f"QEMU did not open its serial socket within {min(timeout, 60):.0f}s")
+            if proc.poll() is not None:
+                raise _early_exit_error(stderr_path.read_text(errors="replace"), console_log)
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                conn.connect(str(sock_path))
+            except OSError as exc:
+                raise _early_exit_error(stderr_path.read_text(errors="replace") or str(exc), console_log) from None
+            child = fdpexpect.fdspawn(conn.fileno(), timeout=timeout, maxread=1 << 16)
+            try:
+                index = child.expect([BEGIN, pexpect.EOF, pexpect.TIMEOUT],
+                                     timeout=max(1.0, deadline - time.monotonic()))
+                console += (child.before or b"") + (child.after if isinstance(child.after, bytes) else b"")
+                if index != 0:
+                    proc.poll()
+                    if proc.returncode not in (None, 0):
+                        raise _early_exit_error(stderr_path.read_text(errors="replace"), console_log)
+                    why = "timed out" if index == 2 else "the console closed"
+                    raise CaptureError(f"guest never started the probe ({why} after "
+                                       f"{time.monotonic() - started:.1f}s; console log: {console_log})")
+                timings["boot_to_probe"] = round(time.monotonic() - started, 3)
+                index = child.expect([TRAILER, pexpect.EOF, pexpect.TIMEOUT],
+                                     timeout=max(1.0, deadline - time.monotonic()))
+                console += (child.before or b"") + (child.after if isinstance(child.after, bytes) else b"")
+                if len(console) > MAX_CONSOLE:
+                    raise CaptureError(f"console output exceeds {MAX_CONSOLE >> 20} MiB")
+                if index == 2:
+                    raise CaptureError(f"timed out after {timeout:.0f}s while the probe was sending "
+                                       f"(console log: {console_log})")
+                timings["transfer"] = round(time.monotonic() - started - timings["boot_to_probe"], 3)
+                if index == 0:
+                    # let the guest power off; whatever it prints meanwhile goes to the log
+                    with contextlib.suppress(pexpect.EOF, pexpect.TIMEOUT):
+                        child.expect(pexpect.EOF, timeout=10)
+                    console += child.before or b""
+                    wait_for(lambda: proc.poll() is not None, 5)
+            finally:
+                with contextlib.suppress(OSError):
+                    conn.close()
+            timings["total"] = round(time.monotonic() - started, 3)
+            stderr = stderr_path.read_text(errors="replace") if stderr_path.exists() else ""
+    finally:
+        console_log.parent.mkdir(parents=True, exist_ok=True)
+        console_log.write_bytes(console)
+    text = console.decode("ascii", errors="replace").replace("\r\n", "\n")
+    try:
+        records = parse_stream(text)
+    except CaptureError as exc:
+        raise CaptureError(f"{exc} (console log: {console_log})") from None
+    return SerialResult(records, console, timings, stderr)
