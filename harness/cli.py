@@ -98,6 +98,73 @@ def cmd_capture(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- qabi diff ----------------------------------------------------------------------------------
+def cmd_diff(args: argparse.Namespace) -> int:
+    """Compare two fingerprints (JSON files or capture directories): 0 unchanged, 1 drift, 2 error."""
+    from harness.drift import DEFAULT_WAIVERS, compare, load_fingerprint, load_waivers
+    from harness.report import Run, RunSet, render_text, write_json
+
+    old_fp: dict[str, Any] | None = None
+    new_fp: dict[str, Any] | None = None
+    try:
+        waivers_path = args.waivers or (DEFAULT_WAIVERS if DEFAULT_WAIVERS.is_file() else None)
+        waivers = load_waivers(waivers_path) if waivers_path else None
+        old_fp = load_fingerprint(args.old)
+        new_fp = load_fingerprint(args.new)
+        run = Run.from_fingerprints(old_fp, new_fp, compare(old_fp, new_fp, waivers))
+    except QabiError as exc:
+        print(f"qabi: error: {exc}", file=sys.stderr)
+        run = Run.failed(str(exc), old_fp, new_fp)
+    runset = RunSet((run,), fail_on=args.fail_on)
+    if args.json:
+        write_json(runset, args.json)
+    if args.json != "-":
+        sys.stdout.write(render_text(runset))
+    return runset.exit_code
+
+
+# -- qabi fingerprint / record -------------------------------------------------------------------
+def cmd_fingerprint(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from harness.fingerprint import fingerprint_capture
+
+    data = fingerprint_capture(Path(args.capture))
+    text = json.dumps(data, indent=1, sort_keys=True) + "\n"
+    if args.output and args.output != "-":
+        from harness.cache import atomic_write_bytes
+
+        atomic_write_bytes(Path(args.output), text.encode())
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from harness.baseline import record
+    from harness.check import captured, expand_guests, versioned_machines
+    from harness.errors import UnsupportedError
+    from harness.guest.profile import load_profile
+    from harness.qemu import resolve
+
+    build = resolve(args.qemu, firmware_from=args.firmware_from)
+    machines = [m for a in args.machine
+                for m in (versioned_machines(build.info().machine_names()) if a == "common" else [a])]
+    status = 0
+    for machine in machines:
+        for guest in expand_guests(args.guest):
+            try:
+                folder = captured(build, load_profile(guest), machine, args.accel, args.timeout)
+            except UnsupportedError as exc:
+                print(f"{machine} {guest}: {exc}")
+                continue
+            dest = record(folder, Path(args.output))
+            print(f"{machine} {guest}: recorded in {dest}")
+    return status
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="qabi", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -128,6 +195,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=180.0, metavar="S")
     p.add_argument("-o", "--output", required=True, metavar="DIR")
     p.set_defaults(func=cmd_capture)
+
+    p = sub.add_parser("fingerprint", help="decode a capture into fingerprint JSON")
+    p.add_argument("capture", metavar="CAPTURE")
+    p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    p.set_defaults(func=cmd_fingerprint)
+
+    p = sub.add_parser("record", help="record golden baselines (capture bundles) under fingerprints/")
+    p.add_argument("--qemu", required=True, metavar="SPEC")
+    p.add_argument("--firmware-from", metavar="SPEC")
+    p.add_argument("--machine", action="append", required=True, metavar="M",
+                   help="machine type (repeatable; 'common' = every versioned i440fx/q35 type)")
+    p.add_argument("--guest", action="append", metavar="P", help="profile (repeatable; default: all)")
+    p.add_argument("--accel", choices=["tcg", "kvm"], default="tcg")
+    p.add_argument("--timeout", type=float, default=180.0, metavar="S")
+    p.add_argument("-o", "--output", default="fingerprints", metavar="DIR")
+    p.set_defaults(func=cmd_record)
+
+    p = sub.add_parser("diff", help="compare two fingerprints (JSON files or capture directories)")
+    p.add_argument("old", metavar="OLD")
+    p.add_argument("new", metavar="NEW")
+    p.add_argument("--waivers", metavar="F", help="waivers TOML (default fingerprints/waivers.toml if present)")
+    p.add_argument("--json", metavar="F", help="also write the JSON report to F ('-' for stdout)")
+    p.add_argument("--fail-on", choices=["break", "warn", "info"], default="warn",
+                   help="lowest severity that counts as drift (default warn)")
+    p.set_defaults(func=cmd_diff)
     return parser
 
 

@@ -1,0 +1,153 @@
+"""Runs: capture both sides of (machine type, profile) pairs and compare them.
+
+Shared by `qabi check` and the pytest harness. A side is a QEMU build (captured now, or reused
+from the capture cache when every input is identical) or a recorded baseline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness import __version__
+from harness.cache import cache_dir, file_lock
+from harness.capture import capture, is_complete, load_capture, resolve_machine
+from harness.errors import QabiError, UnsupportedError
+from harness.guest import build_reference_image
+from harness.guest.profile import GuestProfile, check_supported, load_profile, profile_names
+from harness.qemu import QemuBuild, resolve
+
+VERSIONED = re.compile(r"pc-(i440fx|q35)-(\d+)\.(\d+)")
+
+
+def versioned_machines(names: list[str]) -> list[str]:
+    """The versioned i440fx and q35 machine types among `names`, oldest first."""
+    found = [n for n in names if VERSIONED.fullmatch(n)]
+
+    def key(n: str) -> tuple[int, int, str]:
+        m = VERSIONED.fullmatch(n)
+        assert m
+        return (int(m.group(2)), int(m.group(3)), m.group(1))
+
+    return sorted(found, key=key)
+
+
+@dataclass
+class Side:
+    """One side of a comparison: a build to capture with, or a recorded baseline."""
+
+    spec: str
+    build: QemuBuild | None = None
+    baseline: Path | None = None
+
+    @classmethod
+    def open(cls, spec: str, firmware_from: str | None = None) -> Side:
+        from harness.baseline import is_baseline_dir
+
+        if is_baseline_dir(Path(spec)):
+            return cls(spec, baseline=Path(spec))
+        return cls(spec, build=resolve(spec, firmware_from=firmware_from))
+
+    def machines(self) -> list[str]:
+        if self.build is not None:
+            return self.build.info().machine_names()
+        from harness.baseline import baseline_machines
+
+        assert self.baseline is not None
+        return baseline_machines(self.baseline)
+
+    def provenance(self) -> dict[str, Any]:
+        if self.build is not None:
+            return self.build.provenance()
+        from harness.baseline import baseline_provenance
+
+        assert self.baseline is not None
+        return baseline_provenance(self.baseline)
+
+
+def expand_machines(asked: list[str], old: Side, new: Side) -> list[str]:
+    """`common` = every versioned i440fx/q35 machine type both sides have."""
+    out: list[str] = []
+    for m in asked:
+        if m == "common":
+            both = set(old.machines()) & set(new.machines())
+            out += [x for x in versioned_machines(sorted(both)) if x not in out]
+        elif m not in out:
+            out.append(m)
+    return out
+
+
+def expand_guests(asked: list[str] | None) -> list[str]:
+    return list(asked) if asked else profile_names()
+
+
+def capture_key(build: QemuBuild, profile: GuestProfile, machine: str, accel: str) -> str:
+    """Everything that decides what a capture contains; identical keys give identical raw bytes."""
+    image = build_reference_image()
+    parts = {
+        "qabi": __version__, "sha256": build.sha256, "firmware": list(build.firmware_dirs),
+        "profile": Path(profile.source).read_text() if profile.source else repr(profile),
+        "machine": machine, "accel": accel, "image": image.sha256,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def captured(build: QemuBuild, profile: GuestProfile, machine: str, accel: str = "tcg",
+             timeout: float = 180.0) -> Path:
+    """A complete capture for these inputs: reused from the cache or made now (one at a time per key)."""
+    resolved = resolve_machine(build, machine)
+    check_supported(profile, resolved, frozenset(build.info().devices))
+    key = capture_key(build, profile, resolved, accel)
+    folder = cache_dir("captures") / f"{resolved}_{profile.name}_{key}"
+    with file_lock(folder.with_name(folder.name + ".lock")):
+        if not is_complete(folder):
+            capture(build, profile, resolved, folder, accel=accel, timeout=timeout)
+    load_capture(folder)  # verified before it is used
+    return folder
+
+
+def side_capture(side: Side, profile: GuestProfile, machine: str, accel: str, timeout: float) -> Path:
+    if side.build is not None:
+        return captured(side.build, profile, machine, accel, timeout)
+    from harness.baseline import baseline_capture
+
+    assert side.baseline is not None
+    return baseline_capture(side.baseline, machine, profile.name)
+
+
+@dataclass
+class RunOutcome:
+    machine: str
+    guest: str
+    status: str                     # compared | unsupported | error
+    reason: str | None = None
+    old_fingerprint: dict[str, Any] | None = None
+    new_fingerprint: dict[str, Any] | None = None
+    old_capture: Path | None = None
+    new_capture: Path | None = None
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def fingerprint_pair(old: Side, new: Side, machine: str, guest: str, accel: str = "tcg",
+                     timeout: float = 180.0) -> RunOutcome:
+    """Capture and decode both sides of one (machine, guest) run; never raises for a run-level problem."""
+    import time
+
+    from harness.fingerprint import fingerprint_capture
+
+    started = time.monotonic()
+    try:
+        profile = load_profile(guest)
+        caps = [side_capture(s, profile, machine, accel, timeout) for s in (old, new)]
+        fps = [fingerprint_capture(c) for c in caps]
+    except UnsupportedError as exc:
+        return RunOutcome(machine, guest, "unsupported", str(exc), seconds=time.monotonic() - started)
+    except QabiError as exc:
+        return RunOutcome(machine, guest, "error", str(exc), seconds=time.monotonic() - started)
+    return RunOutcome(machine, guest, "compared", None, fps[0], fps[1], caps[0], caps[1],
+                      seconds=time.monotonic() - started)
