@@ -20,7 +20,6 @@ from harness import __version__
 from harness.cache import atomic_write_bytes, sha256_file
 from harness.errors import CaptureError, QabiError
 from harness.guest import build_reference_image
-from harness.guest.image import KERNEL_CMDLINE
 from harness.guest.profile import GuestProfile, check_supported, machine_family, qemu_args
 from harness.qemu import QemuBuild
 from harness.qemu.process import private_dir
@@ -96,13 +95,14 @@ def _prepare_out(out: Path) -> None:
 
 
 def capture(build: QemuBuild, profile: GuestProfile, machine: str, out: Path, accel: str = "tcg",
-            timeout: float = DEFAULT_TIMEOUT, extra_args: tuple[str, ...] = ()) -> Capture:
+            timeout: float = DEFAULT_TIMEOUT, extra_args: tuple[str, ...] = (),
+            reference: Path | None = None) -> Capture:
     """Boot, probe, verify and write a complete capture to `out`, or raise (leaving no manifest)."""
     if accel not in ACCELS:
         raise QabiError(f"unknown accelerator '{accel}' (use {' or '.join(ACCELS)})")
     resolved = resolve_machine(build, machine)
     check_supported(profile, resolved, frozenset(build.info().devices))
-    image = build_reference_image()
+    image = build_reference_image(reference)
     out = out.resolve()
     _prepare_out(out)
     staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
@@ -114,7 +114,7 @@ def capture(build: QemuBuild, profile: GuestProfile, machine: str, out: Path, ac
             hw = qemu_args(profile, resolved, work)
             argv = build.argv() + [
                 "-no-user-config", "-nodefaults", "-display", "none", "-no-reboot", "-accel", accel,
-                *hw, "-kernel", str(image.kernel), "-initrd", str(image.initramfs), "-append", KERNEL_CMDLINE,
+                *hw, "-kernel", str(image.kernel), "-initrd", str(image.initramfs), "-append", image.cmdline,
                 "-qmp", f"unix:{work / 'qmp.sock'},server=on,wait=off", *extra_args]
             # the console log is written where a person will look if this fails: OUT/console.log
             result = serial.run(argv, build.environ(), work, out / "console.log", timeout)
@@ -134,7 +134,7 @@ def capture(build: QemuBuild, profile: GuestProfile, machine: str, out: Path, ac
         "machine": {"asked": machine, "resolved": resolved, "family": machine_family(resolved)},
         "accel": accel,
         "argv": _portable_argv(argv),
-        "image": {"sha256": image.sha256, "cmdline": KERNEL_CMDLINE},
+        "image": {"sha256": image.sha256, "cmdline": image.cmdline, "kernel": image.kernel_version},
         "transport": "serial",
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "timings": result.timings,

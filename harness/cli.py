@@ -91,7 +91,8 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
     build = resolve(args.qemu, firmware_from=args.firmware_from)
     profile = load_profile(args.guest)
-    result = capture(build, profile, args.machine, Path(args.output), accel=args.accel, timeout=args.timeout)
+    result = capture(build, profile, args.machine, Path(args.output), accel=args.accel, timeout=args.timeout,
+                     reference=Path(args.reference) if args.reference else None)
     m = result.manifest
     print(f"{result.path}: {len(m['files'])} files from {m['build']['spec']} (QEMU {m['build']['version']}), "
           f"{m['machine']['resolved']}, guest {m['profile']['name']}, {m['timings']['total']:.1f}s")
@@ -165,6 +166,39 @@ def cmd_record(args: argparse.Namespace) -> int:
     return status
 
 
+# -- qabi guest ---------------------------------------------------------------------------------
+def cmd_guest_build(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from harness.guest import build_reference_image
+
+    image = build_reference_image(Path(args.reference) if args.reference else None)
+    data = image.as_json()
+    if args.json:
+        _print_json(data)
+        return 0
+    print(f"image sha256:     {data['sha256']}")
+    print(f"kernel:           {data['kernel_version']}  ({data['kernel']}, {data['kernel_size']} bytes)")
+    print(f"initramfs:        {data['initramfs']}  ({data['initramfs_size']} bytes)")
+    print(f"command line:     {data['cmdline']}")
+    print(f"modules:          {', '.join(data['modules']) or '(none)'}")
+    print("packages:")
+    for pkg in data["packages"]:
+        print(f"  {pkg['role']:<8} {pkg['name']}={pkg['version']}  sha256 {pkg['sha256']}")
+    print("contents:")
+    for entry in data["contents"]:
+        if entry["kind"] == "file":
+            detail = f"{entry['size']:>9}  {entry['sha256'][:16]}"
+        elif entry["kind"] == "symlink":
+            detail = f"-> {entry['target']}"
+        elif entry["kind"] == "chardev":
+            detail = f"char {entry['rdev'][0]}:{entry['rdev'][1]}"
+        else:
+            detail = ""
+        print(f"  {entry['mode']} {entry['kind']:<7} {entry['path']:<28} {detail}".rstrip())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="qabi", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -186,6 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_qemu_list)
 
+    guest = sub.add_parser("guest", help="the reference guest image")
+    gsub = guest.add_subparsers(dest="guest_command", required=True, parser_class=_Parser)
+    p = gsub.add_parser("build", help="build (or take from the cache) the reference image and describe it")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--reference", metavar="DIR", help="a reference-guest recipe other than guests/reference")
+    p.set_defaults(func=cmd_guest_build)
+
     p = sub.add_parser("capture", help="boot the reference guest and capture what it sees")
     p.add_argument("--qemu", required=True, metavar="SPEC")
     p.add_argument("--firmware-from", metavar="SPEC")
@@ -193,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guest", required=True, metavar="PROFILE")
     p.add_argument("--accel", choices=["tcg", "kvm"], default="tcg")
     p.add_argument("--timeout", type=float, default=180.0, metavar="S")
+    p.add_argument("--reference", metavar="DIR",
+                   help="a reference-guest recipe other than guests/reference (e.g. a modified probe)")
     p.add_argument("-o", "--output", required=True, metavar="DIR")
     p.set_defaults(func=cmd_capture)
 

@@ -1,15 +1,19 @@
-"""The probe's framing, host side: parse and verify every record, the same for serial and SSH.
+"""The probe's framed output: parse and verify it, and write the records under a capture's raw/.
 
-    @@QABI-BEGIN 1
-    @@QABI-INFO <key> <value>              facts and timestamps, outside records
-    @@QABI-SKIP <path> <reason>            a file the probe could not read
-    @@QABI-REC <path> <size> <sha256>      then the body as base64 lines
-    @@QABI-END <path>
-    @@QABI-TRAILER <number of REC records>
-    @@QABI-ERROR <message>                 the probe failed
+The probe (guests/reference/probe.sh) prints ASCII lines; everything else on the console (kernel
+messages, firmware) is noise and ignored outside records:
 
-Lines outside records that are not frames (kernel noise) are ignored; inside a record any line
-that is not base64 is an error. Guest output is untrusted: sizes are bounded.
+    @@QABI-BEGIN 1                           protocol version
+    @@QABI-INFO <key> <value...>             facts and timestamps (also allowed before BEGIN)
+    @@QABI-SKIP <path> <reason...>           a file the probe looked for and could not read
+    @@QABI-REC <path> <size> <sha256>        a record: absolute guest path, byte count, hex digest
+    <base64 lines>                           its body, any line length
+    @@QABI-END <path>                        the same path again
+    @@QABI-TRAILER <count>                   the number of REC records; the stream ends here
+    @@QABI-ERROR <message...>                the probe gave up (a TRAILER 0 follows)
+
+Guest output is untrusted: sizes are bounded, every record's byte count and sha256 are
+checked, and any inconsistency is a `CaptureError` with a one-line reason.
 """
 
 from __future__ import annotations
@@ -19,126 +23,271 @@ import binascii
 import hashlib
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from harness.errors import CaptureError
 
-MAX_RECORD = 16 << 20
-MAX_STREAM = 64 << 20
-_B64_LINE = re.compile(r"[A-Za-z0-9+/=]*")
-_REC = re.compile(r"@@QABI-REC (\S+) (\d+) ([0-9a-f]{64})")
-_SAFE_PATH = re.compile(r"/[A-Za-z0-9_.:@,+/-]+")
+PROTOCOL = 1
+MAX_RECORD = 16 << 20            # bytes in one record
+MAX_STREAM = 64 << 20            # characters of console output
+MAX_RECORDS = 100_000
+
+PREFIX = "@@QABI-"
+_B64_LINE = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_COUNT = re.compile(r"[0-9]{1,12}")
+_PATH = re.compile(r"/[\x21-\x7e]*")
+# base64 characters of a MAX_RECORD body, with room for any line length
+_MAX_B64 = (MAX_RECORD + 2) // 3 * 4
 
 
 @dataclass(frozen=True)
 class Record:
+    """One file as the guest read it."""
+
     path: str
     data: bytes
 
-
-@dataclass
-class Stream:
-    """Everything the probe said: its records plus the facts and skips around them."""
-
-    records: list[Record] = field(default_factory=list)
-    info: dict[str, str] = field(default_factory=dict)
-    skipped: dict[str, str] = field(default_factory=dict)
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
 
 
-def _check_path(path: str) -> None:
-    if not _SAFE_PATH.fullmatch(path) or ".." in PurePosixPath(path).parts:
-        raise CaptureError(f"probe stream: refusing record path {path[:100]!r}")
+@dataclass(frozen=True)
+class Skip:
+    """A file the probe could not read, and why."""
+
+    path: str
+    reason: str
 
 
-def parse(text: str) -> Stream:
-    """Parse and verify a whole probe stream; raise CaptureError on anything incomplete or corrupt."""
-    if len(text) > MAX_STREAM:
-        raise CaptureError(f"probe stream exceeds {MAX_STREAM >> 20} MiB")
-    lines = text.replace("\r", "").split("\n")
-    try:
-        start = next(i for i, line in enumerate(lines) if line.startswith("@@QABI-BEGIN "))
-    except StopIteration:
-        raise CaptureError("guest never started the probe (no @@QABI-BEGIN on the console)") from None
-    out = Stream()
-    current: tuple[str, int, str] | None = None
-    body: list[str] = []
-    body_len = 0
-    seen: set[str] = set()
-    for number, line in enumerate(lines[start + 1:], start=start + 2):
-        if current is not None:
-            if line.startswith("@@QABI-END "):
-                path, size, digest = current
-                if line[len("@@QABI-END "):].strip() != path:
-                    raise CaptureError(f"probe stream: record {path} ends as {line[11:].strip()!r} (line {number})")
-                try:
-                    data = base64.b64decode("".join(body), validate=True)
-                except (binascii.Error, ValueError):
-                    raise CaptureError(f"probe stream: record {path} is not valid base64") from None
-                if len(data) != size:
-                    raise CaptureError(f"probe stream: record {path} has {len(data)} bytes, header says {size}")
-                if hashlib.sha256(data).hexdigest() != digest:
-                    raise CaptureError(f"probe stream: checksum mismatch in record {path}")
-                out.records.append(Record(path, data))
-                current, body, body_len = None, [], 0
-            elif line.startswith("@@QABI-"):
-                raise CaptureError(f"probe stream truncated: record {current[0]} interrupted at line {number}")
-            elif _B64_LINE.fullmatch(line.strip()):
-                body_len += len(line)
-                if body_len > (MAX_RECORD * 4) // 3 + 8:
-                    raise CaptureError(f"probe stream: record {current[0]} exceeds {MAX_RECORD >> 20} MiB")
-                body.append(line.strip())
-            else:
-                raise CaptureError(f"probe stream: garbage inside record {current[0]} at line {number}")
-            continue
-        if line.startswith("@@QABI-REC "):
-            m = _REC.fullmatch(line.strip())
-            if not m:
-                raise CaptureError(f"probe stream: malformed record header at line {number}")
-            path, size = m.group(1), int(m.group(2))
-            _check_path(path)
-            if size > MAX_RECORD:
-                raise CaptureError(f"probe stream: record {path} announces {size} bytes (limit {MAX_RECORD})")
-            if path in seen:
-                raise CaptureError(f"probe stream: record {path} sent twice")
-            seen.add(path)
-            current = (path, size, m.group(3))
-        elif line.startswith("@@QABI-INFO "):
-            key, _, value = line[len("@@QABI-INFO "):].partition(" ")
-            out.info[key] = value.strip()
-        elif line.startswith("@@QABI-SKIP "):
-            path, _, reason = line[len("@@QABI-SKIP "):].partition(" ")
-            out.skipped[path] = reason.strip()
-        elif line.startswith("@@QABI-ERROR "):
-            raise CaptureError(f"the probe failed in the guest: {line[len('@@QABI-ERROR '):].strip()}")
-        elif line.startswith("@@QABI-TRAILER "):
-            count = line[len("@@QABI-TRAILER "):].strip()
-            if not count.isdigit() or int(count) != len(out.records):
-                raise CaptureError(f"probe stream: record count mismatch (trailer says {count}, "
-                                   f"received {len(out.records)})")
-            return out
-    if current is not None:
-        raise CaptureError(f"probe stream truncated inside record {current[0]}")
-    raise CaptureError(f"probe stream truncated: no trailer after {len(out.records)} records")
+@dataclass(frozen=True)
+class ProbeOutput:
+    """Everything a complete probe stream carried."""
+
+    records: tuple[Record, ...]
+    skipped: tuple[Skip, ...]
+    info: dict[str, str] = field(default_factory=dict, hash=False)
+    protocol: int = PROTOCOL
+
+
+def check_path(path: str) -> str:
+    """`path` if it is an absolute guest path without empty, '.' or '..' components."""
+    if not _PATH.fullmatch(path) or path == "/":
+        raise CaptureError(f"bad record path {path[:80]!r} in probe output")
+    parts = path[1:].split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise CaptureError(f"bad record path {path[:80]!r} in probe output")
+    return path
+
+
+class StreamParser:
+    """Incremental parser: feed console text as it arrives; `done` once the trailer is read."""
+
+    def __init__(self) -> None:
+        self._pending = ""
+        self._chars = 0
+        self._line_no = 0
+        self.begun = False
+        self.done = False
+        self.records: list[Record] = []
+        self.skipped: list[Skip] = []
+        self.info: dict[str, str] = {}
+        self._paths: set[str] = set()
+        self._current: tuple[str, int, str] | None = None   # path, size, sha256
+        self._body: list[str] = []
+        self._body_len = 0
+
+    # -- input --------------------------------------------------------------------------------
+    def feed(self, text: str) -> None:
+        """Feed a chunk of console text (any split, "\\r\\n" or "\\n" line ends)."""
+        self._chars += len(text)
+        if self._chars > MAX_STREAM:
+            raise CaptureError(f"console output exceeds {MAX_STREAM >> 20} MiB")
+        data = self._pending + text
+        lines = data.split("\n")
+        self._pending = lines.pop()
+        if len(self._pending) > _MAX_B64 + 4096:
+            raise CaptureError("console output has a line longer than any record could be")
+        for line in lines:
+            self.feed_line(line)
+
+    def feed_line(self, line: str) -> None:
+        self._line_no += 1
+        line = line.rstrip("\r")
+        if self.done:
+            return
+        if self._current is not None:
+            self._record_line(line)
+            return
+        if not line.startswith(PREFIX):
+            return                                          # kernel or firmware noise
+        word, _, rest = line[len(PREFIX):].partition(" ")
+        handler = {
+            "BEGIN": self._begin, "INFO": self._info, "SKIP": self._skip, "REC": self._rec,
+            "END": self._stray_end, "TRAILER": self._trailer, "ERROR": self._error,
+        }.get(word)
+        if handler is None:
+            raise CaptureError(f"unknown probe directive {PREFIX}{word[:20]} (console line {self._line_no})")
+        if not self.begun and word not in ("BEGIN", "INFO", "ERROR"):
+            raise CaptureError(f"{PREFIX}{word} before {PREFIX}BEGIN (console line {self._line_no})")
+        handler(rest)
+
+    # -- directives ---------------------------------------------------------------------------
+    def _begin(self, rest: str) -> None:
+        if self.begun:
+            raise CaptureError(f"the probe started twice (console line {self._line_no}): did the guest reboot?")
+        if rest.strip() != str(PROTOCOL):
+            raise CaptureError(f"unsupported probe protocol {rest.strip()[:20]!r} (this qabi reads "
+                               f"protocol {PROTOCOL})")
+        self.begun = True
+
+    def _info(self, rest: str) -> None:
+        key, _, value = rest.partition(" ")
+        if key and len(self.info) < 1000:
+            self.info[key] = value.strip()[:200]
+
+    def _skip(self, rest: str) -> None:
+        path, _, reason = rest.partition(" ")
+        if not path.startswith("/"):
+            raise CaptureError(f"malformed {PREFIX}SKIP line (console line {self._line_no})")
+        self.skipped.append(Skip(path, reason.strip()[:200] or "unreadable"))
+
+    def _rec(self, rest: str) -> None:
+        fields = rest.split(" ")
+        if len(fields) != 3 or not _COUNT.fullmatch(fields[1]) or not _SHA256.fullmatch(fields[2]):
+            raise CaptureError(f"malformed {PREFIX}REC line (console line {self._line_no}): {rest[:100]!r}")
+        path = check_path(fields[0])
+        size = int(fields[1])
+        if size > MAX_RECORD:
+            raise CaptureError(f"record {path} is {size} bytes: more than the {MAX_RECORD >> 20} MiB limit")
+        if path in self._paths:
+            raise CaptureError(f"record {path} sent twice")
+        if len(self.records) >= MAX_RECORDS:
+            raise CaptureError(f"more than {MAX_RECORDS} records")
+        self._current = (path, size, fields[2])
+        self._body = []
+        self._body_len = 0
+
+    def _record_line(self, line: str) -> None:
+        assert self._current is not None
+        path, size, digest = self._current
+        if line.startswith(PREFIX):
+            word, _, rest = line[len(PREFIX):].partition(" ")
+            if word != "END":
+                raise CaptureError(f"probe output truncated: record {path} has no {PREFIX}END "
+                                   f"before {PREFIX}{word[:20]} (console line {self._line_no})")
+            if rest != path:
+                raise CaptureError(f"{PREFIX}END {rest[:80]} does not match {PREFIX}REC {path}")
+            self._finish(path, size, digest)
+            return
+        if not line:
+            return
+        if not _B64_LINE.fullmatch(line):
+            raise CaptureError(f"non-base64 line inside record {path} (console line {self._line_no}): "
+                               f"{line[:60]!r}")
+        self._body_len += len(line)
+        if self._body_len > _MAX_B64:
+            raise CaptureError(f"record {path} body exceeds the {MAX_RECORD >> 20} MiB limit")
+        self._body.append(line)
+
+    def _finish(self, path: str, size: int, digest: str) -> None:
+        try:
+            data = base64.b64decode("".join(self._body), validate=True)
+        except (binascii.Error, ValueError):
+            raise CaptureError(f"record {path}: malformed base64 body") from None
+        self._current = None
+        self._body = []
+        if len(data) != size:
+            raise CaptureError(f"size mismatch for {path}: the probe said {size} bytes, "
+                               f"received {len(data)}")
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != digest:
+            raise CaptureError(f"checksum mismatch for {path}: the probe said sha256 {digest}, "
+                               f"received bytes hash to {actual}")
+        self._paths.add(path)
+        self.records.append(Record(path, data))
+
+    def _stray_end(self, rest: str) -> None:
+        raise CaptureError(f"{PREFIX}END {rest[:80]} without a {PREFIX}REC (console line {self._line_no})")
+
+    def _trailer(self, rest: str) -> None:
+        if not _COUNT.fullmatch(rest.strip()):
+            raise CaptureError(f"malformed {PREFIX}TRAILER line (console line {self._line_no})")
+        count = int(rest.strip())
+        if count != len(self.records):
+            raise CaptureError(f"record count mismatch: the trailer says {count}, received "
+                               f"{len(self.records)}")
+        self.done = True
+
+    def _error(self, rest: str) -> None:
+        raise CaptureError(f"guest probe failed: {rest.strip()[:200] or 'no reason given'}")
+
+    # -- result -------------------------------------------------------------------------------
+    def result(self) -> ProbeOutput:
+        """The verified output; raises unless the stream was complete."""
+        if self._pending:
+            pending, self._pending = self._pending, ""
+            self.feed_line(pending)
+        if not self.begun:
+            raise CaptureError(f"guest never started the probe (no {PREFIX}BEGIN in "
+                               f"{self._line_no} lines of console output)")
+        if self._current is not None:
+            raise CaptureError(f"probe output truncated inside record {self._current[0]} "
+                               f"(no {PREFIX}END)")
+        if not self.done:
+            raise CaptureError(f"probe output truncated: no {PREFIX}TRAILER after "
+                               f"{len(self.records)} records")
+        return ProbeOutput(tuple(self.records), tuple(self.skipped), dict(self.info))
+
+
+def parse(text: str) -> ProbeOutput:
+    """Parse and verify a whole console log."""
+    parser = StreamParser()
+    parser.feed(text)
+    return parser.result()
 
 
 def parse_stream(text: str) -> list[Record]:
-    return parse(text).records
+    """The verified records of a whole console log."""
+    return list(parse(text).records)
 
 
-def write_raw(records: list[Record], raw_dir: Path) -> dict[str, str]:
-    """Write every record under `raw_dir` at its guest path; return {relative path: sha256}."""
-    hashes: dict[str, str] = {}
+def relpath(path: str) -> PurePosixPath:
+    """The path under raw/ of guest path `path` (no leading slash), refusing anything unsafe."""
+    check_path(path)
+    if "\\" in path:
+        raise CaptureError(f"bad record path {path[:80]!r}: backslash")
+    return PurePosixPath(path.lstrip("/"))
+
+
+def write_raw(records: Iterable[Record], raw_dir: Path) -> dict[str, str]:
+    """Write each record to raw_dir/<guest path without the leading slash>.
+
+    Returns {relative path: sha256}. Refuses paths that would leave raw_dir, existing files and
+    symlinks on the way (raw_dir is meant to be new and empty).
+    """
+    raw_dir.mkdir(parents=True, exist_ok=True)
     root = raw_dir.resolve()
-    for rec in records:
-        _check_path(rec.path)
-        rel = rec.path.lstrip("/")
-        dest = (root / rel).resolve()
-        if not dest.is_relative_to(root):
-            raise CaptureError(f"probe stream: record path {rec.path} escapes the capture")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    written: dict[str, str] = {}
+    for record in records:
+        rel = relpath(record.path)
+        parent = root
+        for part in rel.parts[:-1]:
+            parent = parent / part
+            if parent.is_symlink() or (parent.exists() and not parent.is_dir()):
+                raise CaptureError(f"record {record.path}: {parent} is in the way")
+            parent.mkdir(exist_ok=True)
+        target = parent / rel.name
+        if os.path.commonpath([root, target.resolve()]) != str(root):
+            raise CaptureError(f"record {record.path} would be written outside {raw_dir}")
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        except FileExistsError:
+            raise CaptureError(f"record {record.path}: {target} already exists") from None
         with os.fdopen(fd, "wb") as handle:
-            handle.write(rec.data)
-        hashes[rel] = hashlib.sha256(rec.data).hexdigest()
-    return hashes
+            handle.write(record.data)
+        written[rel.as_posix()] = record.sha256
+    return written

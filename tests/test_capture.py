@@ -1,0 +1,173 @@
+"""Capture: real QEMU builds boot the real reference guest under TCG and bring back every byte."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, run_qabi
+
+PROFILES = ["minimal", "linux-virtio", "windows", "legacy"]
+BULLSEYE = "debian:bullseye=1:5.2+dfsg-11+deb11u3"
+MATRIX = [(spec, machine, guest) for spec in ("debian:bookworm", "debian:trixie")
+          for machine in ("pc-i440fx-7.2", "pc-q35-7.2") for guest in PROFILES]
+MATRIX.append((BULLSEYE, "pc-i440fx-5.2", "minimal"))
+
+pytestmark = pytest.mark.integration
+
+
+def _qemu_pids_with(marker: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if marker.encode() in cmdline and b"qemu-system" in cmdline:
+                pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.parametrize("spec,machine,guest", MATRIX, ids=[f"{s.split('=')[0]}-{m}-{g}" for s, m, g in MATRIX])
+def test_capture_is_complete_and_verified(spec, machine, guest):
+    from harness.capture import load_capture
+    from harness.check import captured
+    from harness.guest.profile import load_profile
+    from harness.qemu import resolve
+
+    folder = captured(resolve(spec), load_profile(guest), machine)
+    cap = load_capture(folder)  # re-verifies every sha256
+    m = cap.manifest
+    assert m["complete"] and m["machine"]["resolved"] == machine and m["profile"]["name"] == guest
+    files = set(m["files"])
+    assert "raw/sys/firmware/acpi/tables/DSDT" in files and "raw/sys/firmware/acpi/tables/FACP" in files
+    assert {"raw/sys/firmware/dmi/tables/DMI", "raw/sys/firmware/dmi/tables/smbios_entry_point"} <= files
+    cpus = dict(m["profile"]["smp"])["cpus"]
+    assert {f"raw/dev/cpu/{n}/cpuid" for n in range(cpus)} <= files
+    assert not any(f.startswith(f"raw/dev/cpu/{cpus}/") for f in files)
+    pci = {f.split("/")[5] for f in files if f.startswith("raw/sys/bus/pci/devices/")}
+    assert "0000:00:00.0" in pci
+    if guest == "linux-virtio":
+        assert {"0000:00:03.0", "0000:00:04.0", "0000:00:08.0", "0000:00:09.0"} <= pci
+    if machine.startswith("pc-q35"):
+        assert {"0000:00:1f.0", "0000:00:1f.2", "0000:00:1f.3"} <= pci
+        assert all((cap.raw / "sys/bus/pci/devices" / d / "config").stat().st_size == 4096 for d in pci)
+    assert any(f.startswith("raw/sys/firmware/memmap/") for f in files)
+    assert m["argv"].count("-accel") == 1 and m["argv"][m["argv"].index("-accel") + 1] == "tcg"
+    assert m["build"]["spec"] == spec and len(m["build"]["sha256"]) == 64
+
+
+def test_cli_capture_twice_gives_identical_raw(tmp_path):
+    outs = []
+    for name in ("one", "two"):
+        out = tmp_path / name
+        done = run_qabi("capture", "--qemu", "debian:bookworm", "--machine", "q35", "--guest", "linux-virtio",
+                        "-o", str(out))
+        assert done.returncode == 0, done.stderr
+        outs.append(out)
+    a = {p.relative_to(outs[0]): p.read_bytes() for p in (outs[0] / "raw").rglob("*") if p.is_file()}
+    b = {p.relative_to(outs[1]): p.read_bytes() for p in (outs[1] / "raw").rglob("*") if p.is_file()}
+    assert a.keys() == b.keys() and len(a) > 40
+    assert [k for k in a if a[k] != b[k]] == []
+    m = json.loads((outs[0] / "manifest.json").read_text())
+    assert m["machine"] == {"asked": "q35", "resolved": "pc-q35-7.2", "family": "q35"}
+
+
+def _faulty_recipe(tmp_path: Path, init_tail: str) -> Path:
+    """A copy of the reference recipe whose /init runs `init_tail` instead of the plain probe."""
+    recipe = tmp_path / "recipe"
+    shutil.copytree(REPO / "guests" / "reference", recipe)
+    init = (recipe / "init").read_text()
+    start = init.index("/bin/sh /probe.sh")
+    end = init.index("\n", start)
+    (recipe / "init").write_text(init[:start] + init_tail + init[end:])
+    return recipe
+
+
+FLIP = r'''/bin/sh /probe.sh >/tmp/out 2>&1
+flipped=
+while IFS= read -r line; do
+    if [ -z "$flipped" ] && [ "${#line}" -gt 20 ] && [ "${line#@@}" = "$line" ]; then
+        first=${line%"${line#?}"}
+        if [ "$first" = A ]; then line="B${line#?}"; else line="A${line#?}"; fi
+        flipped=1
+    fi
+    printf '%s\n' "$line"
+done </tmp/out >/dev/ttyS0'''
+TRUNCATE = r'''/bin/sh /probe.sh >/tmp/out 2>&1
+n=0
+while IFS= read -r line && [ "$n" -lt 150 ]; do printf '%s\n' "$line"; n=$((n + 1)); done </tmp/out >/dev/ttyS0'''
+HANG = "while :; do :; done"
+
+
+@pytest.mark.parametrize("tail,message,timeout", [
+    (FLIP, "checksum mismatch for /", "120"),
+    (TRUNCATE, "truncated", "120"),
+    (HANG, "guest never started the probe", "25"),
+], ids=["flipped-byte", "truncated", "never-answers"])
+def test_faulty_guest_is_exit_2_and_leaves_no_qemu(tmp_path, tail, message, timeout):
+    recipe = _faulty_recipe(tmp_path, tail)
+    out = tmp_path / "cap"
+    done = run_qabi("capture", "--qemu", "debian:bookworm", "--machine", "pc-q35-7.2", "--guest", "minimal",
+                    "--reference", str(recipe), "--timeout", timeout, "-o", str(out))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert message in done.stderr, done.stderr
+    assert done.stderr.strip().count("\n") == 0
+    assert str(out / "console.log") in done.stderr
+    assert (out / "console.log").is_file() and (out / "FAILED").is_file()
+    assert not (out / "manifest.json").exists()  # a failed capture never looks complete
+    assert _qemu_pids_with(str(tmp_path)) == [] and _qemu_pids_with("qabi-") == []
+
+
+def test_unknown_machine_lists_close_ones(tmp_path):
+    done = run_qabi("capture", "--qemu", "debian:bookworm", "--machine", "pc-q35-7.3", "--guest", "minimal",
+                    "-o", str(tmp_path / "x"))
+    assert done.returncode == 2
+    assert "unknown machine type 'pc-q35-7.3'" in done.stderr and "pc-q35-7.2" in done.stderr
+
+
+def _profile(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "custom.toml"
+    path.write_text('description = "test"\ncpu = "qemu64"\nmemory = 256\nsmp = { cpus = 1 }\n'
+                    'uuid = "6a1e0d3c-0000-4000-8000-0000000000ff"\n' + body)
+    return path
+
+
+def test_missing_device_is_unsupported(tmp_path):
+    profile = _profile(tmp_path, '[[device]]\ndriver = "virtio-quantum-pci"\n')
+    done = run_qabi("capture", "--qemu", "debian:bookworm", "--machine", "pc-q35-7.2", "--guest", str(profile),
+                    "-o", str(tmp_path / "x"))
+    assert done.returncode == 2 and "unsupported on this build: virtio-quantum-pci" in done.stderr
+
+
+def test_missing_property_is_unsupported(tmp_path):
+    profile = _profile(tmp_path, '[[device]]\ndriver = "virtio-rng-pci"\nprops = { quantum = 1 }\n')
+    done = run_qabi("capture", "--qemu", "debian:bookworm", "--machine", "pc-q35-7.2", "--guest", str(profile),
+                    "-o", str(tmp_path / "x"))
+    assert done.returncode == 2 and "unsupported on this build" in done.stderr and "quantum" in done.stderr
+
+
+def test_qemu_exiting_early_shows_its_stderr(tmp_path):
+    profile = _profile(tmp_path, "").read_text().replace("memory = 256", "memory = 64000000")
+    (tmp_path / "huge.toml").write_text(profile)
+    done = run_qabi("capture", "--qemu", "debian:bookworm", "--machine", "pc-q35-7.2", "--guest",
+                    str(tmp_path / "huge.toml"), "-o", str(tmp_path / "x"))
+    assert done.returncode == 2 and "QEMU exited early" in done.stderr
+    assert "qemu-system-x86_64" in done.stderr or "memory" in done.stderr.lower()
+
+
+def test_existing_capture_is_never_overwritten(tmp_path):
+    out = tmp_path / "cap"
+    assert run_qabi("capture", "--qemu", "debian:bookworm", "--machine", "pc-q35-7.2", "--guest", "minimal",
+                    "-o", str(out)).returncode == 0
+    before = (out / "manifest.json").read_bytes()
+    done = run_qabi("capture", "--qemu", "debian:bookworm", "--machine", "pc-q35-7.2", "--guest", "minimal",
+                    "-o", str(out))
+    assert done.returncode == 2 and "refusing to overwrite" in done.stderr
+    assert (out / "manifest.json").read_bytes() == before
