@@ -151,3 +151,69 @@ def fingerprint_pair(old: Side, new: Side, machine: str, guest: str, accel: str 
         return RunOutcome(machine, guest, "error", str(exc), seconds=time.monotonic() - started)
     return RunOutcome(machine, guest, "compared", None, fps[0], fps[1], caps[0], caps[1],
                       seconds=time.monotonic() - started)
+
+
+def default_machines(old: Side, new: Side) -> list[str]:
+    """Without --machine: the newest versioned i440fx and q35 machine types both sides have."""
+    both = versioned_machines(sorted(set(old.machines()) & set(new.machines())))
+    out = []
+    for family in ("i440fx", "q35"):
+        mine = [m for m in both if m.startswith(f"pc-{family}-")]
+        if mine:
+            out.append(mine[-1])
+    if not out:
+        raise QabiError(f"{old.spec} and {new.spec} have no versioned i440fx or q35 machine type in common")
+    return out
+
+
+def load_waivers_option(path: str | None) -> Any:
+    """--waivers FILE, else fingerprints/waivers.toml when it exists, else no waivers."""
+    from harness.drift import DEFAULT_WAIVERS, load_waivers
+
+    if path:
+        return load_waivers(path)
+    return load_waivers(DEFAULT_WAIVERS) if DEFAULT_WAIVERS.is_file() else None
+
+
+def make_run(outcome: RunOutcome, old: Side, new: Side, waivers: Any) -> Any:
+    """A report Run from a RunOutcome: compared (with its drifts), unsupported or error."""
+    from harness.drift import compare
+    from harness.report import Run
+
+    if outcome.status != "compared":
+        return Run(machine=outcome.machine, guest=outcome.guest, old=_safe_provenance(old),
+                   new=_safe_provenance(new), status=outcome.status, reason=outcome.reason)  # type: ignore[arg-type]
+    assert outcome.old_fingerprint is not None and outcome.new_fingerprint is not None
+    try:
+        comparison = compare(outcome.old_fingerprint, outcome.new_fingerprint, waivers)
+    except QabiError as exc:
+        return Run(machine=outcome.machine, guest=outcome.guest, old=_safe_provenance(old),
+                   new=_safe_provenance(new), status="error", reason=str(exc))
+    return Run(machine=outcome.machine, guest=outcome.guest,
+               old=outcome.old_fingerprint["source"]["build"], new=outcome.new_fingerprint["source"]["build"],
+               comparison=comparison)
+
+
+def _safe_provenance(side: Side) -> dict[str, Any]:
+    try:
+        return side.provenance()
+    except QabiError:
+        return {"spec": side.spec}
+
+
+def run_check(old_spec: str, new_spec: str, machines: list[str] | None, guests: list[str] | None,
+              accel: str = "tcg", waivers_path: str | None = None, fail_on: str = "warn",
+              timeout: float = 180.0, firmware_from: str | None = None, progress: Any = None) -> Any:
+    """Capture (or reuse) both sides of every (machine, guest) run and compare them: a RunSet."""
+    from harness.report import RunSet
+
+    waivers = load_waivers_option(waivers_path)
+    old, new = Side.open(old_spec), Side.open(new_spec, firmware_from)
+    chosen = expand_machines(machines, old, new) if machines else default_machines(old, new)
+    runs = []
+    for machine in chosen:
+        for guest in expand_guests(guests):
+            if progress:
+                progress(machine, guest)
+            runs.append(make_run(fingerprint_pair(old, new, machine, guest, accel, timeout), old, new, waivers))
+    return RunSet(tuple(runs), fail_on)  # type: ignore[arg-type]

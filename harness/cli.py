@@ -199,6 +199,29 @@ def cmd_guest_build(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- qabi check ---------------------------------------------------------------------------------
+def cmd_check(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from harness.check import run_check
+    from harness.report import render_text, write_json
+
+    console = Console(stderr=True)
+
+    def progress(machine: str, guest: str) -> None:
+        console.print(f"[dim]qabi: {machine} {guest}: capturing {args.old} and {args.new}[/dim]")
+
+    result = run_check(args.old, args.new, args.machine, args.guest, accel=args.accel,
+                       waivers_path=args.waivers, fail_on=args.fail_on, timeout=args.timeout,
+                       firmware_from=args.firmware_from, progress=progress if sys.stderr.isatty() else None)
+    sys.stdout.write(render_text(result))
+    if args.json:
+        write_json(result, Path(args.json))
+    return int(result.exit_code)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="qabi", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -238,6 +261,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a reference-guest recipe other than guests/reference (e.g. a modified probe)")
     p.add_argument("-o", "--output", required=True, metavar="DIR")
     p.set_defaults(func=cmd_capture)
+
+    p = sub.add_parser("check", help="capture both builds and diff them: the verdict")
+    p.add_argument("--old", required=True, metavar="SPEC", help="old build spec, or a recorded baseline dir")
+    p.add_argument("--new", required=True, metavar="SPEC")
+    p.add_argument("--firmware-from", metavar="SPEC", help="run the new build with this build's firmware")
+    p.add_argument("--machine", action="append", metavar="M",
+                   help="machine type (repeatable; 'common' = every versioned i440fx/q35 type both have; "
+                        "default: the newest of each family both have)")
+    p.add_argument("--guest", action="append", metavar="P", help="profile (repeatable; default: all)")
+    p.add_argument("--accel", choices=["tcg", "kvm"], default="tcg")
+    p.add_argument("--waivers", metavar="F", help="waiver file (default: fingerprints/waivers.toml if present)")
+    p.add_argument("--json", metavar="F", help="write the JSON verdict here")
+    p.add_argument("--fail-on", choices=["break", "warn", "info"], default="warn")
+    p.add_argument("--timeout", type=float, default=180.0, metavar="S")
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("fingerprint", help="decode a capture into fingerprint JSON")
     p.add_argument("capture", metavar="CAPTURE")
