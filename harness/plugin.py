@@ -38,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "report": "reports",
 }
 _LISTS = ("machine", "guest")
+DETAIL_LINES = 8
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -199,7 +200,15 @@ def failure_message(session: QabiSession, run: Any, category: str) -> str | None
     for subject, items in by_subject.items():
         lines.append(f"  {subject}")
         for d in items:
-            lines.append(f"    [{d.severity}] {d.path or '(whole entry)'}: {_short(d.old)} -> {_short(d.new)}")
+            if getattr(d, "detail", None):
+                changed = [ln for ln in d.detail.splitlines()
+                           if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
+                lines.append(f"    [{d.severity}] {d.path or '(whole entry)'} changed:")
+                lines += [f"      {ln}" for ln in changed[:DETAIL_LINES]]
+                if len(changed) > DETAIL_LINES:
+                    lines.append(f"      … {len(changed) - DETAIL_LINES} more changed line(s) in the HTML report")
+            else:
+                lines.append(f"    [{d.severity}] {d.path or '(whole entry)'}: {_short(d.old)} -> {_short(d.new)}")
     waived = [d for d in drifts if d.waived is not None]
     if waived:
         lines.append(f"  ({len(waived)} waived drift(s) not counted)")
