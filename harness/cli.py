@@ -222,6 +222,22 @@ def cmd_check(args: argparse.Namespace) -> int:
     return int(result.exit_code)
 
 
+# -- qabi report --------------------------------------------------------------------------------
+def cmd_report(args: argparse.Namespace) -> int:
+    """Re-render the self-contained HTML report from a JSON report file: 0 written, 2 bad input."""
+    from pathlib import Path
+
+    from harness.report.html import load_report, write_html
+
+    source = Path(args.report)
+    target = Path(args.output) if args.output else source.with_suffix(".html")
+    if target.resolve() == source.resolve():
+        raise QabiError(f"{target}: the HTML report would overwrite its own JSON input")
+    written = write_html(load_report(source), target)
+    print(f"{written}: HTML report from {source}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="qabi", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -301,6 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fail-on", choices=["break", "warn", "info"], default="warn",
                    help="lowest severity that counts as drift (default warn)")
     p.set_defaults(func=cmd_diff)
+
+    p = sub.add_parser("report", help="render the self-contained HTML report from a JSON report")
+    p.add_argument("report", metavar="JSON", help="a JSON report (qabi check/diff --json, or reports/qabi.json)")
+    p.add_argument("-o", "--output", metavar="HTML", help="where to write the HTML (default: JSON with .html)")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

@@ -20,10 +20,11 @@
 #
 # Speed: under TCG every fork+exec costs ~10 ms, so the probe counts them. Files are copied with
 # one cp per directory (QABI_PROBE_BATCH=1, set by the reference guest, whose busybox cp reads
-# plainly) or one dd per file; sizes and hashes take one wc and one sha256sum for all files;
-# small text files are base64-encoded by the shell itself. The cpuid device returns consecutive
-# leaves for a longer read, so a leaf range is one dd, and all reads of a round go through a
-# single od; entries are written with printf octal escapes, without a fork.
+# plainly) or one dd per file; the memory map's small text files are read by the shell. Sizes
+# and hashes take one wc and one sha256sum for all files; files up to $SMALL bytes are
+# base64-encoded by the shell from a single od of all of them, larger ones by one base64 each.
+# The cpuid device returns consecutive leaves for a longer read, so a leaf range is one dd, all
+# reads of a round go through one od, and entries are written with printf octal escapes.
 
 set -u
 LC_ALL=C
@@ -86,10 +87,18 @@ safe() {
     return 0
 }
 
-skip() {  # skip PATH REASON...
-    _sp=$1
+skip() {  # skip PATH REASON...: PATH with anything unusual shown as '?'
+    _sp=
+    _sr=$1
     shift
-    safe "$_sp" || _sp="(unprintable name)"
+    while [ -n "$_sr" ]; do
+        _st=${_sr#?}
+        case ${_sr%"$_st"} in
+            [A-Za-z0-9_./:+,@=-]) _sp="$_sp${_sr%"$_st"}" ;;
+            *) _sp="$_sp?" ;;
+        esac
+        _sr=$_st
+    done
     printf '@@QABI-SKIP %s %s\n' "$_sp" "$*"
 }
 
@@ -118,7 +127,12 @@ if [ -d /sys/firmware/acpi/tables ]; then
     for _dir in /sys/firmware/acpi/tables /sys/firmware/acpi/tables/dynamic; do
         _fl=
         for _f in "$_dir"/*; do
-            [ -f "$_f" ] && _fl="$_fl ${_f##*/}"
+            [ -f "$_f" ] || continue
+            if safe "$_f"; then
+                _fl="$_fl ${_f##*/}"
+            else
+                skip "$_f" "unsafe file name"
+            fi
         done
         [ -n "$_fl" ] && group "$_dir" $_fl
     done

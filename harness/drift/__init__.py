@@ -1,0 +1,24 @@
+"""Drift: compare two fingerprints and name every device and field that changed.
+
+    comparison = compare(old_fp, new_fp, load_waivers("fingerprints/waivers.toml"))
+    comparison.drifts            # most severe first, then subject, then path; waived ones included
+    comparison.stale_waivers     # waivers that matched nothing
+    comparison.verdict("warn")   # "unchanged" | "drift"
+    comparison.only("pci")       # one category (one pytest item per category)
+
+Severity comes from ONE table, `POLICY` (policy.py); the per-category rules are in the module
+of each category (pci, cpuid, acpi, smbios, e820).
+"""
+
+from __future__ import annotations
+
+from harness.drift.engine import check_fingerprint, compare, load_fingerprint
+from harness.drift.model import CATEGORIES, SEVERITIES, Comparison, Drift, Severity, Verdict, at_least
+from harness.drift.policy import POLICY, PolicyRule, policy_markdown, rule_for, severity_for
+from harness.drift.waivers import DEFAULT_WAIVERS, Waiver, Waivers, load_waivers, parse_waivers
+
+__all__ = [
+    "CATEGORIES", "DEFAULT_WAIVERS", "POLICY", "SEVERITIES", "Comparison", "Drift", "PolicyRule", "Severity",
+    "Verdict", "Waiver", "Waivers", "at_least", "check_fingerprint", "compare", "load_fingerprint",
+    "load_waivers", "parse_waivers", "policy_markdown", "rule_for", "severity_for",
+]

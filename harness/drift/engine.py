@@ -1,0 +1,107 @@
+"""compare(): two fingerprints → a Comparison (drifts, severity, waivers, verdict)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from harness.drift import acpi, cpuid, e820, pci, smbios
+from harness.drift.model import CATEGORIES, Comparison, Drift
+from harness.drift.waivers import Waivers
+from harness.errors import QabiError
+
+SCHEMA_VERSION = 1
+
+_COMPARERS: dict[str, Callable[[dict[str, Any], dict[str, Any]], list[Drift]]] = {
+    "pci": pci.compare, "cpuid": cpuid.compare, "acpi": acpi.compare, "smbios": smbios.compare,
+    "e820": e820.compare,
+}
+
+
+def _name(fp: Any, side: str) -> str:
+    source = fp.get("source") if isinstance(fp, dict) else None
+    capture = source.get("capture") if isinstance(source, dict) else None
+    return f"{side} fingerprint ({capture})" if capture else f"{side} fingerprint"
+
+
+def check_fingerprint(fp: Any, side: str, categories: Iterable[str] = CATEGORIES) -> None:
+    """QabiError unless `fp` is a schema-1 fingerprint with every one of `categories`."""
+    if not isinstance(fp, dict):
+        raise QabiError(f"{side} fingerprint is not a JSON object")
+    name = _name(fp, side)
+    if fp.get("schema") != SCHEMA_VERSION:
+        raise QabiError(f"{name} has schema {fp.get('schema')!r}; this qabi reads schema {SCHEMA_VERSION}")
+    for category in categories:
+        if category not in fp:
+            raise QabiError(f"{name} has no {category!r} data: a partial fingerprint is never compared")
+        entries = fp[category]
+        if not isinstance(entries, dict):
+            raise QabiError(f"{name}: {category!r} is not an object keyed by identity")
+        for key, entry in entries.items():
+            if not isinstance(entry, dict):
+                raise QabiError(f"{name}: {category} entry {key!r} is not an object")
+
+
+def compare(old: dict[str, Any], new: dict[str, Any], waivers: Waivers | None = None, *,
+            categories: Iterable[str] | None = None) -> Comparison:
+    """Every guest-visible difference between two fingerprints, most severe first.
+
+    `categories` restricts the comparison (default: all five); only those need to be present.
+    Raises QabiError for a fingerprint that is not schema 1 or lacks a compared category."""
+    cats = tuple(CATEGORIES if categories is None else categories)
+    unknown = [c for c in cats if c not in _COMPARERS]
+    if unknown:
+        raise QabiError(f"unknown categor{'ies' if len(unknown) > 1 else 'y'} {', '.join(unknown)} "
+                        f"(known: {', '.join(CATEGORIES)})")
+    check_fingerprint(old, "old", cats)
+    check_fingerprint(new, "new", cats)
+    drifts: list[Drift] = []
+    for category in cats:
+        try:
+            drifts += _COMPARERS[category](old[category], new[category])
+        except QabiError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise QabiError(f"cannot compare {category}: malformed fingerprint data "
+                            f"({type(exc).__name__}: {exc})") from exc
+    stale: list[Any] = []
+    if waivers is not None:
+        drifts, stale = waivers.apply(drifts, cats)
+    drifts.sort(key=Drift.sort_key)
+    return Comparison(drifts=tuple(drifts), stale_waivers=tuple(stale), categories=cats,
+                      waivers_source=waivers.source if waivers is not None else None)
+
+
+def load_fingerprint(path: Path | str) -> dict[str, Any]:
+    """A fingerprint JSON file, or a capture directory decoded on the spot."""
+    p = Path(path)
+    if p.is_dir():
+        try:
+            from harness.fingerprint import fingerprint_capture
+
+            data: Any = fingerprint_capture(p)
+        except ImportError as exc:
+            raise QabiError(f"{p}: cannot decode the capture: {exc}") from None
+        if not isinstance(data, dict) and hasattr(data, "as_dict"):
+            data = data.as_dict()
+        return data  # type: ignore[no-any-return]
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise QabiError(f"{p}: no such fingerprint file or capture directory") from None
+    except OSError as exc:
+        raise QabiError(f"cannot read {p}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise QabiError(f"{p}: not a fingerprint (not UTF-8 JSON)") from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise QabiError(f"{p}: not a fingerprint (invalid JSON: {exc})") from None
+    if not isinstance(data, dict):
+        raise QabiError(f"{p}: not a fingerprint (not a JSON object)")
+    source = data.setdefault("source", {})
+    if isinstance(source, dict):
+        source.setdefault("capture", str(p))
+    return data

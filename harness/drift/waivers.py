@@ -1,0 +1,164 @@
+"""Waivers: accepted drifts, from a TOML file (default `fingerprints/waivers.toml`).
+
+    [[waiver]]
+    category = "pci"                                  # glob
+    subject  = 'pci 0000:00:05.0 *'                   # glob; use '…' strings for ACPI's backslashes
+    path     = "capabilities[MSI-X]"                  # glob, default "*"
+    old      = "0x0"                                  # optional: exact value, compared as strings
+    new      = "0x1"                                  # optional
+    reason   = "virtio-rng gained MSI-X in 7.2.0; accepted for our fleet"   # required
+
+Glob syntax: `*` any run of characters, `?` one character, `{a,b}` alternatives, everything
+else (square brackets included) literal. Waived drifts stay in the comparison with
+`waived=reason`; waivers that match nothing are reported as stale.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.drift.glob import glob_match
+from harness.drift.model import CATEGORIES, Drift, value_text
+from harness.errors import QabiError
+
+DEFAULT_WAIVERS = Path("fingerprints") / "waivers.toml"
+
+_KEYS = {"category", "subject", "path", "old", "new", "reason"}
+_REQUIRED = ("category", "subject", "reason")
+_TABLE_HEADER = re.compile(r"^\s*\[\[\s*waiver\s*\]\]")
+_TOML_LINE = re.compile(r"\(at line (\d+), column (\d+)\)")
+
+
+@dataclass(frozen=True)
+class Waiver:
+    category: str
+    subject: str
+    reason: str
+    path: str = "*"
+    old: str | None = None
+    new: str | None = None
+    index: int = 0            # 1-based position in the file
+    line: int | None = None   # line where its [[waiver]] starts
+    source: str | None = None
+
+    def applies_to(self, category: str) -> bool:
+        return glob_match(self.category, category)
+
+    def matches(self, drift: Drift) -> bool:
+        return (glob_match(self.category, drift.category)
+                and glob_match(self.subject, drift.subject)
+                and glob_match(self.path, drift.path)
+                and (self.old is None or self.old == value_text(drift.old))
+                and (self.new is None or self.new == value_text(drift.new)))
+
+    @property
+    def where(self) -> str:
+        place = self.source or "waivers"
+        return f"{place}:{self.line}" if self.line else f"{place} waiver #{self.index}"
+
+    def describe(self) -> str:
+        parts = [f"category={self.category}", f"subject={self.subject}", f"path={self.path}"]
+        if self.old is not None:
+            parts.append(f"old={self.old}")
+        if self.new is not None:
+            parts.append(f"new={self.new}")
+        return " ".join(parts)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"category": self.category, "subject": self.subject, "path": self.path, "old": self.old,
+                "new": self.new, "reason": self.reason, "index": self.index, "line": self.line,
+                "source": self.source}
+
+
+@dataclass(frozen=True)
+class Waivers:
+    entries: tuple[Waiver, ...] = ()
+    source: str | None = field(default=None)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def apply(self, drifts: Iterable[Drift], categories: Iterable[str] = CATEGORIES,
+              ) -> tuple[list[Drift], list[Waiver]]:
+        """Drifts with `waived` set by the first matching waiver, and the waivers (that apply
+        to `categories`) that matched nothing."""
+        used: set[int] = set()
+        out: list[Drift] = []
+        for drift in drifts:
+            for i, waiver in enumerate(self.entries):
+                if waiver.matches(drift):
+                    used.add(i)
+                    drift = drift.waive(waiver.reason)
+                    break
+            out.append(drift)
+        cats = tuple(categories)
+        stale = [w for i, w in enumerate(self.entries)
+                 if i not in used and any(w.applies_to(c) for c in cats)]
+        return out, stale
+
+
+def _waiver_lines(text: str) -> list[int]:
+    return [n for n, line in enumerate(text.splitlines(), 1) if _TABLE_HEADER.match(line)]
+
+
+def parse_waivers(text: str, source: str = "<waivers>") -> Waivers:
+    """Waivers from TOML text; QabiError naming `source` and the line on any problem."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        found = _TOML_LINE.search(str(exc))
+        line = getattr(exc, "lineno", None) or (int(found.group(1)) if found else None)
+        message = _TOML_LINE.sub("", str(exc)).strip()
+        where = f"{source}:{line}" if line else source
+        raise QabiError(f"{where}: malformed waivers file: {message}") from None
+    unknown_top = sorted(set(data) - {"waiver"})
+    if unknown_top:
+        raise QabiError(f"{source}: unknown top-level key {unknown_top[0]!r} (expected [[waiver]] entries)")
+    entries = data.get("waiver", [])
+    if not isinstance(entries, list):
+        raise QabiError(f"{source}: `waiver` must be an array of tables ([[waiver]])")
+    starts = _waiver_lines(text)
+    waivers: list[Waiver] = []
+    for i, entry in enumerate(entries, 1):
+        line = starts[i - 1] if len(starts) == len(entries) else None
+        where = f"{source}:{line}: waiver #{i}" if line else f"{source}: waiver #{i}"
+        if not isinstance(entry, dict):
+            raise QabiError(f"{where}: must be a table")
+        unknown = sorted(set(entry) - _KEYS)
+        if unknown:
+            raise QabiError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(_KEYS))})")
+        for key in _REQUIRED:
+            if key not in entry:
+                raise QabiError(f"{where}: missing required key {key!r}")
+        for key in ("category", "subject", "path", "reason"):
+            if key in entry and (not isinstance(entry[key], str) or not entry[key].strip()):
+                raise QabiError(f"{where}: {key!r} must be a non-empty string")
+        if not any(glob_match(entry["category"], c) for c in CATEGORIES):
+            raise QabiError(f"{where}: category {entry['category']!r} matches none of {', '.join(CATEGORIES)}")
+        values: dict[str, str | None] = {}
+        for key in ("old", "new"):
+            value = entry.get(key)
+            if isinstance(value, dict | list):
+                raise QabiError(f"{where}: {key!r} must be a string, number or boolean")
+            values[key] = None if value is None else value_text(value)
+        waivers.append(Waiver(category=entry["category"], subject=entry["subject"], reason=entry["reason"],
+                              path=entry.get("path", "*"), old=values["old"], new=values["new"],
+                              index=i, line=line, source=source))
+    return Waivers(tuple(waivers), source)
+
+
+def load_waivers(path: Path | str) -> Waivers:
+    """Waivers from a TOML file; a missing or malformed file is a QabiError naming file and line."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise QabiError(f"cannot read waivers file {p}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise QabiError(f"{p}: waivers file is not UTF-8 text") from None
+    return parse_waivers(text, str(p))

@@ -1,0 +1,120 @@
+"""What a report is made of: runs (one machine type × guest, old build vs new build) and their set."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from harness.drift.model import Comparison, Severity, severity_rank
+
+RunStatus = Literal["compared", "unsupported", "error"]
+Outcome = Literal["unchanged", "drift", "unsupported", "error"]
+ReportVerdict = Literal["unchanged", "drift", "error"]
+RUN_STATUSES: tuple[RunStatus, ...] = ("compared", "unsupported", "error")
+EXIT_CODES: dict[str, int] = {"unchanged": 0, "drift": 1, "error": 2}
+
+
+def provenance(fingerprint: Mapping[str, Any]) -> dict[str, Any]:
+    """The build provenance recorded in a fingerprint's `source` (empty when there is none)."""
+    source = fingerprint.get("source")
+    build = source.get("build") if isinstance(source, Mapping) else None
+    return dict(build) if isinstance(build, Mapping) else {}
+
+
+def _source(fingerprint: Mapping[str, Any], key: str) -> str | None:
+    source = fingerprint.get("source")
+    value = source.get(key) if isinstance(source, Mapping) else None
+    return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True)
+class Run:
+    """One comparison: a machine type and guest profile, booted under the old and the new build.
+
+    `status` is "compared" (then `comparison` is set), "unsupported" (a build cannot run this
+    profile or machine type; `reason` says why) or "error" (could not decide; `reason`)."""
+
+    machine: str
+    guest: str
+    old: Mapping[str, Any] = field(default_factory=dict)
+    new: Mapping[str, Any] = field(default_factory=dict)
+    status: RunStatus = "compared"
+    reason: str | None = None
+    comparison: Comparison | None = None
+
+    def __post_init__(self) -> None:
+        if self.status not in RUN_STATUSES:
+            raise ValueError(f"run status {self.status!r} is not one of {', '.join(RUN_STATUSES)}")
+        if self.status == "compared" and self.comparison is None:
+            raise ValueError("a compared run needs its comparison")
+        if self.status != "compared" and not self.reason:
+            raise ValueError(f"an {self.status} run needs a reason")
+
+    @classmethod
+    def from_fingerprints(cls, old: Mapping[str, Any], new: Mapping[str, Any], comparison: Comparison) -> Run:
+        """A compared run, machine/guest/provenance taken from the fingerprints' `source`."""
+        return cls(machine=_pair(_source(old, "machine"), _source(new, "machine")),
+                   guest=_pair(_source(old, "guest"), _source(new, "guest")),
+                   old=provenance(old), new=provenance(new), comparison=comparison)
+
+    @classmethod
+    def failed(cls, reason: str, old: Mapping[str, Any] | None = None, new: Mapping[str, Any] | None = None,
+               status: RunStatus = "error") -> Run:
+        """An error (or unsupported) run, with what is known of the fingerprints that did load."""
+        o, n = old or {}, new or {}
+        return cls(machine=_pair(_source(o, "machine"), _source(n, "machine")),
+                   guest=_pair(_source(o, "guest"), _source(n, "guest")),
+                   old=provenance(o), new=provenance(n), status=status, reason=reason)
+
+    @property
+    def name(self) -> str:
+        return f"{self.machine}, guest {self.guest}"
+
+    def outcome(self, fail_on: Severity = "warn") -> Outcome:
+        if self.status == "error":
+            return "error"
+        if self.status == "unsupported":
+            return "unsupported"
+        assert self.comparison is not None
+        return self.comparison.verdict(fail_on)
+
+
+def _pair(old: str | None, new: str | None) -> str:
+    if old == new or new is None:
+        return old or "?"
+    if old is None:
+        return new
+    return f"{old} → {new}"
+
+
+@dataclass(frozen=True)
+class RunSet:
+    """All runs of one check, and the overall verdict: error if any run errored (or nothing was
+    compared at all), drift if any run has unwaived drift at `fail_on` or above, else unchanged."""
+
+    runs: tuple[Run, ...]
+    fail_on: Severity = "warn"
+
+    def __post_init__(self) -> None:
+        severity_rank(self.fail_on)
+
+    @property
+    def verdict(self) -> ReportVerdict:
+        outcomes = [run.outcome(self.fail_on) for run in self.runs]
+        if "error" in outcomes or "unchanged" not in outcomes and "drift" not in outcomes:
+            return "error"
+        return "drift" if "drift" in outcomes else "unchanged"
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.verdict]
+
+
+def as_runset(result: RunSet | Run | Comparison, fail_on: Severity = "warn") -> RunSet:
+    """Accept a bare Comparison or Run where a RunSet is expected."""
+    if isinstance(result, RunSet):
+        return result
+    if isinstance(result, Run):
+        return RunSet((result,), fail_on)
+    return RunSet((Run(machine="?", guest="?", comparison=result),), fail_on)

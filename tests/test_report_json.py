@@ -1,0 +1,226 @@
+"""Reports: the JSON contract (qabi-report.schema.json), the text report, and `qabi diff`'s exit codes."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from drift_samples import base_fingerprint, pci_with_caps, set_cpuid_bit
+
+from harness.drift import compare, parse_waivers
+from harness.errors import QabiError
+from harness.report import SCHEMA_PATH, Run, RunSet, render_text, report_schema, to_json, validate_report
+from harness.report.jsonreport import _validate_by_hand
+
+
+@pytest.fixture
+def pair() -> tuple[dict[str, Any], dict[str, Any]]:
+    old = base_fingerprint()
+    set_cpuid_bit(old, 1, 0, "ecx", 15, 0, "pdcm")
+    new = copy.deepcopy(old)
+    set_cpuid_bit(new, 1, 0, "ecx", 15, 1, "pdcm")                              # break
+    new["acpi"]["DSDT"]["header"]["oem_revision"] = 77                          # warn
+    new["acpi"]["DSDT"]["header"]["creator_revision"] = 77                      # info
+    return old, new
+
+
+def _runset(old: dict[str, Any], new: dict[str, Any], fail_on: str = "warn", waivers: str | None = None) -> RunSet:
+    comparison = compare(old, new, parse_waivers(waivers) if waivers else None)
+    return RunSet((Run.from_fingerprints(old, new, comparison),), fail_on=fail_on)  # type: ignore[arg-type]
+
+
+def test_schema_file_is_a_valid_json_schema():
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.Draft202012Validator.check_schema(json.loads(SCHEMA_PATH.read_text()))
+    assert report_schema()["properties"]["schema"] == {"const": 1}
+
+
+def test_drift_report_follows_the_contract(pair):
+    old, new = pair
+    data = to_json(_runset(old, new))
+    validate_report(data)
+    _validate_by_hand(data)
+    assert list(data) == ["schema", "verdict", "runs"]
+    assert data["schema"] == 1 and data["verdict"] == "drift"
+    run = data["runs"][0]
+    assert list(run) == ["machine", "guest", "old", "new", "status", "reason", "drifts"]
+    assert (run["machine"], run["guest"], run["status"], run["reason"]) == (
+        old["source"]["machine"], old["source"]["guest"], "compared", None)
+    assert run["old"] == old["source"]["build"]
+    assert [d["severity"] for d in run["drifts"]] == ["break", "warn", "info"]
+    assert run["drifts"][0] == {"category": "cpuid", "subject": "cpuid leaf 0x1 ecx bit 15 (pdcm)",
+                                "path": "ecx[15]", "old": 0, "new": 1, "severity": "break", "waived": None}
+    json.dumps(data)   # JSON-ready
+
+
+def test_verdict_follows_fail_on(pair):
+    old, new = pair
+    assert to_json(_runset(old, new, "break"))["verdict"] == "drift"
+    only_info = copy.deepcopy(old)
+    only_info["acpi"]["DSDT"]["header"]["creator_revision"] = 5
+    assert to_json(_runset(old, only_info, "warn"))["verdict"] == "unchanged"
+    assert to_json(_runset(old, only_info, "info"))["verdict"] == "drift"
+
+
+def test_waived_drifts_carry_their_reason(pair):
+    old, new = pair
+    waivers = '[[waiver]]\ncategory = "*"\nsubject = "*"\nreason = "all accepted"\n'
+    data = to_json(_runset(old, new, waivers=waivers))
+    validate_report(data)
+    assert data["verdict"] == "unchanged"
+    assert {d["waived"] for d in data["runs"][0]["drifts"]} == {"all accepted"}
+
+
+def test_error_and_unsupported_runs():
+    compared = Run.from_fingerprints(base_fingerprint(), base_fingerprint(),
+                                     compare(base_fingerprint(), base_fingerprint()))
+    unsupported = Run(machine="pc-i440fx-2.0", guest="windows", status="unsupported",
+                      reason="QEMU 5.2 has no device 'virtio-sound-pci'")
+    errored = Run.failed("capture incomplete: raw/dev/cpu/0/cpuid missing", base_fingerprint())
+    assert to_json(RunSet((compared, unsupported)))["verdict"] == "unchanged"
+    data = to_json(RunSet((compared, unsupported, errored)))
+    validate_report(data)
+    assert data["verdict"] == "error"
+    assert [r["status"] for r in data["runs"]] == ["compared", "unsupported", "error"]
+    assert data["runs"][2]["reason"].startswith("capture incomplete")
+    assert data["runs"][2]["drifts"] == []
+    # Nothing compared at all is never "unchanged".
+    assert to_json(RunSet((unsupported,)))["verdict"] == "error"
+    assert to_json(RunSet(()))["verdict"] == "error"
+    assert RunSet(()).exit_code == 2
+
+
+def test_run_records_are_checked():
+    with pytest.raises(ValueError):
+        Run(machine="m", guest="g")                          # compared without a comparison
+    with pytest.raises(ValueError):
+        Run(machine="m", guest="g", status="error")          # error without a reason
+    with pytest.raises(ValueError):
+        RunSet((), fail_on="fatal")                          # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("breakage", [
+    lambda d: d.pop("verdict"),
+    lambda d: d.update(verdict="maybe"),
+    lambda d: d.update(extra=1),
+    lambda d: d["runs"][0].update(status="skipped"),
+    lambda d: d["runs"][0].pop("reason"),
+    lambda d: d["runs"][0]["drifts"][0].update(severity="fatal"),
+    lambda d: d["runs"][0]["drifts"][0].update(category="usb"),
+    lambda d: d["runs"][0]["drifts"][0].pop("waived"),
+    lambda d: d["runs"][0]["drifts"][0].update(detail="x"),
+    lambda d: d["runs"][0].update(status="error", reason=None),
+])
+def test_validation_rejects_what_breaks_the_contract(pair, breakage):
+    old, new = pair
+    data = to_json(_runset(old, new))
+    breakage(data)
+    with pytest.raises(QabiError, match="qabi-report.schema.json"):
+        validate_report(data)
+    with pytest.raises(QabiError, match="qabi-report.schema.json"):
+        _validate_by_hand(data)
+
+
+# -- text ----------------------------------------------------------------------------------------
+
+def test_text_groups_by_subject_most_severe_first_and_ends_with_one_verdict(pair):
+    old, new = pair
+    key, _ = pci_with_caps(new)
+    new["pci"][key]["interrupt_pin"] = "INTD" if new["pci"][key].get("interrupt_pin") != "INTD" else "INTC"
+    text = render_text(_runset(old, new))
+    lines = text.rstrip("\n").splitlines()
+    assert lines[0].startswith("== ") and lines[0].endswith(": drift ==")
+    assert sum(1 for line in lines if line.startswith("verdict:")) == 1
+    assert lines[-1].startswith("verdict: DRIFT")
+    headers = [line.split(None, 1) for line in lines if line.startswith("   ") and not line.startswith("    ")
+               and line.split(None, 1)[0] in ("BREAK", "WARN", "INFO", "waived")]
+    assert [h[0] for h in headers] == ["BREAK", "WARN", "WARN"]
+    assert headers[0][1] == "cpuid leaf 0x1 ecx bit 15 (pdcm)"
+    dsdt = lines.index("   WARN   acpi DSDT")
+    assert "header.oem_revision" in lines[dsdt + 1] and "77" in lines[dsdt + 1]
+    assert "header.creator_revision" in lines[dsdt + 2]      # the info drift, after the warn one
+
+
+def test_text_shows_asl_diff_and_provenance(pair):
+    old, new = pair
+    table = new["acpi"]["DSDT"]
+    head, brace, rest = table["asl"].partition("{\n")
+    table["asl"] = head + brace + "    Name (QABI, One)\n" + rest
+    text = render_text(_runset(old, new))
+    assert "+    Name (QABI, One)" in text
+    build = old["source"]["build"]
+    if build.get("version"):
+        assert f"QEMU {build['version']}" in text
+
+
+def test_text_for_unchanged_error_and_unsupported():
+    fp = base_fingerprint()
+    compared = Run.from_fingerprints(fp, fp, compare(fp, fp))
+    text = render_text(RunSet((compared,)))
+    assert "no drift" in text and text.rstrip().splitlines()[-1].startswith("verdict: UNCHANGED")
+    errored = Run.failed("old fingerprint has no 'cpuid' data")
+    text = render_text(RunSet((compared, errored,
+                               Run(machine="m", guest="g", status="unsupported", reason="no such machine"))))
+    assert "error: old fingerprint has no 'cpuid' data" in text
+    assert "unsupported: no such machine" in text
+    assert text.rstrip().splitlines()[-1].startswith("verdict: ERROR")
+
+
+# -- qabi diff -----------------------------------------------------------------------------------
+
+def _files(tmp_path: Path, old: dict[str, Any], new: dict[str, Any]) -> tuple[str, str]:
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    (tmp_path / "new.json").write_text(json.dumps(new))
+    return str(tmp_path / "old.json"), str(tmp_path / "new.json")
+
+
+def test_cli_unchanged_exits_0(tmp_path, qabi):
+    fp = base_fingerprint()
+    old, new = _files(tmp_path, fp, fp)
+    result = qabi("diff", old, new, "--json", str(tmp_path / "r.json"), "--waivers", "/dev/null")
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads((tmp_path / "r.json").read_text())
+    validate_report(data)
+    assert data["verdict"] == "unchanged"
+
+
+def test_cli_drift_exits_1_and_fail_on_break_decides(tmp_path, pair, qabi):
+    old_fp, new_fp = pair
+    old, new = _files(tmp_path, old_fp, new_fp)
+    result = qabi("diff", old, new, "--json", "-", "--waivers", "/dev/null")
+    assert result.returncode == 1, result.stderr
+    data = json.loads(result.stdout)
+    validate_report(data)
+    assert data["verdict"] == "drift" and len(data["runs"][0]["drifts"]) == 3
+    only_warn = copy.deepcopy(old_fp)
+    only_warn["acpi"]["DSDT"]["header"]["oem_revision"] = 77
+    old, new = _files(tmp_path, old_fp, only_warn)
+    assert qabi("diff", old, new, "--fail-on", "break", "--waivers", "/dev/null").returncode == 0
+    assert qabi("diff", old, new, "--fail-on", "warn", "--waivers", "/dev/null").returncode == 1
+
+
+def test_cli_partial_fingerprint_exits_2_with_an_error_report(tmp_path, qabi):
+    fp = base_fingerprint()
+    partial = copy.deepcopy(fp)
+    del partial["e820"]
+    old, new = _files(tmp_path, fp, partial)
+    result = qabi("diff", old, new, "--json", str(tmp_path / "r.json"), "--waivers", "/dev/null")
+    assert result.returncode == 2
+    assert "'e820'" in result.stderr
+    data = json.loads((tmp_path / "r.json").read_text())
+    validate_report(data)
+    assert data["verdict"] == "error" and data["runs"][0]["status"] == "error"
+
+
+def test_cli_missing_or_invalid_input_exits_2(tmp_path, qabi):
+    (tmp_path / "bad.json").write_text("{not json")
+    result = qabi("diff", str(tmp_path / "absent.json"), str(tmp_path / "bad.json"), "--waivers", "/dev/null")
+    assert result.returncode == 2
+    assert "absent.json" in result.stderr
+    fp = base_fingerprint()
+    (tmp_path / "ok.json").write_text(json.dumps(fp))
+    result = qabi("diff", str(tmp_path / "ok.json"), str(tmp_path / "bad.json"), "--waivers", "/dev/null")
+    assert result.returncode == 2 and "invalid JSON" in result.stderr
