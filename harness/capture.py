@@ -138,6 +138,7 @@ def capture(build: QemuBuild, profile: GuestProfile, machine: str, out: Path, ac
         "transport": "serial",
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "timings": result.timings,
+        "probe": result.info,
         "files": {f"raw/{rel}": digest for rel, digest in sorted(files.items())},
         "console_sha256": sha256_file(staging / "console.log"),
     }

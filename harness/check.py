@@ -201,19 +201,54 @@ def _safe_provenance(side: Side) -> dict[str, Any]:
         return {"spec": side.spec}
 
 
+@dataclass
+class CheckResult:
+    """A RunSet plus what the full report shows beside it (fingerprints, timings)."""
+
+    runset: Any
+    fingerprints: list[tuple[dict[str, Any], dict[str, Any]] | None]
+    run_seconds: list[float]
+    seconds: float
+
+    def report_json(self) -> dict[str, Any]:
+        from harness.report import to_json
+
+        return to_json(self.runset, details=True, fingerprints=self.fingerprints, seconds=self.seconds,
+                       run_seconds=self.run_seconds)
+
+    def write_reports(self, directory: Path) -> tuple[Path, Path]:
+        from harness.report.html import write_reports
+
+        return write_reports(self.runset, directory, fingerprints=self.fingerprints, seconds=self.seconds,
+                             run_seconds=self.run_seconds)
+
+
+def pair_of(outcome: RunOutcome) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    if outcome.old_fingerprint is None or outcome.new_fingerprint is None:
+        return None
+    return (outcome.old_fingerprint, outcome.new_fingerprint)
+
+
 def run_check(old_spec: str, new_spec: str, machines: list[str] | None, guests: list[str] | None,
               accel: str = "tcg", waivers_path: str | None = None, fail_on: str = "warn",
-              timeout: float = 180.0, firmware_from: str | None = None, progress: Any = None) -> Any:
-    """Capture (or reuse) both sides of every (machine, guest) run and compare them: a RunSet."""
+              timeout: float = 180.0, firmware_from: str | None = None, progress: Any = None) -> CheckResult:
+    """Capture (or reuse) both sides of every (machine, guest) run and compare them."""
+    import time
+
     from harness.report import RunSet
 
+    started = time.monotonic()
     waivers = load_waivers_option(waivers_path)
     old, new = Side.open(old_spec), Side.open(new_spec, firmware_from)
     chosen = expand_machines(machines, old, new) if machines else default_machines(old, new)
-    runs = []
+    runs, pairs, secs = [], [], []
     for machine in chosen:
         for guest in expand_guests(guests):
             if progress:
                 progress(machine, guest)
-            runs.append(make_run(fingerprint_pair(old, new, machine, guest, accel, timeout), old, new, waivers))
-    return RunSet(tuple(runs), fail_on)  # type: ignore[arg-type]
+            outcome = fingerprint_pair(old, new, machine, guest, accel, timeout)
+            runs.append(make_run(outcome, old, new, waivers))
+            pairs.append(pair_of(outcome))
+            secs.append(round(outcome.seconds, 3))
+    return CheckResult(RunSet(tuple(runs), fail_on), pairs, secs,  # type: ignore[arg-type]
+                       round(time.monotonic() - started, 3))

@@ -206,7 +206,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from harness.check import run_check
-    from harness.report import render_text, write_json
+    from harness.report import render_text
 
     console = Console(stderr=True)
 
@@ -215,27 +215,17 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     result = run_check(args.old, args.new, args.machine, args.guest, accel=args.accel,
                        waivers_path=args.waivers, fail_on=args.fail_on, timeout=args.timeout,
-                       firmware_from=args.firmware_from, progress=progress if sys.stderr.isatty() else None)
-    sys.stdout.write(render_text(result))
+                       firmware_from=args.firmware_from,
+                       progress=progress if sys.stderr.isatty() else None)
+    sys.stdout.write(render_text(result.runset))
     if args.json:
-        write_json(result, Path(args.json))
-    return int(result.exit_code)
+        from harness.cache import atomic_write_bytes
 
-
-# -- qabi report --------------------------------------------------------------------------------
-def cmd_report(args: argparse.Namespace) -> int:
-    """Re-render the self-contained HTML report from a JSON report file: 0 written, 2 bad input."""
-    from pathlib import Path
-
-    from harness.report.html import load_report, write_html
-
-    source = Path(args.report)
-    target = Path(args.output) if args.output else source.with_suffix(".html")
-    if target.resolve() == source.resolve():
-        raise QabiError(f"{target}: the HTML report would overwrite its own JSON input")
-    written = write_html(load_report(source), target)
-    print(f"{written}: HTML report from {source}")
-    return 0
+        atomic_write_bytes(Path(args.json), (json.dumps(result.report_json(), indent=2) + "\n").encode())
+    if args.report:
+        _json_path, html_path = result.write_reports(Path(args.report))
+        print(f"HTML report: {html_path}")
+    return int(result.runset.exit_code)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -289,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accel", choices=["tcg", "kvm"], default="tcg")
     p.add_argument("--waivers", metavar="F", help="waiver file (default: fingerprints/waivers.toml if present)")
     p.add_argument("--json", metavar="F", help="write the JSON verdict here")
+    p.add_argument("--report", metavar="DIR", help="write DIR/index.html and DIR/qabi.json")
     p.add_argument("--fail-on", choices=["break", "warn", "info"], default="warn")
     p.add_argument("--timeout", type=float, default=180.0, metavar="S")
     p.set_defaults(func=cmd_check)

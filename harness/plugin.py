@@ -84,6 +84,8 @@ class QabiSession:
     started: float = field(default_factory=time.time)
     _sides: tuple[Any, Any] | None = None
     runs: dict[tuple[str, str], Any] = field(default_factory=dict)
+    pairs: dict[tuple[str, str], Any] = field(default_factory=dict)
+    seconds: dict[tuple[str, str], float] = field(default_factory=dict)
     _waivers: list[Any] = field(default_factory=list)
     verdict: str | None = None
 
@@ -105,11 +107,15 @@ class QabiSession:
         """The report Run of (machine, guest): captured and compared on first use."""
         from harness.check import fingerprint_pair, make_run
 
+        from harness.check import pair_of
+
         key = (machine, guest)
         if key not in self.runs:
             old, new = self.sides()
             outcome = fingerprint_pair(old, new, machine, guest, self.accel)
             self.runs[key] = make_run(outcome, old, new, self.waivers())
+            self.pairs[key] = pair_of(outcome)
+            self.seconds[key] = round(outcome.seconds, 3)
         return self.runs[key]
 
     @property
@@ -227,7 +233,11 @@ def _runs_json(session: QabiSession) -> list[dict[str, Any]]:
 
     if not session.runs:
         return []
-    return list(to_json(RunSet(tuple(session.runs.values()), session.fail_on))["runs"])  # type: ignore[arg-type]
+    keys = list(session.runs)
+    data = to_json(RunSet(tuple(session.runs[k] for k in keys), session.fail_on),  # type: ignore[arg-type]
+                   details=True, fingerprints=[session.pairs[k] for k in keys],
+                   run_seconds=[session.seconds[k] for k in keys])
+    return list(data["runs"])
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -251,24 +261,25 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
 
 
 def _write_report(state: QabiSession, runs: list[dict[str, Any]]) -> None:
-    from harness.report import validate_report
-
     order = {(m, g): i for i, (m, g, _c) in enumerate(_matrix(state))}
     runs.sort(key=lambda r: order.get((r["machine"], r["guest"]), len(order)))
     verdict = _verdict(runs, state.fail_on)
-    data = {"schema": 1, "verdict": verdict, "runs": runs, "fail_on": state.fail_on,
-            "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "seconds": round(time.time() - state.started, 1)}
-    state.report_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        validate_report(data)
-    except Exception:  # noqa: BLE001 - keep the extra keys out if this schema version rejects them
-        data = {k: data[k] for k in ("schema", "verdict", "runs")}
-    (state.report_dir / "qabi.json").write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    state.verdict = verdict
+    from harness import __version__
+    from harness.report import validate_report
     from harness.report.html import write_html
 
+    data: dict[str, Any] = {
+        "schema": 1, "verdict": verdict, "runs": runs, "fail_on": state.fail_on, "qabi_version": __version__,
+        "generated": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+        "seconds": round(time.time() - state.started, 3)}
+    images = {img for r in runs for img in (r.get("image") or {}).values() if img}
+    if len(images) == 1:
+        data["image"] = images.pop()
+    validate_report(data)
+    state.report_dir.mkdir(parents=True, exist_ok=True)
+    (state.report_dir / "qabi.json").write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     write_html(data, state.report_html)
+    state.verdict = verdict
 
 
 def _verdict(runs: list[dict[str, Any]], fail_on: str) -> str:

@@ -43,6 +43,9 @@ _PATH = re.compile(r"/[\x21-\x7e]*")
 _MAX_B64 = (MAX_RECORD + 2) // 3 * 4
 
 
+_KERNEL_LINE = re.compile(r"\[\s*\d+\.\d+\] ")
+
+
 @dataclass(frozen=True)
 class Record:
     """One file as the guest read it."""
@@ -186,6 +189,10 @@ class StreamParser:
         if not line:
             return
         if not _B64_LINE.fullmatch(line):
+            if _KERNEL_LINE.match(line):
+                # the kernel took over the console mid-record: the guest stopped (or died) sending
+                raise CaptureError(f"probe output truncated inside record {path}: the kernel printed "
+                                   f"{line[:60]!r} (console line {self._line_no})")
             raise CaptureError(f"non-base64 line inside record {path} (console line {self._line_no}): "
                                f"{line[:60]!r}")
         self._body_len += len(line)

@@ -18,7 +18,7 @@ from pexpect import fdpexpect
 
 from harness.errors import CaptureError, UnsupportedError
 from harness.qemu.process import spawn, wait_for
-from harness.transport.framing import Record, parse_stream
+from harness.transport.framing import Record, parse
 
 BEGIN = re.compile(rb"@@QABI-BEGIN \d+\r?\n")
 TRAILER = re.compile(rb"@@QABI-TRAILER \d+\r?\n")
@@ -32,6 +32,7 @@ _UNSUPPORTED = re.compile(
 @dataclass(frozen=True)
 class SerialResult:
     records: list[Record]
+    info: dict[str, str]
     console: bytes
     timings: dict[str, float]
     qemu_stderr: str
@@ -109,7 +110,12 @@ def run(argv: list[str], env: dict[str, str], workdir: Path, console_log: Path, 
         console_log.write_bytes(console)
     text = console.decode("ascii", errors="replace").replace("\r\n", "\n")
     try:
-        records = parse_stream(text)
+        output = parse(text)
     except CaptureError as exc:
         raise CaptureError(f"{exc} (console log: {console_log})") from None
-    return SerialResult(records, console, timings, stderr)
+    if output.skipped:
+        # a capture missing data is never compared as if it were complete
+        first = output.skipped[0]
+        raise CaptureError(f"the probe could not read {len(output.skipped)} file(s), e.g. {first.path}: "
+                           f"{first.reason} (console log: {console_log})")
+    return SerialResult(list(output.records), dict(output.info), console, timings, stderr)
