@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ class Side:
     spec: str
     build: QemuBuild | None = None
     baseline: Path | None = None
+    reuse: bool = True               # False: always boot afresh (never take a cached capture)
 
     @classmethod
     def open(cls, spec: str, firmware_from: str | None = None) -> Side:
@@ -110,7 +112,20 @@ def captured(build: QemuBuild, profile: GuestProfile, machine: str, accel: str =
     return folder
 
 
+def fresh_capture(build: QemuBuild, profile: GuestProfile, machine: str, accel: str, timeout: float) -> Path:
+    """A new capture in a scratch dir of the cache (the caller removes it when done)."""
+    import tempfile
+
+    resolved = resolve_machine(build, machine)
+    check_supported(profile, resolved, frozenset(build.info().devices))
+    folder = Path(tempfile.mkdtemp(prefix=f"{resolved}_{profile.name}_", dir=cache_dir("scratch"))) / "capture"
+    capture(build, profile, resolved, folder, accel=accel, timeout=timeout)
+    return folder
+
+
 def side_capture(side: Side, profile: GuestProfile, machine: str, accel: str, timeout: float) -> Path:
+    if side.build is not None and not side.reuse:
+        return fresh_capture(side.build, profile, machine, accel, timeout)
     if side.build is not None:
         return captured(side.build, profile, machine, accel, timeout)
     from harness.baseline import baseline_capture
@@ -141,14 +156,20 @@ def fingerprint_pair(old: Side, new: Side, machine: str, guest: str, accel: str 
     from harness.fingerprint import fingerprint_capture
 
     started = time.monotonic()
+    caps: list[Path] = []
     try:
         profile = load_profile(guest)
-        caps = [side_capture(s, profile, machine, accel, timeout) for s in (old, new)]
+        for s in (old, new):
+            caps.append(side_capture(s, profile, machine, accel, timeout))
         fps = [fingerprint_capture(c) for c in caps]
     except UnsupportedError as exc:
         return RunOutcome(machine, guest, "unsupported", str(exc), seconds=time.monotonic() - started)
     except QabiError as exc:
         return RunOutcome(machine, guest, "error", str(exc), seconds=time.monotonic() - started)
+    finally:
+        for side, cap in zip((old, new), caps, strict=False):
+            if side.build is not None and not side.reuse:
+                shutil.rmtree(cap.parent, ignore_errors=True)
     return RunOutcome(machine, guest, "compared", None, fps[0], fps[1], caps[0], caps[1],
                       seconds=time.monotonic() - started)
 
@@ -231,7 +252,8 @@ def pair_of(outcome: RunOutcome) -> tuple[dict[str, Any], dict[str, Any]] | None
 
 def run_check(old_spec: str, new_spec: str, machines: list[str] | None, guests: list[str] | None,
               accel: str = "tcg", waivers_path: str | None = None, fail_on: str = "warn",
-              timeout: float = 180.0, firmware_from: str | None = None, progress: Any = None) -> CheckResult:
+              timeout: float = 180.0, firmware_from: str | None = None, progress: Any = None,
+              reuse: bool = True) -> CheckResult:
     """Capture (or reuse) both sides of every (machine, guest) run and compare them."""
     import time
 
@@ -240,6 +262,7 @@ def run_check(old_spec: str, new_spec: str, machines: list[str] | None, guests: 
     started = time.monotonic()
     waivers = load_waivers_option(waivers_path)
     old, new = Side.open(old_spec), Side.open(new_spec, firmware_from)
+    old.reuse = new.reuse = reuse
     chosen = expand_machines(machines, old, new) if machines else default_machines(old, new)
     runs, pairs, secs = [], [], []
     for machine in chosen:

@@ -216,7 +216,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     result = run_check(args.old, args.new, args.machine, args.guest, accel=args.accel,
                        waivers_path=args.waivers, fail_on=args.fail_on, timeout=args.timeout,
                        firmware_from=args.firmware_from,
-                       progress=progress if sys.stderr.isatty() else None)
+                       progress=progress if sys.stderr.isatty() else None, reuse=not args.no_reuse)
     sys.stdout.write(render_text(result.runset))
     if args.json:
         from harness.cache import atomic_write_bytes
@@ -226,6 +226,21 @@ def cmd_check(args: argparse.Namespace) -> int:
         _json_path, html_path = result.write_reports(Path(args.report))
         print(f"HTML report: {html_path}")
     return int(result.runset.exit_code)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Re-render the self-contained HTML report from a JSON report file: 0 written, 2 bad input."""
+    from pathlib import Path
+
+    from harness.report.html import load_report, write_html
+
+    source = Path(args.report)
+    target = Path(args.output) if args.output else source.with_suffix(".html")
+    if target.resolve() == source.resolve():
+        raise QabiError(f"{target}: the HTML report would overwrite its own JSON input")
+    written = write_html(load_report(source), target)
+    print(f"{written}: HTML report from {source}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -280,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--waivers", metavar="F", help="waiver file (default: fingerprints/waivers.toml if present)")
     p.add_argument("--json", metavar="F", help="write the JSON verdict here")
     p.add_argument("--report", metavar="DIR", help="write DIR/index.html and DIR/qabi.json")
+    p.add_argument("--no-reuse", action="store_true",
+                   help="boot every side afresh instead of reusing cached captures with identical inputs")
     p.add_argument("--fail-on", choices=["break", "warn", "info"], default="warn")
     p.add_argument("--timeout", type=float, default=180.0, metavar="S")
     p.set_defaults(func=cmd_check)

@@ -186,8 +186,17 @@ def test_wrong_size():
 def test_non_base64_line_inside_a_record():
     lines = _lines(LOG_1CPU)
     i = _rec_index(lines, "/sys/firmware/dmi/tables/DMI")
-    lines.insert(i + 2, "[    4.000000] reboot: Power down\r")
+    lines.insert(i + 2, "garbage: not base64!\r")
     with pytest.raises(CaptureError, match=r"^non-base64 line inside record /sys/firmware/dmi/tables/DMI"):
+        parse("\n".join(lines))
+
+
+def test_kernel_taking_over_the_console_mid_record_is_truncation():
+    lines = _lines(LOG_1CPU)
+    i = _rec_index(lines, "/sys/firmware/dmi/tables/DMI")
+    del lines[i + 2:]
+    lines.append("[    4.000000] reboot: Power down\r")
+    with pytest.raises(CaptureError, match=r"^probe output truncated inside record /sys/firmware/dmi/tables/DMI"):
         parse("\n".join(lines))
 
 

@@ -78,8 +78,9 @@ def run(argv: list[str], env: dict[str, str], workdir: Path, console_log: Path, 
                                      timeout=max(1.0, deadline - time.monotonic()))
                 console += (child.before or b"") + (child.after if isinstance(child.after, bytes) else b"")
                 if index != 0:
-                    proc.poll()
-                    if proc.returncode not in (None, 0):
+                    if index == 1:  # the console closed: QEMU is exiting; let it finish to read why
+                        wait_for(lambda: proc.poll() is not None, 10)
+                    if proc.poll() not in (None, 0):
                         raise _early_exit_error(stderr_path.read_text(errors="replace"), console_log)
                     why = "timed out" if index == 2 else "the console closed"
                     raise CaptureError(f"guest never started the probe ({why} after "

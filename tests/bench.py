@@ -1,0 +1,106 @@
+"""Benchmarks: speed and size figures (printed, never asserted). Run: tox -e bench, or
+python tests/bench.py [--runs N] [--spec SPEC] [--machine M] [--skip-provision]."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def _qabi(*args: str, env: dict[str, str] | None = None) -> float:
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, **(env or {})})
+    if done.returncode != 0:
+        raise SystemExit(f"qabi {' '.join(args)} failed: {done.stderr.strip()}")
+    return time.monotonic() - started
+
+
+def bench_provision(spec: str) -> None:
+    from harness.qemu import cached_builds
+
+    with tempfile.TemporaryDirectory() as home:
+        cold = _qabi("qemu", "fetch", spec, env={"XDG_CACHE_HOME": home})
+        warm = _qabi("qemu", "fetch", spec, env={"XDG_CACHE_HOME": home})
+        os.environ_backup = dict(os.environ)  # type: ignore[attr-defined]
+        os.environ["XDG_CACHE_HOME"] = home
+        try:
+            (build,) = cached_builds()
+        finally:
+            os.environ.clear()
+            os.environ.update(os.environ_backup)  # type: ignore[attr-defined]
+    print(f"provision {spec}: cold {cold:.1f} s, warm {warm:.2f} s, {build['packages']} packages, "
+          f"prefix {build['bytes'] / 1e6:.0f} MB")
+
+
+def bench_capture(spec: str, machine: str, runs: int) -> list[Path]:
+    from harness.capture import capture
+    from harness.guest.profile import load_profile, profile_names
+    from harness.qemu import resolve
+
+    build = resolve(spec)
+    kept = []
+    work = Path(tempfile.mkdtemp(prefix="qabi-bench-"))
+    for guest in profile_names():
+        walls, phases = [], []
+        for i in range(runs):
+            out = work / f"{guest}-{i}"
+            started = time.monotonic()
+            cap = capture(build, load_profile(guest), machine, out)
+            walls.append(time.monotonic() - started)
+            info = {k: float(v) for k, v in cap.manifest.get("probe", {}).items() if k.startswith("uptime")}
+            t = cap.manifest["timings"]
+            phases.append((info.get("uptime-init", 0.0), info.get("uptime-probe-end", 0.0) - info.get(
+                "uptime-probe-start", 0.0), t.get("transfer", 0.0), t.get("boot_to_probe", 0.0)))
+        kept.append(work / f"{guest}-0")
+        med = statistics.median(walls)
+        boot = statistics.median(p[0] for p in phases)
+        probe = statistics.median(p[1] for p in phases)
+        transfer = statistics.median(p[2] for p in phases)
+        print(f"capture {spec} {machine} {guest:<13} median {med:5.2f} s over {runs} "
+              f"(guest uptime at /init {boot:4.2f} s = firmware + kernel; probe in guest {probe:4.2f} s; "
+              f"host: boot-to-probe {statistics.median(p[3] for p in phases):4.2f} s, "
+              f"probe start-to-trailer {transfer:4.2f} s)")
+    return kept
+
+
+def bench_decode(captures: list[Path]) -> None:
+    from harness.fingerprint import fingerprint_capture
+
+    for cap in captures:
+        times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            fp = fingerprint_capture(cap)
+            times.append(time.perf_counter() - started)
+        size = len(json.dumps(fp))
+        raw = sum(p.stat().st_size for p in (cap / "raw").rglob("*") if p.is_file())
+        print(f"decode {cap.name:<16} median {statistics.median(times) * 1000:6.0f} ms, fingerprint "
+              f"{size / 1024:6.0f} KiB JSON from {raw / 1024:5.0f} KiB raw")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--spec", default="debian:bookworm")
+    parser.add_argument("--machine", default="pc-q35-7.2")
+    parser.add_argument("--skip-provision", action="store_true")
+    args = parser.parse_args()
+    if not args.skip_provision:
+        bench_provision("debian:bullseye=1:5.2+dfsg-11+deb11u3")
+    captures = bench_capture(args.spec, args.machine, args.runs)
+    bench_decode(captures)
+
+
+if __name__ == "__main__":
+    main()
