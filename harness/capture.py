@@ -75,10 +75,10 @@ def load_capture(path: Path, verify: bool = True) -> Capture:
         on_disk = {str(p.relative_to(path)) for p in (path / "raw").rglob("*") if p.is_file()}
         missing = set(files) - on_disk
         if missing:
-            raise CaptureError(f"{path}: {len(missing)} raw file(s) missing, e.g. {sorted(missing)[0]}")
+            raise CaptureError(f"{path}: {len(missing)} raw file(s) missing, e.g. {min(missing)}")
         extra = on_disk - set(files)
         if extra:
-            raise CaptureError(f"{path}: raw file(s) not in the manifest, e.g. {sorted(extra)[0]}")
+            raise CaptureError(f"{path}: raw file(s) not in the manifest, e.g. {min(extra)}")
         for rel, digest in files.items():
             if sha256_file(path / rel) != digest:
                 raise CaptureError(f"{path}: {rel} does not match its sha256 in the manifest")

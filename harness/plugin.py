@@ -105,9 +105,7 @@ class QabiSession:
 
     def run(self, machine: str, guest: str) -> Any:
         """The report Run of (machine, guest): captured and compared on first use."""
-        from harness.check import fingerprint_pair, make_run
-
-        from harness.check import pair_of
+        from harness.check import fingerprint_pair, make_run, pair_of
 
         key = (machine, guest)
         if key not in self.runs:
@@ -198,8 +196,8 @@ def failure_message(session: QabiSession, run: Any, category: str) -> str | None
     failing = [d for d in drifts if d.waived is None and at_least(d.severity, session.fail_on)]
     if not failing:
         return None
-    lines = [f"{len(failing)} unwaived {category} drift(s) at or above '{session.fail_on}' on {run.machine}, "
-             f"guest {run.guest} ({session.old_spec} -> {session.new_spec}):"]
+    lines = [(f"{len(failing)} unwaived {category} drift(s) at or above '{session.fail_on}' on {run.machine}, "
+             f"guest {run.guest} ({session.old_spec} -> {session.new_spec}):")]
     by_subject: dict[str, list[Any]] = {}
     for d in failing:
         by_subject.setdefault(d.subject, []).append(d)

@@ -19,7 +19,7 @@ sys.path.insert(0, str(REPO))
 
 def _qabi(*args: str, env: dict[str, str] | None = None) -> float:
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
+    done = subprocess.run(check=False, args=[sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
                           cwd=REPO, env={**os.environ, **(env or {})})
     if done.returncode != 0:
         raise SystemExit(f"qabi {' '.join(args)} failed: {done.stderr.strip()}")

@@ -18,7 +18,7 @@ def run_qabi(*args: str, env: dict[str, str] | None = None, timeout: float = 900
     """Run the real CLI in a subprocess, as a user would."""
     full_env = dict(os.environ)
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
+    return subprocess.run(check=False, args=[sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env=full_env, cwd=REPO, stdin=subprocess.DEVNULL)
 
 

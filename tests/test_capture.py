@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, run_qabi
 
 PROFILES = ["minimal", "linux-virtio", "windows", "legacy"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import stat
 import subprocess
 import sys
@@ -11,7 +10,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, run_qabi
 
 pytestmark = pytest.mark.integration
@@ -64,7 +62,7 @@ def test_bookworm_vs_trixie_names_the_devices_once(tmp_path):
 
 def _wrapper(tmp_path: Path, extra: str) -> Path:
     """A 'new build' that is the host's QEMU with one device property changed."""
-    qemu = subprocess.run(["sh", "-c", "command -v qemu-system-x86_64"], capture_output=True, text=True).stdout.strip()
+    qemu = subprocess.run(check=False, args=["sh", "-c", "command -v qemu-system-x86_64"], capture_output=True, text=True).stdout.strip()
     script = tmp_path / "qemu-system-x86_64"
     script.write_text(f'#!/bin/sh\nexec {qemu} "$@" {extra}\n')
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
@@ -119,7 +117,7 @@ def test_unknown_machine_is_could_not_decide(tmp_path):
 
 
 def _pytest_harness(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pytest", "harness/", "-p", "no:cacheprovider",
+    return subprocess.run(check=False, args=[sys.executable, "-m", "pytest", "harness/", "-p", "no:cacheprovider",
                            "--qemu-old", "debian:bookworm", "--qemu-new", "debian:trixie",
                            "--machine", "pc-i440fx-7.2", "--guest", "minimal", "--guest", "legacy",
                            "--report", str(tmp_path / "rep"), *extra],

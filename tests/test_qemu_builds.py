@@ -6,11 +6,9 @@ import json
 import re
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, run_qabi
 
 # Every build the project promises to run side by side on this host (issue: QEMU builds).
@@ -54,7 +52,7 @@ def test_info_reports_true_version_and_machines(spec):
         prefix = info["executable"].rsplit("/usr/bin/", 1)[0]
         assert info["argv"].index(info["executable"]) > 0
         assert all(d.startswith(prefix) for d in info["firmware_dirs"])
-        assert any(d.endswith("usr/share/seabios") or d.endswith("usr/share/qemu") for d in info["firmware_dirs"])
+        assert any(d.endswith(("usr/share/seabios", "usr/share/qemu")) for d in info["firmware_dirs"])
 
 
 def test_unknown_suite_is_one_line_exit_2():

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 from harness.drift import acpi, cpuid, e820, pci, smbios
 from harness.drift.model import CATEGORIES, Comparison, Drift
 from harness.drift.waivers import Waivers
 from harness.errors import QabiError
+from harness.fingerprint import load_fingerprint  # noqa: F401 - re-exported by harness.drift
 
 SCHEMA_VERSION = 1
 
@@ -72,36 +71,3 @@ def compare(old: dict[str, Any], new: dict[str, Any], waivers: Waivers | None = 
     drifts.sort(key=Drift.sort_key)
     return Comparison(drifts=tuple(drifts), stale_waivers=tuple(stale), categories=cats,
                       waivers_source=waivers.source if waivers is not None else None)
-
-
-def load_fingerprint(path: Path | str) -> dict[str, Any]:
-    """A fingerprint JSON file, or a capture directory decoded on the spot."""
-    p = Path(path)
-    if p.is_dir():
-        try:
-            from harness.fingerprint import fingerprint_capture
-
-            data: Any = fingerprint_capture(p)
-        except ImportError as exc:
-            raise QabiError(f"{p}: cannot decode the capture: {exc}") from None
-        if not isinstance(data, dict) and hasattr(data, "as_dict"):
-            data = data.as_dict()
-        return data  # type: ignore[no-any-return]
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise QabiError(f"{p}: no such fingerprint file or capture directory") from None
-    except OSError as exc:
-        raise QabiError(f"cannot read {p}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise QabiError(f"{p}: not a fingerprint (not UTF-8 JSON)") from None
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise QabiError(f"{p}: not a fingerprint (invalid JSON: {exc})") from None
-    if not isinstance(data, dict):
-        raise QabiError(f"{p}: not a fingerprint (not a JSON object)")
-    source = data.setdefault("source", {})
-    if isinstance(source, dict):
-        source.setdefault("capture", str(p))
-    return data

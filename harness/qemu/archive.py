@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -168,7 +169,7 @@ class Suite:
     def _apt(self, tool: str, *args: str) -> str:
         argv = [require(tool), *self._options(), *args]
         try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=APT_TIMEOUT,
+            done = subprocess.run(check=False, args=argv, capture_output=True, text=True, timeout=APT_TIMEOUT,
                                   stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             raise ArchiveError(f"{tool} {' '.join(args)} timed out after {APT_TIMEOUT}s") from None
@@ -206,7 +207,7 @@ class Suite:
             raise VerificationError(f"suite {self.suite}: no signed index (InRelease) was fetched")
         gpgv = require("gpgv")
         for release in lists:
-            done = subprocess.run([gpgv, "--keyring", self.keyring, str(release)], capture_output=True,
+            done = subprocess.run(check=False, args=[gpgv, "--keyring", self.keyring, str(release)], capture_output=True,
                                   text=True, timeout=60, stdin=subprocess.DEVNULL)
             if done.returncode != 0:
                 raise VerificationError(f"signature check failed for {release.name} against {self.keyring}")
@@ -246,7 +247,7 @@ class Suite:
         for line in out.splitlines():
             m = re.match(r"'[^']+' (\S+) \d+ ", line)
             if m:
-                filename = urllib.request.unquote(m.group(1))
+                filename = urllib.parse.unquote(m.group(1))
                 pinned.append(f"{filename.split('_')[0]}={filename.split('_')[1]}")
         if not pinned:
             raise ArchiveError(f"apt resolved nothing for {' '.join(requests)} in suite {self.suite}")
@@ -259,7 +260,7 @@ class Suite:
         for line in out.splitlines():
             m = re.match(r"'([^']+)' (\S+) (\d+) SHA256:([0-9a-f]{64})", line)
             if m:
-                filename = urllib.request.unquote(m.group(2))
+                filename = urllib.parse.unquote(m.group(2))
                 name, version = filename.split("_")[0], filename.split("_")[1]
                 files.append(PackageFile(name, version, m.group(1), filename, int(m.group(3)), m.group(4)))
         if len(files) != len(pinned):
@@ -312,7 +313,7 @@ def unpack(debs: list[Path], dest: Path) -> None:
     dpkg_deb = require("dpkg-deb")
 
     def one(deb: Path) -> None:
-        done = subprocess.run([dpkg_deb, "-x", str(deb), str(dest)], capture_output=True, text=True,
+        done = subprocess.run(check=False, args=[dpkg_deb, "-x", str(deb), str(dest)], capture_output=True, text=True,
                               timeout=300, stdin=subprocess.DEVNULL)
         if done.returncode != 0:
             raise ArchiveError(f"cannot unpack {deb.name}: {done.stderr.strip()}")

@@ -148,10 +148,10 @@ def _system() -> QemuBuild:
     real = Path(path).resolve()
     version = "local"
     try:
-        owner = subprocess.run(["dpkg-query", "-S", str(real)], capture_output=True, text=True, timeout=30)
+        owner = subprocess.run(check=False, args=["dpkg-query", "-S", str(real)], capture_output=True, text=True, timeout=30)
         if owner.returncode == 0:
             pkg = owner.stdout.split(":")[0].strip()
-            ver = subprocess.run(["dpkg-query", "-W", "-f=${Version}", pkg], capture_output=True,
+            ver = subprocess.run(check=False, args=["dpkg-query", "-W", "-f=${Version}", pkg], capture_output=True,
                                  text=True, timeout=30)
             version = ver.stdout.strip() or "local"
     except (OSError, subprocess.TimeoutExpired):
@@ -312,10 +312,11 @@ def query_info(build: QemuBuild) -> BuildInfo:
                                          "arguments": {"implements": "device", "abstract": False}})["return"]
                     qmp.cmd_obj({"execute": "quit"})
                 except Exception as exc:  # noqa: BLE001
-                    proc.wait(timeout=5) if proc.poll() is None else None
-                    err = (tmp / "stderr").read_text(errors="replace").strip().splitlines()
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(timeout=5)
+                    lines = (tmp / "stderr").read_text(errors="replace").strip().splitlines()
                     raise BuildError(f"{build.spec}: QEMU failed while answering QMP: "
-                                     f"{err[-1] if err else exc}") from None
+                                     f"{lines[-1] if lines else exc}") from None
         finally:
             with contextlib.suppress(Exception):  # QEMU closes the socket on quit: EOF is expected
                 qmp.close()

@@ -52,7 +52,7 @@ def private_dir(prefix: str = "qabi-") -> Iterator[Path]:
 def spawn(argv: list[str], env: dict[str, str], stderr_path: Path | None = None,
           **popen: object) -> Iterator[subprocess.Popen[bytes]]:
     """Start `argv` in a new process group; on leaving the block the whole group is killed."""
-    stderr = open(stderr_path, "wb") if stderr_path else subprocess.DEVNULL
+    stderr = open(stderr_path, "wb") if stderr_path else subprocess.DEVNULL  # noqa: SIM115 - closed below
     try:
         proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stderr=stderr,
                                 start_new_session=True, **popen)  # type: ignore[call-overload]
