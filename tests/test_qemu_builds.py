@@ -166,3 +166,16 @@ def test_mirror_is_read_from_host_apt_sources(monkeypatch):
     assert security.endswith("-security") or security in [h.rstrip("/") for h in hosts]
     monkeypatch.setenv("QABI_DEBIAN_MIRROR", "http://127.0.0.1:1/x")
     assert archive.mirrors()[0] == "http://127.0.0.1:1/x"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("spec", SPECS)
+def test_each_build_boots_the_reference_guest_under_tcg(spec):
+    from harness.capture import load_capture
+    from harness.check import captured
+    from harness.guest.profile import load_profile
+    from harness.qemu import resolve
+
+    cap = load_capture(captured(resolve(spec), load_profile("minimal"), "pc-i440fx-5.2"))
+    assert cap.manifest["accel"] == "tcg" and cap.manifest["build"]["spec"] == spec
+    assert "raw/sys/firmware/acpi/tables/DSDT" in cap.manifest["files"]
