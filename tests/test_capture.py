@@ -122,7 +122,10 @@ def test_faulty_guest_is_exit_2_and_leaves_no_qemu(tmp_path, tail, message, time
     assert str(out / "console.log") in done.stderr
     assert (out / "console.log").is_file() and (out / "FAILED").is_file()
     assert not (out / "manifest.json").exists()  # a failed capture never looks complete
-    assert _qemu_pids_with(str(tmp_path)) == [] and _qemu_pids_with("qabi-") == []
+    from harness.guest import build_reference_image
+
+    image = build_reference_image(recipe)  # cached: the faulty image the capture booted
+    assert _qemu_pids_with(str(image.initramfs)) == []
 
 
 def test_unknown_machine_lists_close_ones(tmp_path):
