@@ -127,6 +127,12 @@ _PARTS_KEY = pytest.StashKey[list[dict[str, Any]]]()
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "qabi_run(machine, guest): one guest ABI run")
+    if getattr(config.option, "dist", "no") == "load":
+        # plain `-n N` (xdist's default --dist load) would split one run's category items across
+        # workers and boot it twice; keep each run's items on one worker instead
+        config.option.dist = "loadgroup"
+    if getattr(config, "workerinput", {}).get("qabi_loadgroup"):
+        config.option.loadgroup = True   # the worker tags each item with its group, as xdist does
     old = _setting(config, "baseline") or _setting(config, "qemu-old")
     report = Path(str(_setting(config, "report")))
     if not report.is_absolute():
@@ -137,6 +143,12 @@ def pytest_configure(config: pytest.Config) -> None:
         waivers_path=_setting(config, "waivers"), fail_on=str(_setting(config, "fail-on")), report_dir=report)
     config.stash[_SESSION_KEY] = session
     config.stash[_PARTS_KEY] = []
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist controller: tell each worker whether the plugin switched to --dist loadgroup."""
+    node.workerinput["qabi_loadgroup"] = node.config.getvalue("dist") == "loadgroup"
 
 
 def qabi_session(config: pytest.Config) -> QabiSession:
@@ -157,19 +169,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "qabi_case" not in metafunc.fixturenames:
         return
     session = qabi_session(metafunc.config)
-    cases = _matrix(session)
-    metafunc.parametrize(
-        "qabi_case", cases, ids=[f"{m}-{g}-{c}" for m, g, c in cases],
-        scope="function")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # keep the category items of one run together, and on one xdist worker (--dist loadgroup)
-    for item in items:
-        case = getattr(item, "callspec", None)
-        if case and "qabi_case" in case.params:
-            machine, guest, _ = case.params["qabi_case"]
-            item.add_marker(pytest.mark.xdist_group(f"{machine}-{guest}"))
+    # the category items of one run stay together, on one xdist worker (--dist loadgroup): the
+    # mark is set here, at collection, so that xdist sees it whatever order the hooks run in
+    cases = [pytest.param(case, marks=pytest.mark.xdist_group(f"{case[0]}-{case[1]}"), id="-".join(case))
+             for case in _matrix(session)]
+    metafunc.parametrize("qabi_case", cases, scope="function")
 
 
 class CaptureFailed(Exception):
@@ -245,7 +249,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if workeroutput is not None:  # an xdist worker: hand the runs to the controller
         workeroutput["qabi_runs"] = json.dumps(_runs_json(state))
         return
-    runs = _runs_json(state) + config.stash[_PARTS_KEY]
+    runs = _unique_runs(_runs_json(state) + config.stash[_PARTS_KEY])
     if runs:
         _write_report(state, runs)
         if state.verdict == "error":  # same exit status as `qabi check`: 2 = could not decide
@@ -256,6 +260,14 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
     output = getattr(node, "workeroutput", {}) or {}
     if "qabi_runs" in output:
         node.config.stash[_PARTS_KEY].extend(json.loads(output["qabi_runs"]))
+
+
+def _unique_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per (machine, guest): a run done by two workers (e.g. `--dist each`) counts once."""
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    for run in runs:
+        seen.setdefault((run["machine"], run["guest"]), run)
+    return list(seen.values())
 
 
 def _write_report(state: QabiSession, runs: list[dict[str, Any]]) -> None:

@@ -59,7 +59,7 @@ def test_capture_is_complete_and_verified(spec, machine, guest):
     if machine.startswith("pc-q35") and guest == "windows":
         assert sizes["0000:00:03.0"] == 4096  # e1000e is PCI Express: its extended config space too
     assert any(f.startswith("raw/sys/firmware/memmap/") for f in files)
-    assert m["argv"].count("-accel") == 1 and m["argv"][m["argv"].index("-accel") + 1] == "tcg"
+    assert m["argv"].count("-accel") == 1 and m["argv"][m["argv"].index("-accel") + 1] == "tcg,thread=single"
     assert m["build"]["spec"] == spec and len(m["build"]["sha256"]) == 64
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import stat
 import subprocess
 import sys
@@ -143,11 +144,17 @@ def test_pytest_harness_names_drifted_devices(tmp_path):
 
 def test_pytest_harness_parallel_gives_the_same_verdicts(tmp_path):
     serial = _pytest_harness(tmp_path / "s")
-    parallel = _pytest_harness(tmp_path / "p", "-n", "2", "--dist", "loadgroup")
+    # plain -n 2: the plugin keeps each run's items on one worker (--dist loadgroup) by itself
+    parallel = _pytest_harness(tmp_path / "p", "-n", "2", "-v")
     assert serial.returncode == parallel.returncode == 1
 
     def outcomes(folder: Path) -> dict:
         data = _report(folder / "rep" / "qabi.json")
+        assert len(data["runs"]) == 2, "each (machine, guest) run is reported once"
         return {(r["machine"], r["guest"]): sorted((d["subject"], d["path"]) for d in r["drifts"]) for r in data["runs"]}
 
     assert outcomes(tmp_path / "s") == outcomes(tmp_path / "p")
+    workers: dict[str, set[str]] = {}
+    for match in re.finditer(r"\[(gw\d+)\] .*test_guest_abi\[pc-i440fx-7\.2-(\w+)-\w+\]", parallel.stdout):
+        workers.setdefault(match.group(2), set()).add(match.group(1))
+    assert set(workers) == {"minimal", "legacy"} and all(len(w) == 1 for w in workers.values()), workers
