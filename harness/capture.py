@@ -18,12 +18,14 @@ from typing import Any
 
 from harness import __version__
 from harness.cache import atomic_write_bytes, sha256_file
-from harness.errors import CaptureError, QabiError
+from harness.errors import CaptureError, QabiError, UnsupportedError
 from harness.guest import build_reference_image
+from harness.guest.image import REFERENCE_DIR
 from harness.guest.profile import GuestProfile, check_supported, machine_family, qemu_args
+from harness.guest.user_image import GuestImage, open_guest_image
 from harness.qemu import QemuBuild
 from harness.qemu.process import private_dir
-from harness.transport import serial
+from harness.transport import serial, ssh
 from harness.transport.framing import write_raw
 
 MANIFEST = "manifest.json"
@@ -34,6 +36,54 @@ ACCELS = ("tcg", "kvm")
 # 15% faster (4.57 s -> 3.90 s median, windows profile) and two concurrent captures no longer
 # fight over both cores; that is what lets `pytest -n 2` beat a serial run.
 ACCEL_ARGS = {"tcg": "tcg,thread=single", "kvm": "kvm"}
+TRANSPORTS = ("serial", "ssh")
+
+
+@dataclass(frozen=True)
+class GuestAccess:
+    """Which guest boots and how the probe reaches it.
+
+    serial: the reference guest, probe on the console (the default). ssh: the reference guest in
+    network mode, or with `guest_image` the user's own disk image (logged in as `ssh_user` with
+    `ssh_key`; its host key must be in `ssh_host_keys`, a .pub or known_hosts file).
+    """
+
+    transport: str = "serial"
+    guest_image: Path | None = None
+    ssh_user: str | None = None
+    ssh_key: Path | None = None
+    ssh_host_keys: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.transport not in TRANSPORTS:
+            raise QabiError(f"unknown transport '{self.transport}' (use {' or '.join(TRANSPORTS)})")
+        ssh_opts = [name for name, value in (("--ssh-user", self.ssh_user), ("--ssh-key", self.ssh_key),
+                                             ("--ssh-host-key", self.ssh_host_keys)) if value]
+        if self.guest_image is None:
+            if ssh_opts:
+                raise QabiError(f"{', '.join(ssh_opts)} only apply with --guest-image (the reference guest "
+                                "brings its own keys)")
+            return
+        if self.transport != "ssh":
+            raise QabiError("--guest-image needs --transport ssh (a guest image is reached over SSH)")
+        if self.ssh_key is None:
+            raise QabiError("--guest-image needs --ssh-key (the private key that logs in to the guest)")
+
+    @property
+    def user(self) -> str:
+        return self.ssh_user or "root"
+
+    def key_parts(self) -> dict[str, Any]:
+        """What of this access decides a capture's bytes (for cache keys)."""
+        if self.transport == "serial":
+            return {}
+        parts: dict[str, Any] = {"transport": self.transport}
+        if self.guest_image is not None:
+            parts["guest_image"] = open_guest_image(self.guest_image).sha256
+        return parts
+
+
+SERIAL = GuestAccess()
 
 
 @dataclass(frozen=True)
@@ -101,29 +151,50 @@ def _prepare_out(out: Path) -> None:
 
 def capture(build: QemuBuild, profile: GuestProfile, machine: str, out: Path, accel: str = "tcg",
             timeout: float = DEFAULT_TIMEOUT, extra_args: tuple[str, ...] = (),
-            reference: Path | None = None) -> Capture:
+            reference: Path | None = None, access: GuestAccess = SERIAL) -> Capture:
     """Boot, probe, verify and write a complete capture to `out`, or raise (leaving no manifest)."""
     if accel not in ACCELS:
         raise QabiError(f"unknown accelerator '{accel}' (use {' or '.join(ACCELS)})")
     resolved = resolve_machine(build, machine)
     check_supported(profile, resolved, frozenset(build.info().devices))
-    image = build_reference_image(reference)
+    if access.transport == "ssh" and not profile.nics_for(resolved):
+        raise UnsupportedError(f"profile '{profile.name}' has no NIC, so the ssh transport cannot reach it "
+                               "(use --transport serial)")
+    user_image = open_guest_image(access.guest_image) if access.guest_image is not None else None
+    image = build_reference_image(reference) if user_image is None else None
     out = out.resolve()
     _prepare_out(out)
     staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "raw").mkdir(parents=True)
     started = time.time()
+    transport_info: dict[str, Any] = {}
     try:
         with private_dir() as work:
-            hw = qemu_args(profile, resolved, work)
+            hostfwd = ssh.HOSTFWD if access.transport == "ssh" else None
+            boot_disk = (user_image.path, user_image.format) if user_image else None
+            hw = qemu_args(profile, resolved, work, hostfwd=hostfwd, boot_disk=boot_disk)
+            if image is not None:
+                cmdline = image.cmdline_for(access.transport)
+                boot = ["-kernel", str(image.kernel), "-initrd", str(image.initramfs), "-append", cmdline]
+            else:
+                boot = []
             argv = build.argv() + [
                 "-no-user-config", "-nodefaults", "-display", "none", "-no-reboot", "-accel", ACCEL_ARGS[accel],
-                *hw, "-kernel", str(image.kernel), "-initrd", str(image.initramfs), "-append", image.cmdline,
-                "-qmp", f"unix:{work / 'qmp.sock'},server=on,wait=off", *extra_args]
+                *hw, *boot, "-qmp", f"unix:{work / 'qmp.sock'},server=on,wait=off", *extra_args]
             # the console log is written where a person will look if this fails: OUT/console.log
-            result = serial.run(argv, build.environ(), work, out / "console.log", timeout)
+            if access.transport == "serial":
+                result: serial.SerialResult | ssh.SshResult = serial.run(
+                    argv, build.environ(), work, out / "console.log", timeout)
+            else:
+                login = _login(access, image, reference)
+                probe = ((reference or REFERENCE_DIR) / "probe.sh").read_bytes()
+                result = ssh.run(argv, build.environ(), work, out / "console.log", timeout, login, probe)
+                transport_info = {"user": login.user, "host_key": result.host_key, "upload": result.upload,
+                                  "shutdown": result.shutdown}
             files = write_raw(result.records, staging / "raw")
+        if user_image is not None and open_guest_image(user_image.path).sha256 != user_image.sha256:
+            raise CaptureError(f"guest image {user_image.path} changed while it was captured")
     except BaseException as exc:
         _fail(staging, out, exc)
         raise
@@ -139,17 +210,34 @@ def capture(build: QemuBuild, profile: GuestProfile, machine: str, out: Path, ac
         "machine": {"asked": machine, "resolved": resolved, "family": machine_family(resolved)},
         "accel": accel,
         "argv": _portable_argv(argv),
-        "image": {"sha256": image.sha256, "cmdline": image.cmdline, "kernel": image.kernel_version},
-        "transport": "serial",
+        "image": _image_json(image, user_image, access),
+        "transport": access.transport,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "timings": result.timings,
         "probe": result.info,
         "files": {f"raw/{rel}": digest for rel, digest in sorted(files.items())},
         "console_sha256": sha256_file(staging / "console.log"),
     }
+    if transport_info:
+        manifest["ssh"] = transport_info
     atomic_write_bytes(staging / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     os.rename(staging, out)
     return Capture(out, manifest)
+
+
+def _login(access: GuestAccess, image: Any, reference: Path | None) -> ssh.SshLogin:
+    if image is not None:  # the reference guest: its own pinned host key and the cache's client key
+        return ssh.SshLogin("root", image.client_key, (image.host_key,), probe_env=(("QABI_PROBE_BATCH", "1"),),
+                            shutdown="poweroff -f", ready_marker="@@QABI-SSH-READY")
+    assert access.ssh_key is not None
+    pinned = ssh.read_host_keys(access.ssh_host_keys) if access.ssh_host_keys else ()
+    return ssh.SshLogin(access.user, access.ssh_key, pinned, shutdown="poweroff")
+
+
+def _image_json(image: Any, user_image: GuestImage | None, access: GuestAccess) -> dict[str, Any]:
+    if user_image is not None:
+        return user_image.as_json()
+    return {"sha256": image.sha256, "cmdline": image.cmdline_for(access.transport), "kernel": image.kernel_version}
 
 
 def _portable_argv(argv: list[str]) -> list[str]:

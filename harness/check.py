@@ -16,7 +16,7 @@ from typing import Any
 
 from harness import __version__
 from harness.cache import cache_dir, file_lock
-from harness.capture import capture, is_complete, load_capture, resolve_machine
+from harness.capture import SERIAL, GuestAccess, capture, is_complete, load_capture, resolve_machine
 from harness.errors import QabiError, UnsupportedError
 from harness.guest import build_reference_image
 from harness.guest.profile import GuestProfile, check_supported, load_profile, profile_names
@@ -87,47 +87,50 @@ def expand_guests(asked: list[str] | None) -> list[str]:
     return list(asked) if asked else profile_names()
 
 
-def capture_key(build: QemuBuild, profile: GuestProfile, machine: str, accel: str) -> str:
+def capture_key(build: QemuBuild, profile: GuestProfile, machine: str, accel: str,
+                access: GuestAccess = SERIAL) -> str:
     """Everything that decides what a capture contains; identical keys give identical raw bytes."""
-    image = build_reference_image()
+    image = build_reference_image() if access.guest_image is None else None
     parts = {
         "qabi": __version__, "sha256": build.sha256, "firmware": list(build.firmware_dirs),
         "profile": Path(profile.source).read_text() if profile.source else repr(profile),
-        "machine": machine, "accel": accel, "image": image.sha256,
+        "machine": machine, "accel": accel, "image": image.sha256 if image else None, **access.key_parts(),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
 def captured(build: QemuBuild, profile: GuestProfile, machine: str, accel: str = "tcg",
-             timeout: float = 180.0) -> Path:
+             timeout: float = 180.0, access: GuestAccess = SERIAL) -> Path:
     """A complete capture for these inputs: reused from the cache or made now (one at a time per key)."""
     resolved = resolve_machine(build, machine)
     check_supported(profile, resolved, frozenset(build.info().devices))
-    key = capture_key(build, profile, resolved, accel)
+    key = capture_key(build, profile, resolved, accel, access)
     folder = cache_dir("captures") / f"{resolved}_{profile.name}_{key}"
     with file_lock(folder.with_name(folder.name + ".lock")):
         if not is_complete(folder):
-            capture(build, profile, resolved, folder, accel=accel, timeout=timeout)
+            capture(build, profile, resolved, folder, accel=accel, timeout=timeout, access=access)
     load_capture(folder)  # verified before it is used
     return folder
 
 
-def fresh_capture(build: QemuBuild, profile: GuestProfile, machine: str, accel: str, timeout: float) -> Path:
+def fresh_capture(build: QemuBuild, profile: GuestProfile, machine: str, accel: str, timeout: float,
+                  access: GuestAccess = SERIAL) -> Path:
     """A new capture in a scratch dir of the cache (the caller removes it when done)."""
     import tempfile
 
     resolved = resolve_machine(build, machine)
     check_supported(profile, resolved, frozenset(build.info().devices))
     folder = Path(tempfile.mkdtemp(prefix=f"{resolved}_{profile.name}_", dir=cache_dir("scratch"))) / "capture"
-    capture(build, profile, resolved, folder, accel=accel, timeout=timeout)
+    capture(build, profile, resolved, folder, accel=accel, timeout=timeout, access=access)
     return folder
 
 
-def side_capture(side: Side, profile: GuestProfile, machine: str, accel: str, timeout: float) -> Path:
+def side_capture(side: Side, profile: GuestProfile, machine: str, accel: str, timeout: float,
+                 access: GuestAccess = SERIAL) -> Path:
     if side.build is not None and not side.reuse:
-        return fresh_capture(side.build, profile, machine, accel, timeout)
+        return fresh_capture(side.build, profile, machine, accel, timeout, access)
     if side.build is not None:
-        return captured(side.build, profile, machine, accel, timeout)
+        return captured(side.build, profile, machine, accel, timeout, access)
     from harness.baseline import baseline_capture
 
     assert side.baseline is not None
@@ -149,7 +152,7 @@ class RunOutcome:
 
 
 def fingerprint_pair(old: Side, new: Side, machine: str, guest: str, accel: str = "tcg",
-                     timeout: float = 180.0) -> RunOutcome:
+                     timeout: float = 180.0, access: GuestAccess = SERIAL) -> RunOutcome:
     """Capture and decode both sides of one (machine, guest) run; never raises for a run-level problem."""
     import time
 
@@ -160,7 +163,7 @@ def fingerprint_pair(old: Side, new: Side, machine: str, guest: str, accel: str 
     try:
         profile = load_profile(guest)
         for s in (old, new):
-            caps.append(side_capture(s, profile, machine, accel, timeout))
+            caps.append(side_capture(s, profile, machine, accel, timeout, access))
         fps = [fingerprint_capture(c) for c in caps]
     except UnsupportedError as exc:
         return RunOutcome(machine, guest, "unsupported", str(exc), seconds=time.monotonic() - started)
@@ -253,7 +256,7 @@ def pair_of(outcome: RunOutcome) -> tuple[dict[str, Any], dict[str, Any]] | None
 def run_check(old_spec: str, new_spec: str, machines: list[str] | None, guests: list[str] | None,
               accel: str = "tcg", waivers_path: str | None = None, fail_on: str = "warn",
               timeout: float = 180.0, firmware_from: str | None = None, progress: Any = None,
-              reuse: bool = True) -> CheckResult:
+              reuse: bool = True, access: GuestAccess = SERIAL) -> CheckResult:
     """Capture (or reuse) both sides of every (machine, guest) run and compare them."""
     import time
 
@@ -269,7 +272,7 @@ def run_check(old_spec: str, new_spec: str, machines: list[str] | None, guests: 
         for guest in expand_guests(guests):
             if progress:
                 progress(machine, guest)
-            outcome = fingerprint_pair(old, new, machine, guest, accel, timeout)
+            outcome = fingerprint_pair(old, new, machine, guest, accel, timeout, access)
             runs.append(make_run(outcome, old, new, waivers))
             pairs.append(pair_of(outcome))
             secs.append(round(outcome.seconds, 3))

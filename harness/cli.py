@@ -89,14 +89,41 @@ def cmd_capture(args: argparse.Namespace) -> int:
     from harness.guest.profile import load_profile
     from harness.qemu import resolve
 
+    access = _access(args)
     build = resolve(args.qemu, firmware_from=args.firmware_from)
     profile = load_profile(args.guest)
     result = capture(build, profile, args.machine, Path(args.output), accel=args.accel, timeout=args.timeout,
-                     reference=Path(args.reference) if args.reference else None)
+                     reference=Path(args.reference) if args.reference else None, access=access)
     m = result.manifest
     print(f"{result.path}: {len(m['files'])} files from {m['build']['spec']} (QEMU {m['build']['version']}), "
-          f"{m['machine']['resolved']}, guest {m['profile']['name']}, {m['timings']['total']:.1f}s")
+          f"{m['machine']['resolved']}, guest {m['profile']['name']} over {m['transport']}, "
+          f"{m['timings']['total']:.1f}s")
     return 0
+
+
+def _access(args: argparse.Namespace) -> Any:
+    """--transport, --guest-image, --ssh-user, --ssh-key, --ssh-host-key as a GuestAccess (checked)."""
+    from pathlib import Path
+
+    from harness.capture import GuestAccess
+
+    def path(value: str | None) -> Path | None:
+        return Path(value) if value else None
+
+    return GuestAccess(transport=args.transport, guest_image=path(args.guest_image), ssh_user=args.ssh_user,
+                       ssh_key=path(args.ssh_key), ssh_host_keys=path(args.ssh_host_key))
+
+
+def _add_access_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--transport", choices=["serial", "ssh"], default="serial",
+                   help="how the probe reaches the guest (default: serial console)")
+    p.add_argument("--guest-image", metavar="FILE",
+                   help="boot this qcow2/raw disk image (never written: snapshot=on) instead of the reference "
+                        "guest; needs --transport ssh")
+    p.add_argument("--ssh-user", metavar="U", help="login for --guest-image (default root; others use sudo -n)")
+    p.add_argument("--ssh-key", metavar="K", help="private key that logs in to --guest-image")
+    p.add_argument("--ssh-host-key", metavar="F",
+                   help="the guest image's pinned host public key(s): a .pub or known_hosts file")
 
 
 # -- qabi diff ----------------------------------------------------------------------------------
@@ -213,10 +240,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     def progress(machine: str, guest: str) -> None:
         console.print(f"[dim]qabi: {machine} {guest}: capturing {args.old} and {args.new}[/dim]")
 
+    access = _access(args)
     result = run_check(args.old, args.new, args.machine, args.guest, accel=args.accel,
                        waivers_path=args.waivers, fail_on=args.fail_on, timeout=args.timeout,
                        firmware_from=args.firmware_from,
-                       progress=progress if sys.stderr.isatty() else None, reuse=not args.no_reuse)
+                       progress=progress if sys.stderr.isatty() else None, reuse=not args.no_reuse, access=access)
     sys.stdout.write(render_text(result.runset))
     if args.json:
         from harness.cache import atomic_write_bytes
@@ -281,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", metavar="DIR",
                    help="a reference-guest recipe other than guests/reference (e.g. a modified probe)")
     p.add_argument("-o", "--output", required=True, metavar="DIR")
+    _add_access_options(p)
     p.set_defaults(func=cmd_capture)
 
     p = sub.add_parser("check", help="capture both builds and diff them: the verdict")
@@ -299,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="boot every side afresh instead of reusing cached captures with identical inputs")
     p.add_argument("--fail-on", choices=["break", "warn", "info"], default="warn")
     p.add_argument("--timeout", type=float, default=180.0, metavar="S")
+    _add_access_options(p)
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("fingerprint", help="decode a capture into fingerprint JSON")

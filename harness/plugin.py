@@ -6,9 +6,11 @@ category item fails with the drifts of that category by device, most severe firs
 combinations are skipped with the reason; a capture or decode error is a pytest *error*.
 
 Options come from the command line, else environment variables (QABI_QEMU_OLD, QABI_QEMU_NEW,
-QABI_BASELINE, QABI_MACHINE, QABI_GUEST, QABI_ACCEL, QABI_WAIVERS, QABI_FAIL_ON, QABI_REPORT;
-lists comma-separated), else `[tool.qabi]` in pyproject.toml (qemu-old, qemu-new, baseline,
-machine, guest, accel, waivers, fail-on, report), else the embedded default: the backport check
+QABI_BASELINE, QABI_MACHINE, QABI_GUEST, QABI_ACCEL, QABI_WAIVERS, QABI_FAIL_ON, QABI_REPORT,
+QABI_TRANSPORT, QABI_GUEST_IMAGE, QABI_SSH_USER, QABI_SSH_KEY, QABI_SSH_HOST_KEY; lists
+comma-separated), else `[tool.qabi]` in pyproject.toml (the same names: qemu-old, qemu-new,
+baseline, machine, guest, accel, waivers, fail-on, report, transport, guest-image, ssh-user,
+ssh-key, ssh-host-key), else the embedded default: the backport check
 debian:bookworm-security -> debian:bookworm on pc-i440fx-7.2 and pc-q35-7.2, all profiles.
 """
 
@@ -36,6 +38,11 @@ DEFAULTS: dict[str, Any] = {
     "waivers": None,
     "fail-on": "warn",
     "report": "reports",
+    "transport": "serial",
+    "guest-image": None,
+    "ssh-user": None,
+    "ssh-key": None,
+    "ssh-host-key": None,
 }
 _LISTS = ("machine", "guest")
 DETAIL_LINES = 8
@@ -53,6 +60,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--waivers", metavar="F", help="waiver file (default: fingerprints/waivers.toml if present)")
     group.addoption("--fail-on", choices=["break", "warn", "info"], help="lowest severity that fails (default: warn)")
     group.addoption("--report", metavar="DIR", help="where index.html and qabi.json go (default: reports/)")
+    group.addoption("--transport", choices=["serial", "ssh"], help="how the probe reaches the guest (default: serial)")
+    group.addoption("--guest-image", metavar="FILE",
+                    help="boot this qcow2/raw image (snapshot=on) instead of the reference guest; needs ssh")
+    group.addoption("--ssh-user", metavar="U", help="login for --guest-image (default root)")
+    group.addoption("--ssh-key", metavar="K", help="private key for --guest-image")
+    group.addoption("--ssh-host-key", metavar="F", help="pinned host key(s) of --guest-image (.pub/known_hosts)")
 
 
 def _setting(config: pytest.Config, key: str) -> Any:
@@ -81,6 +94,7 @@ class QabiSession:
     waivers_path: str | None
     fail_on: str
     report_dir: Path
+    access: Any = None
     started: float = field(default_factory=time.time)
     _sides: tuple[Any, Any] | None = None
     runs: dict[tuple[str, str], Any] = field(default_factory=dict)
@@ -110,7 +124,7 @@ class QabiSession:
         key = (machine, guest)
         if key not in self.runs:
             old, new = self.sides()
-            outcome = fingerprint_pair(old, new, machine, guest, self.accel)
+            outcome = fingerprint_pair(old, new, machine, guest, self.accel, access=self.access)
             self.runs[key] = make_run(outcome, old, new, self.waivers())
             self.pairs[key] = pair_of(outcome)
             self.seconds[key] = round(outcome.seconds, 3)
@@ -140,7 +154,8 @@ def pytest_configure(config: pytest.Config) -> None:
     session = QabiSession(
         old_spec=str(old), new_spec=str(_setting(config, "qemu-new")), machines=list(_setting(config, "machine")),
         guests=list(_setting(config, "guest")), accel=str(_setting(config, "accel")),
-        waivers_path=_setting(config, "waivers"), fail_on=str(_setting(config, "fail-on")), report_dir=report)
+        waivers_path=_setting(config, "waivers"), fail_on=str(_setting(config, "fail-on")), report_dir=report,
+        access=_access(config))
     config.stash[_SESSION_KEY] = session
     config.stash[_PARTS_KEY] = []
 
@@ -149,6 +164,22 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_configure_node(node: Any) -> None:
     """xdist controller: tell each worker whether the plugin switched to --dist loadgroup."""
     node.workerinput["qabi_loadgroup"] = node.config.getvalue("dist") == "loadgroup"
+
+
+def _access(config: pytest.Config) -> Any:
+    from harness.capture import GuestAccess
+    from harness.errors import QabiError
+
+    def path(key: str) -> Path | None:
+        value = _setting(config, key)
+        return Path(str(value)) if value else None
+
+    try:
+        return GuestAccess(transport=str(_setting(config, "transport")), guest_image=path("guest-image"),
+                           ssh_user=_setting(config, "ssh-user"), ssh_key=path("ssh-key"),
+                           ssh_host_keys=path("ssh-host-key"))
+    except QabiError as exc:
+        pytest.exit(f"qabi: {exc}", returncode=2)
 
 
 def qabi_session(config: pytest.Config) -> QabiSession:

@@ -817,3 +817,54 @@ def test_readme_policy_table_is_generated_from_the_policy():
         pytest.skip("README has no generated policy table")
     block = text.split("<!-- policy:begin -->", 1)[1].split("<!-- policy:end -->", 1)[0]
     assert block.strip() == policy_markdown().strip(), "regenerate with harness.drift.policy_markdown()"
+
+
+# -- bits the guest's drivers program are run-time state (harness/drift/pci_state.py) ---------------
+def _real_windows_q35() -> dict[str, Any]:
+    """A real capture with MSI, MSI-X, PCIe and ICH9 LPC/AHCI/HDA functions (QEMU 7.2, q35, windows)."""
+    from conftest import DATA
+
+    from harness.fingerprint import fingerprint_capture
+
+    return fingerprint_capture(DATA / "captures" / "qemu-7.2-pc-q35-5.2-windows")
+
+
+def _set(entry: dict[str, Any], offset: int, value: int, mask: int = 0xFF) -> None:
+    cfg = bytearray(bytes.fromhex(entry["config_hex"]))
+    cfg[offset] = (cfg[offset] & ~mask) | (value & mask)
+    entry["config_hex"] = cfg.hex()
+
+
+def _cap(entry: dict[str, Any], cap_id: str) -> int:
+    return next(int(c["offset"], 16) for c in entry["capabilities"] if c["id"] == cap_id)
+
+
+def test_what_drivers_program_is_not_drift():
+    old = _real_windows_q35()
+    new = copy.deepcopy(old)
+    by_id = {(e["vendor"], e["device"]): e for e in new["pci"].values()}
+    e1000e, ahci, lpc = by_id[("0x8086", "0x10d3")], by_id[("0x8086", "0x2922")], by_id[("0x8086", "0x2918")]
+    _set(e1000e, _cap(e1000e, "0x11") + 3, 0x80, 0xC0)            # MSI-X enable (e1000e)
+    _set(e1000e, _cap(e1000e, "0x10") + 8, 0x1F)                  # PCIe device control
+    msi = _cap(ahci, "0x05")
+    _set(ahci, msi + 2, 0x01, 0x01)                               # MSI enable, address and data (ahci)
+    for i, byte in enumerate(b"\x00\x10\xe0\xfe\x00\x00\x00\x00\x29\x00"):
+        _set(ahci, msi + 4 + i, byte)
+    _set(ahci, 0x92, 0x3F)                                        # AHCI port control/status
+    _set(lpc, 0x60, 0x0B)                                         # PIRQA routing (the DSDT's _SRS)
+    assert compare(old, new).drifts == ()
+
+
+def test_read_only_bits_next_to_driver_bits_still_drift():
+    old = _real_windows_q35()
+    new = copy.deepcopy(old)
+    lpc = next(e for e in new["pci"].values() if (e["vendor"], e["device"]) == ("0x8086", "0x2918"))
+    _set(lpc, 0x64, 0x5A)                    # beside the PIRQ routing registers, not one of them
+    drift = one(old, new)
+    assert (drift.path, drift.severity) == ("config_hex", "warn") and "0x064" in drift.detail
+    new = copy.deepcopy(old)
+    e1000e = next(e for e in new["pci"].values() if e["device"] == "0x10d3")
+    off = _cap(e1000e, "0x11")
+    _set(e1000e, off + 3, 0x04, 0x07)        # MSI-X table size's high bits share the byte with enable
+    drift = one(old, new)
+    assert drift.path == "config_hex" and f"{off + 3:#05x}" in drift.detail

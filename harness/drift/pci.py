@@ -10,6 +10,7 @@ from typing import Any
 from harness.drift.common import atom_drift, label_of, make_drift, presence_drift
 from harness.drift.diffing import Name, canonical, changes, to_int
 from harness.drift.model import Drift
+from harness.drift.pci_state import runtime_mask
 
 CATEGORY = "pci"
 CAP_LISTS = ("capabilities", "extended_capabilities")
@@ -149,7 +150,8 @@ def _config_drift(key: str, subject: str, old: dict[str, Any], new: dict[str, An
 
     The header (0x00–0x3f) is decoded field by field and what the fingerprint leaves out there
     is allocation (BAR and ROM addresses, interrupt line, bus numbers); a capability's bytes are
-    explained when that capability drifted. Anything else that changed is reported here."""
+    explained when that capability drifted; bits the guest's drivers program (pci_state) are
+    run-time state. Anything else that changed is reported here."""
     a, b = _hex_bytes(old.get("config_hex")), _hex_bytes(new.get("config_hex"))
     if a is None or b is None or a == b:
         return None
@@ -160,11 +162,14 @@ def _config_drift(key: str, subject: str, old: dict[str, Any], new: dict[str, An
         drifted = {k for k in cap_offsets[list_name]
                    if any(d.path.startswith(f"{list_name}[{k}]") for d in drifts)}
         explained += _regions(cap_offsets[list_name], list_name, max(len(a), len(b)), drifted)
+    state = runtime_mask((old, new))
     changed = []
     for i in range(max(len(a), len(b))):
         x = a[i] if i < len(a) else None
         y = b[i] if i < len(b) else None
         if x == y or (x is None and y == 0) or (y is None and x == 0):
+            continue
+        if x is not None and y is not None and not (x ^ y) & ~state.get(i, 0) & 0xff:
             continue
         if not any(lo <= i < hi for lo, hi in explained):
             changed.append((i, x, y))

@@ -136,14 +136,25 @@ RTC_BASE = "2020-01-01T00:00:00"
 AUDIODEV_ID = "qabi-snd"
 
 
-def qemu_args(profile: GuestProfile, machine: str, workdir: Path) -> list[str]:
-    """The hardware part of QEMU's argv for `profile` on `machine`; blank disks go in `workdir`."""
+def qemu_args(profile: GuestProfile, machine: str, workdir: Path, hostfwd: str | None = None,
+              boot_disk: tuple[Path, str] | None = None) -> list[str]:
+    """The hardware part of QEMU's argv for `profile` on `machine`; blank disks go in `workdir`.
+
+    `hostfwd` is added to the first NIC's user-mode backend (the SSH transport). `boot_disk`
+    (path, format) backs the first disk instead of a blank one, always with snapshot=on: the
+    guest's writes go to a temporary overlay, never to that file. Neither changes what the guest
+    sees of its hardware.
+    """
     smp = ",".join(f"{k}={v}" for k, v in profile.smp)
     args = ["-machine", machine, "-cpu", profile.cpu, "-m", str(profile.memory_mib), "-smp", smp,
             "-uuid", profile.uuid, "-rtc", f"base={RTC_BASE},clock=vm"]
     devices = profile.devices_for(machine)
     if any(d.audio for d in devices):
         args += ["-audiodev", f"none,id={AUDIODEV_ID}"]
+    first_nic = next((d for d in devices if d.mac), None)
+    first_disk = next((d for d in devices if d.disk), None)
+    if boot_disk is not None and first_disk is None:
+        raise QabiError(f"profile '{profile.name}' has no disk to attach the guest image to")
     for index, dev in enumerate(devices):
         opts = [dev.driver]
         if dev.id:
@@ -153,9 +164,14 @@ def qemu_args(profile: GuestProfile, machine: str, workdir: Path) -> list[str]:
         if dev.addr:
             opts.append(f"addr={dev.addr}")
         if dev.mac:
-            args += ["-netdev", f"user,id=qabinet{index},restrict=on"]
+            fwd = f",hostfwd={hostfwd}" if hostfwd and dev is first_nic else ""
+            args += ["-netdev", f"user,id=qabinet{index},restrict=on{fwd}"]
             opts += [f"netdev=qabinet{index}", f"mac={dev.mac}"]
-        if dev.disk:
+        if dev.disk and boot_disk is not None and dev is first_disk:
+            path, fmt = boot_disk
+            args += ["-drive", f"if=none,id=qabidisk{index},file={_drive_path(path)},format={fmt},snapshot=on"]
+            opts.append(f"drive=qabidisk{index}")
+        elif dev.disk:
             image = workdir / f"disk{index}.img"
             with open(image, "wb") as handle:
                 handle.truncate(_size(dev.disk))
@@ -169,6 +185,13 @@ def qemu_args(profile: GuestProfile, machine: str, workdir: Path) -> list[str]:
         opts += [f"{k}={v}" for k, v in dev.props]
         args += ["-device", ",".join(opts)]
     return args
+
+
+def _drive_path(path: Path) -> str:
+    text = str(path.resolve())
+    if "," in text:
+        raise QabiError(f"guest image path {text} contains a comma, which QEMU's -drive cannot take")
+    return text
 
 
 def _size(text: str) -> int:
