@@ -256,7 +256,7 @@ def pair_of(outcome: RunOutcome) -> tuple[dict[str, Any], dict[str, Any]] | None
 def run_check(old_spec: str, new_spec: str, machines: list[str] | None, guests: list[str] | None,
               accel: str = "tcg", waivers_path: str | None = None, fail_on: str = "warn",
               timeout: float = 180.0, firmware_from: str | None = None, progress: Any = None,
-              reuse: bool = True, access: GuestAccess = SERIAL) -> CheckResult:
+              reuse: bool = True, access: GuestAccess = SERIAL, jobs: int = 1) -> CheckResult:
     """Capture (or reuse) both sides of every (machine, guest) run and compare them."""
     import time
 
@@ -267,14 +267,26 @@ def run_check(old_spec: str, new_spec: str, machines: list[str] | None, guests: 
     old, new = Side.open(old_spec), Side.open(new_spec, firmware_from)
     old.reuse = new.reuse = reuse
     chosen = expand_machines(machines, old, new) if machines else default_machines(old, new)
+    if jobs < 1:
+        raise QabiError(f"--jobs must be at least 1, not {jobs}")
+
+    def one(case: tuple[str, str]) -> RunOutcome:
+        if progress:
+            progress(*case)
+        return fingerprint_pair(old, new, case[0], case[1], accel, timeout, access)
+
+    cases = [(machine, guest) for machine in chosen for guest in expand_guests(guests)]
+    if jobs == 1:
+        outcomes = [one(case) for case in cases]
+    else:  # captures are QEMU processes: threads are enough to run `jobs` of them side by side
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            outcomes = list(pool.map(one, cases))
     runs, pairs, secs = [], [], []
-    for machine in chosen:
-        for guest in expand_guests(guests):
-            if progress:
-                progress(machine, guest)
-            outcome = fingerprint_pair(old, new, machine, guest, accel, timeout, access)
-            runs.append(make_run(outcome, old, new, waivers))
-            pairs.append(pair_of(outcome))
-            secs.append(round(outcome.seconds, 3))
+    for outcome in outcomes:
+        runs.append(make_run(outcome, old, new, waivers))
+        pairs.append(pair_of(outcome))
+        secs.append(round(outcome.seconds, 3))
     return CheckResult(RunSet(tuple(runs), fail_on), pairs, secs,  # type: ignore[arg-type]
                        round(time.monotonic() - started, 3))

@@ -209,9 +209,11 @@ def cmd_guest_build(args: argparse.Namespace) -> int:
     print(f"initramfs:        {data['initramfs']}  ({data['initramfs_size']} bytes)")
     print(f"command line:     {data['cmdline']}")
     print(f"modules:          {', '.join(data['modules']) or '(none)'}")
+    print(f"ssh host key:     {data.get('host_key') or '(none)'}")
     print("packages:")
+    width = max((len(pkg["role"]) for pkg in data["packages"]), default=8)
     for pkg in data["packages"]:
-        print(f"  {pkg['role']:<8} {pkg['name']}={pkg['version']}  sha256 {pkg['sha256']}")
+        print(f"  {pkg['role']:<{width}} {pkg['name']}={pkg['version']}  sha256 {pkg['sha256']}")
     print("contents:")
     for entry in data["contents"]:
         if entry["kind"] == "file":
@@ -244,7 +246,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     result = run_check(args.old, args.new, args.machine, args.guest, accel=args.accel,
                        waivers_path=args.waivers, fail_on=args.fail_on, timeout=args.timeout,
                        firmware_from=args.firmware_from,
-                       progress=progress if sys.stderr.isatty() else None, reuse=not args.no_reuse, access=access)
+                       progress=progress if sys.stderr.isatty() else None, reuse=not args.no_reuse, access=access,
+                       jobs=args.jobs)
     sys.stdout.write(render_text(result.runset))
     if args.json:
         from harness.cache import atomic_write_bytes
@@ -328,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="boot every side afresh instead of reusing cached captures with identical inputs")
     p.add_argument("--fail-on", choices=["break", "warn", "info"], default="warn")
     p.add_argument("--timeout", type=float, default=180.0, metavar="S")
+    p.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
+                   help="runs (machine, guest) captured side by side (default 1; the host's cores bound it)")
     _add_access_options(p)
     p.set_defaults(func=cmd_check)
 

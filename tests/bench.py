@@ -74,6 +74,30 @@ def bench_capture(spec: str, machine: str, runs: int) -> list[Path]:
     return kept
 
 
+def bench_ssh(spec: str, machine: str, runs: int) -> None:
+    """SSH against serial capture wall time, same build, machine and profile (profiles with a NIC)."""
+    from harness.capture import GuestAccess, capture
+    from harness.guest.profile import load_profile
+    from harness.qemu import resolve
+
+    build = resolve(spec)
+    work = Path(tempfile.mkdtemp(prefix="qabi-bench-ssh-"))
+    for guest in ("linux-virtio", "windows"):
+        walls: dict[str, list[float]] = {"serial": [], "ssh": []}
+        ready: list[float] = []
+        for i in range(runs):
+            for transport in ("serial", "ssh"):
+                started = time.monotonic()
+                cap = capture(build, load_profile(guest), machine, work / f"{guest}-{transport}-{i}",
+                              access=GuestAccess(transport=transport))
+                walls[transport].append(time.monotonic() - started)
+                if transport == "ssh":
+                    ready.append(cap.manifest["timings"].get("boot_to_ssh", 0.0))
+        print(f"transport {spec} {machine} {guest:<13} serial median {statistics.median(walls['serial']):5.2f} s, "
+              f"ssh median {statistics.median(walls['ssh']):5.2f} s over {runs} "
+              f"(ssh: logged in after {statistics.median(ready):4.2f} s)")
+
+
 def bench_decode(captures: list[Path]) -> None:
     from harness.fingerprint import fingerprint_capture
 
@@ -100,6 +124,7 @@ def main() -> None:
         bench_provision("debian:bullseye=1:5.2+dfsg-11+deb11u3")
     captures = bench_capture(args.spec, args.machine, args.runs)
     bench_decode(captures)
+    bench_ssh(args.spec, args.machine, args.runs)
 
 
 if __name__ == "__main__":

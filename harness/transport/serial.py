@@ -12,6 +12,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pexpect
 from pexpect import fdpexpect
@@ -48,6 +49,32 @@ def _early_exit_error(stderr: str, console_log: Path) -> Exception:
     return CaptureError(f"QEMU exited early: {last} (console log: {console_log})")
 
 
+def _connect(sock_path: Path, proc: Any, timeout: float) -> socket.socket | None:
+    """Connect to QEMU's serial socket; None if QEMU exited first.
+
+    The socket file appears when QEMU binds it, a moment before it listens: a refused connection
+    is retried until QEMU listens, exits, or `timeout` passes.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            conn.connect(str(sock_path))
+            return conn
+        except (ConnectionRefusedError, FileNotFoundError) as exc:
+            conn.close()
+            if proc.poll() is not None:
+                return None
+            if time.monotonic() > deadline:
+                raise CaptureError(f"QEMU did not accept a connection on its serial socket: {exc}") from None
+            time.sleep(0.01)
+        except OSError:
+            conn.close()
+            if proc.poll() is not None:
+                return None
+            raise
+
+
 def run(argv: list[str], env: dict[str, str], workdir: Path, console_log: Path, timeout: float) -> SerialResult:
     """Run `argv` (without a serial option) and return the verified probe records.
 
@@ -67,11 +94,9 @@ def run(argv: list[str], env: dict[str, str], workdir: Path, console_log: Path, 
                 raise CaptureError(f"QEMU did not open its serial socket within {min(timeout, 60):.0f}s")
             if proc.poll() is not None:
                 raise _early_exit_error(stderr_path.read_text(errors="replace"), console_log)
-            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                conn.connect(str(sock_path))
-            except OSError as exc:
-                raise _early_exit_error(stderr_path.read_text(errors="replace") or str(exc), console_log) from None
+            conn = _connect(sock_path, proc, min(timeout, 60))
+            if conn is None:
+                raise _early_exit_error(stderr_path.read_text(errors="replace"), console_log)
             child = fdpexpect.fdspawn(conn.fileno(), timeout=timeout, maxread=1 << 16)
             try:
                 index = child.expect([BEGIN, pexpect.EOF, pexpect.TIMEOUT],
