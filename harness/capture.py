@@ -69,6 +69,16 @@ class GuestAccess:
         if self.ssh_key is None:
             raise QabiError("--guest-image needs --ssh-key (the private key that logs in to the guest)")
 
+    @classmethod
+    def from_options(cls, transport: str, guest_image: str | None, ssh_user: str | None, ssh_key: str | None,
+                     ssh_host_key: str | None) -> GuestAccess:
+        """From the option values of the CLI or the pytest plugin (paths as strings; empty = not given)."""
+        def path(value: str | None) -> Path | None:
+            return Path(value) if value else None
+
+        return cls(transport=transport, guest_image=path(guest_image), ssh_user=ssh_user or None,
+                   ssh_key=path(ssh_key), ssh_host_keys=path(ssh_host_key))
+
     @property
     def user(self) -> str:
         return self.ssh_user or "root"

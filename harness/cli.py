@@ -103,15 +103,10 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
 def _access(args: argparse.Namespace) -> Any:
     """--transport, --guest-image, --ssh-user, --ssh-key, --ssh-host-key as a GuestAccess (checked)."""
-    from pathlib import Path
-
     from harness.capture import GuestAccess
 
-    def path(value: str | None) -> Path | None:
-        return Path(value) if value else None
-
-    return GuestAccess(transport=args.transport, guest_image=path(args.guest_image), ssh_user=args.ssh_user,
-                       ssh_key=path(args.ssh_key), ssh_host_keys=path(args.ssh_host_key))
+    return GuestAccess.from_options(args.transport, args.guest_image, args.ssh_user, args.ssh_key,
+                                    args.ssh_host_key)
 
 
 def _add_access_options(p: argparse.ArgumentParser) -> None:

@@ -170,14 +170,13 @@ def _access(config: pytest.Config) -> Any:
     from harness.capture import GuestAccess
     from harness.errors import QabiError
 
-    def path(key: str) -> Path | None:
+    def text(key: str) -> str | None:
         value = _setting(config, key)
-        return Path(str(value)) if value else None
+        return None if value is None else str(value)
 
     try:
-        return GuestAccess(transport=str(_setting(config, "transport")), guest_image=path("guest-image"),
-                           ssh_user=_setting(config, "ssh-user"), ssh_key=path("ssh-key"),
-                           ssh_host_keys=path("ssh-host-key"))
+        return GuestAccess.from_options(str(_setting(config, "transport")), text("guest-image"), text("ssh-user"),
+                                        text("ssh-key"), text("ssh-host-key"))
     except QabiError as exc:
         pytest.exit(f"qabi: {exc}", returncode=2)
 

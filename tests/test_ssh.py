@@ -28,6 +28,17 @@ def _capture(out: Path, guest: str, *extra: str, machine: str = "pc-q35-7.2", ti
                     "-o", str(out), *extra)
 
 
+def _new_key() -> tuple[bytes, bytes]:
+    """A fresh ed25519 key pair: (OpenSSH private key file bytes, OpenSSH public key line)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    private = Ed25519PrivateKey.generate()
+    return (private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                  serialization.NoEncryption()),
+            private.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH))
+
+
 @pytest.mark.parametrize("guest", ["linux-virtio", "windows"])
 def test_ssh_and_serial_captures_are_byte_identical(tmp_path, guest):
     serial, over_ssh = tmp_path / "serial", tmp_path / "ssh"
@@ -59,9 +70,6 @@ def test_ssh_and_serial_captures_are_byte_identical(tmp_path, guest):
 
 def test_wrong_pinned_host_key_is_refused(tmp_path, monkeypatch):
     """The reference guest's sshd with a different key pinned: refused before login, no capture."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
     from harness.capture import capture
     from harness.errors import CaptureError
     from harness.guest import build_reference_image
@@ -69,8 +77,7 @@ def test_wrong_pinned_host_key_is_refused(tmp_path, monkeypatch):
     from harness.qemu import resolve
     from harness.transport import ssh
 
-    other = Ed25519PrivateKey.generate().public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    other = _new_key()[1].decode()
     image = build_reference_image()
     assert other.split()[1] != image.host_key.split()[1]
     original = ssh.SshLogin
@@ -146,9 +153,6 @@ def test_faulty_ssh_guest_is_exit_2_with_no_capture(tmp_path, init_head, probe_h
 
 
 def test_wrong_client_key_is_an_authentication_failure(tmp_path, monkeypatch):
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
     from harness.capture import GuestAccess, capture
     from harness.errors import CaptureError
     from harness.guest.profile import load_profile
@@ -156,8 +160,7 @@ def test_wrong_client_key_is_an_authentication_failure(tmp_path, monkeypatch):
     from harness.transport import ssh
 
     key = tmp_path / "id"
-    key.write_bytes(Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))
+    key.write_bytes(_new_key()[0])
     original = ssh.SshLogin
 
     def other_key(user, _key, host_keys, **kw):
@@ -198,22 +201,16 @@ def test_foreign_image_formats_are_refused(tmp_path):
 # -- bring your own image: a real Debian built by guests/byo/build-debian-image -------------------------
 def _test_key() -> tuple[Path, Path]:
     """A login key kept in the cache, so the cached Debian image (keyed by it) is built only once."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
     from harness.cache import atomic_write_bytes, cache_dir, file_lock
 
     folder = cache_dir("byo")
     key, pub = folder / "test_id_ed25519", folder / "test_id_ed25519.pub"
     with file_lock(folder / "test_id_ed25519.lock"):
         if not (key.is_file() and pub.is_file()):
-            private = Ed25519PrivateKey.generate()
-            atomic_write_bytes(key, private.private_bytes(serialization.Encoding.PEM,
-                                                          serialization.PrivateFormat.OpenSSH,
-                                                          serialization.NoEncryption()))
+            private, public = _new_key()
+            atomic_write_bytes(key, private)
             key.chmod(0o600)
-            atomic_write_bytes(pub, private.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                                                      serialization.PublicFormat.OpenSSH) + b"\n")
+            atomic_write_bytes(pub, public + b"\n")
     return key, pub
 
 

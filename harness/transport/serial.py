@@ -39,7 +39,7 @@ class SerialResult:
     qemu_stderr: str
 
 
-def _early_exit_error(stderr: str, console_log: Path) -> Exception:
+def early_exit_error(stderr: str, console_log: Path) -> Exception:
     text = stderr.strip()
     match = _UNSUPPORTED.search(text)
     if match:
@@ -93,10 +93,10 @@ def run(argv: list[str], env: dict[str, str], workdir: Path, console_log: Path, 
             if not wait_for(lambda: sock_path.exists() or proc.poll() is not None, min(timeout, 60)):
                 raise CaptureError(f"QEMU did not open its serial socket within {min(timeout, 60):.0f}s")
             if proc.poll() is not None:
-                raise _early_exit_error(stderr_path.read_text(errors="replace"), console_log)
+                raise early_exit_error(stderr_path.read_text(errors="replace"), console_log)
             conn = _connect(sock_path, proc, min(timeout, 60))
             if conn is None:
-                raise _early_exit_error(stderr_path.read_text(errors="replace"), console_log)
+                raise early_exit_error(stderr_path.read_text(errors="replace"), console_log)
             child = fdpexpect.fdspawn(conn.fileno(), timeout=timeout, maxread=1 << 16)
             try:
                 index = child.expect([BEGIN, pexpect.EOF, pexpect.TIMEOUT],
@@ -106,7 +106,7 @@ def run(argv: list[str], env: dict[str, str], workdir: Path, console_log: Path, 
                     if index == 1:  # the console closed: QEMU is exiting; let it finish to read why
                         wait_for(lambda: proc.poll() is not None, 10)
                     if proc.poll() not in (None, 0):
-                        raise _early_exit_error(stderr_path.read_text(errors="replace"), console_log)
+                        raise early_exit_error(stderr_path.read_text(errors="replace"), console_log)
                     why = "timed out" if index == 2 else "the console closed"
                     raise CaptureError(f"guest never started the probe ({why} after "
                                        f"{time.monotonic() - started:.1f}s; console log: {console_log})")

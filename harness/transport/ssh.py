@@ -36,7 +36,7 @@ logging.getLogger("paramiko").propagate = False
 from harness.errors import CaptureError, QabiError
 from harness.qemu.process import spawn, wait_for
 from harness.transport.framing import Record, parse
-from harness.transport.serial import _early_exit_error
+from harness.transport.serial import early_exit_error
 
 GUEST_PORT = 22
 HOSTFWD = f"tcp:127.0.0.1:0-:{GUEST_PORT}"
@@ -156,7 +156,7 @@ def run(argv: list[str], env: dict[str, str], workdir: Path, console_log: Path, 
                 if proc.returncode == 0:
                     raise CaptureError(f"the guest powered off before the probe ran: {_guest_said(console_log)} "
                                        f"(console log: {console_log})")
-                raise _early_exit_error(stderr(), console_log)
+                raise early_exit_error(stderr(), console_log)
 
         port = _forwarded_port(workdir / "qmp.sock", check_alive, deadline)
         timings["qmp"] = round(time.monotonic() - started, 3)
