@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
+from harness.categories import names
 from harness.config import pyproject_settings
-from harness.fingerprint import CATEGORIES
 
 DEFAULTS: dict[str, Any] = {
     "qemu-old": "debian:bookworm-security",
@@ -192,7 +192,7 @@ def _matrix(session: QabiSession) -> list[tuple[str, str, str]]:
     if "common" in machines:
         old, new = session.sides()
         machines = expand_machines(machines, old, new)
-    return [(m, g, c) for m in machines for g in expand_guests(session.guests) for c in CATEGORIES]
+    return [(m, g, c) for m in machines for g in expand_guests(session.guests) for c in names()]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from harness.categories import names
+
 DATA = Path(__file__).parent / "data"
 
 # -- PCI ------------------------------------------------------------------------------------------
@@ -364,7 +366,7 @@ def real_captures() -> list[Path]:
 
 _REAL: dict[str, Any] | None = None
 _REAL_TRIED = False
-CATEGORIES = ("pci", "cpuid", "acpi", "smbios", "e820")
+CATEGORIES = names()
 
 
 def _decode_real(path: Path) -> dict[str, Any] | None:

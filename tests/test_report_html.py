@@ -31,7 +31,7 @@ from harness.report import (
     write_reports,
 )
 from harness.report.html import OPEN_GROUPS, hex_view
-from harness.report.jsonreport import FingerprintPair, _validate_by_hand
+from harness.report.jsonreport import FingerprintPair
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTURES = REPO / "tests" / "data" / "captures"
@@ -94,7 +94,6 @@ def _drifts(data: dict[str, Any], run: int = 0) -> list[dict[str, Any]]:
 def test_json_additions_are_optional_and_valid(real):
     data = real["json"]
     validate_report(data)
-    _validate_by_hand(data)
     assert data["fail_on"] == "warn" and data["generated"] == GENERATED and data["seconds"] == 83.2
     image = real["fingerprints"][0][0]["source"]["image"]
     assert data["image"] == image
@@ -124,8 +123,6 @@ def test_details_must_match_drifts(real):
     data["runs"][0]["details"].pop()
     with pytest.raises(QabiError, match="details"):
         validate_report(data)
-    with pytest.raises(QabiError, match="details"):
-        _validate_by_hand(data)
     data = copy.deepcopy(real["json"])
     data["runs"][0]["config"]["0000:00:00.0"] = {"old": "zz", "new": None}
     with pytest.raises(QabiError, match="config"):

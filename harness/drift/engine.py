@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
-from harness.drift import acpi, cpuid, e820, pci, smbios
-from harness.drift.model import CATEGORIES, Comparison, Drift
+from harness.categories import get, names
+from harness.drift.model import Comparison, Drift
 from harness.drift.waivers import Waivers
 from harness.errors import QabiError
 from harness.fingerprint import load_fingerprint  # noqa: F401 - re-exported by harness.drift
 
 SCHEMA_VERSION = 1
 
-_COMPARERS: dict[str, Callable[[dict[str, Any], dict[str, Any]], list[Drift]]] = {
-    "pci": pci.compare, "cpuid": cpuid.compare, "acpi": acpi.compare, "smbios": smbios.compare,
-    "e820": e820.compare,
-}
 
 
 def _name(fp: Any, side: str) -> str:
@@ -25,14 +21,14 @@ def _name(fp: Any, side: str) -> str:
     return f"{side} fingerprint ({capture})" if capture else f"{side} fingerprint"
 
 
-def check_fingerprint(fp: Any, side: str, categories: Iterable[str] = CATEGORIES) -> None:
+def check_fingerprint(fp: Any, side: str, categories: Iterable[str] | None = None) -> None:
     """QabiError unless `fp` is a schema-1 fingerprint with every one of `categories`."""
     if not isinstance(fp, dict):
         raise QabiError(f"{side} fingerprint is not a JSON object")
     name = _name(fp, side)
     if fp.get("schema") != SCHEMA_VERSION:
         raise QabiError(f"{name} has schema {fp.get('schema')!r}; this qabi reads schema {SCHEMA_VERSION}")
-    for category in categories:
+    for category in names() if categories is None else categories:
         if category not in fp:
             raise QabiError(f"{name} has no {category!r} data: a partial fingerprint is never compared")
         entries = fp[category]
@@ -47,19 +43,19 @@ def compare(old: dict[str, Any], new: dict[str, Any], waivers: Waivers | None = 
             categories: Iterable[str] | None = None) -> Comparison:
     """Every guest-visible difference between two fingerprints, most severe first.
 
-    `categories` restricts the comparison (default: all five); only those need to be present.
+    `categories` restricts the comparison (default: every registered one); only those need to be present.
     Raises QabiError for a fingerprint that is not schema 1 or lacks a compared category."""
-    cats = tuple(CATEGORIES if categories is None else categories)
-    unknown = [c for c in cats if c not in _COMPARERS]
+    cats = tuple(names() if categories is None else categories)
+    unknown = [c for c in cats if c not in names()]
     if unknown:
         raise QabiError(f"unknown categor{'ies' if len(unknown) > 1 else 'y'} {', '.join(unknown)} "
-                        f"(known: {', '.join(CATEGORIES)})")
+                        f"(known: {', '.join(names())})")
     check_fingerprint(old, "old", cats)
     check_fingerprint(new, "new", cats)
     drifts: list[Drift] = []
     for category in cats:
         try:
-            drifts += _COMPARERS[category](old[category], new[category])
+            drifts += get(category).compare(old[category], new[category])
         except QabiError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:

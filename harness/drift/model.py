@@ -15,7 +15,6 @@ Change = Literal["added", "removed", "changed"]
 Verdict = Literal["unchanged", "drift"]
 
 SEVERITIES: tuple[Severity, ...] = ("break", "warn", "info")
-CATEGORIES: tuple[str, ...] = ("pci", "cpuid", "acpi", "smbios", "e820")
 _RANK: dict[str, int] = {s: i for i, s in enumerate(SEVERITIES)}
 
 
@@ -107,6 +106,12 @@ def _short(value: Any, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _all_categories() -> tuple[str, ...]:
+    from harness.categories import names
+
+    return names()
+
+
 @dataclass(frozen=True)
 class Comparison:
     """The drifts between two fingerprints (most severe first), with waivers applied.
@@ -117,7 +122,7 @@ class Comparison:
 
     drifts: tuple[Drift, ...]
     stale_waivers: tuple[Waiver, ...] = ()
-    categories: tuple[str, ...] = CATEGORIES
+    categories: tuple[str, ...] = field(default_factory=_all_categories)
     waivers_source: str | None = field(default=None)
 
     def unwaived(self, fail_on: str = "info") -> tuple[Drift, ...]:

@@ -1,5 +1,8 @@
 """Severity policy: ONE table, first matching row wins.
 
+The rows are kept here, grouped by category; the category registry (harness/categories.py)
+names each category's rows, and `policy_rows()` is the table in registry order.
+
 Each row is (category, path glob, severity) plus an optional entry glob and a docstring saying
 why. The path is the drift's path inside its entry (`capabilities[MSI-X].fields.table_size`,
 `header.oem_revision`, `ecx[15]`; "" or `(device)` when the whole thing was added or removed).
@@ -44,7 +47,7 @@ _CACHE_LEAVES = "{0x00000002,0x00000004,0x80000005,0x80000006,0x8000001d}/*"
 _TOPOLOGY_LEAVES = "{0x0000000b,0x0000001f,0x8000001e}/*"
 _IDENTITY = "fields.{manufacturer,product*,version,serial*,uuid,sku*,family,asset_tag,type}"
 
-POLICY: tuple[PolicyRule, ...] = (
+COMMON: tuple[PolicyRule, ...] = (
     # -- every category -----------------------------------------------------------------------
     PolicyRule("*", "pointers.*", "info",
                "Addresses of other tables (FADT DSDT/FACS, RSDT/XSDT entries, the SMBIOS table "
@@ -53,7 +56,8 @@ POLICY: tuple[PolicyRule, ...] = (
     PolicyRule("*", "{checksum*,*.checksum*,*checksum_valid}", "info",
                "Checksums and their validity: follow from the bytes.",
                example=("DSDT", "header.checksum_valid")),
-    # -- pci ----------------------------------------------------------------------------------
+)
+PCI: tuple[PolicyRule, ...] = (
     PolicyRule("pci", "(device)", "break",
                "A PCI function appeared or disappeared: the guest enumerates it and binds a driver.",
                example=("0000:00:05.0", "(device)")),
@@ -91,7 +95,8 @@ POLICY: tuple[PolicyRule, ...] = (
     PolicyRule("pci", "*", "warn",
                "Any other decoded PCI field (interrupt pin, status and command bits, bridge windows).",
                example=("0000:00:03.0", "interrupt_pin")),
-    # -- cpuid --------------------------------------------------------------------------------
+)
+CPUID: tuple[PolicyRule, ...] = (
     PolicyRule("cpuid", "", "break",
                "A vCPU appeared or disappeared for the same profile: the CPU topology changed.",
                entry="vcpu", example=("vcpu", "")),
@@ -117,7 +122,8 @@ POLICY: tuple[PolicyRule, ...] = (
     PolicyRule("cpuid", "*", "warn",
                "Register bits the decoder does not name, and other decoded CPUID fields.",
                example=("0x00000001/0x0", "ebx")),
-    # -- acpi ---------------------------------------------------------------------------------
+)
+ACPI: tuple[PolicyRule, ...] = (
     PolicyRule("acpi", "", "break",
                "An ACPI table appeared or disappeared.",
                example=("HPET", "")),
@@ -139,7 +145,8 @@ POLICY: tuple[PolicyRule, ...] = (
     PolicyRule("acpi", "*", "warn",
                "Any other decoded ACPI field (OEM fields, FADT flags, MADT entries).",
                example=("APIC", "fields.local_apic_address")),
-    # -- smbios -------------------------------------------------------------------------------
+)
+SMBIOS: tuple[PolicyRule, ...] = (
     PolicyRule("smbios", "kind", "break",
                "Entry point kind (2.x or 3.x): a 3.x-only entry point hides the tables from some "
                "guests (older Windows).",
@@ -160,23 +167,33 @@ POLICY: tuple[PolicyRule, ...] = (
     PolicyRule("smbios", "*", "warn",
                "Any other SMBIOS field or structure (processor, memory, BIOS characteristics).",
                example=("4/0", "fields.max_speed")),
-    # -- e820 ---------------------------------------------------------------------------------
+)
+E820: tuple[PolicyRule, ...] = (
     PolicyRule("e820", "*", "break",
                "Memory map: ranges, sizes and types the guest kernel lays itself out in.",
                example=("map", "ranges[2].end")),
-    # -- anything else ------------------------------------------------------------------------
+)
+FALLBACK: tuple[PolicyRule, ...] = (
     PolicyRule("*", "*", "warn",
                "Anything not named above: behaviour a guest may notice.",
                example=("", "")),
 )
 
 
+def policy_rows() -> tuple[PolicyRule, ...]:
+    """The whole table: rows for every category, each registered category's rows (registry
+    order), then the catch-all."""
+    from harness.categories import registry
+
+    return COMMON + tuple(rule for c in registry().values() for rule in c.policy) + FALLBACK
+
+
 def rule_for(category: str, entry: str, path: str) -> PolicyRule:
-    """The first row of POLICY that matches."""
-    for rule in POLICY:
+    """The first row of the policy that matches."""
+    for rule in policy_rows():
         if rule.matches(category, entry, path):
             return rule
-    raise AssertionError("POLICY ends with a catch-all row")  # pragma: no cover
+    raise AssertionError("the policy ends with a catch-all row")  # pragma: no cover
 
 
 def severity_for(category: str, entry: str, path: str) -> Severity:
@@ -186,7 +203,7 @@ def severity_for(category: str, entry: str, path: str) -> Severity:
 def policy_markdown() -> str:
     """The policy table as Markdown, for the README (generated, and checked by a test)."""
     lines = ["| category | entry | path | severity | why |", "|---|---|---|---|---|"]
-    for rule in POLICY:
+    for rule in policy_rows():
         cells = [rule.category, rule.entry, rule.path or '""', rule.severity, rule.doc]
         lines.append("| " + " | ".join(c.replace("|", "\\|") if i == 4 else f"`{c}`"
                                         for i, c in enumerate(cells)) + " |")

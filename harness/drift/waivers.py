@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.categories import names
 from harness.drift.glob import glob_match
-from harness.drift.model import CATEGORIES, Drift, value_text
+from harness.drift.model import Drift, value_text
 from harness.errors import QabiError
 
 DEFAULT_WAIVERS = Path("fingerprints") / "waivers.toml"
@@ -83,7 +84,7 @@ class Waivers:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def apply(self, drifts: Iterable[Drift], categories: Iterable[str] = CATEGORIES,
+    def apply(self, drifts: Iterable[Drift], categories: Iterable[str] | None = None,
               ) -> tuple[list[Drift], list[Waiver]]:
         """Drifts with `waived` set by the first matching waiver, and the waivers (that apply
         to `categories`) that matched nothing."""
@@ -96,7 +97,7 @@ class Waivers:
                     drift = drift.waive(waiver.reason)
                     break
             out.append(drift)
-        cats = tuple(categories)
+        cats = names() if categories is None else tuple(categories)
         stale = [w for i, w in enumerate(self.entries)
                  if i not in used and any(w.applies_to(c) for c in cats)]
         return out, stale
@@ -138,8 +139,8 @@ def parse_waivers(text: str, source: str = "<waivers>") -> Waivers:
         for key in ("category", "subject", "path", "reason"):
             if key in entry and (not isinstance(entry[key], str) or not entry[key].strip()):
                 raise QabiError(f"{where}: {key!r} must be a non-empty string")
-        if not any(glob_match(entry["category"], c) for c in CATEGORIES):
-            raise QabiError(f"{where}: category {entry['category']!r} matches none of {', '.join(CATEGORIES)}")
+        if not any(glob_match(entry["category"], c) for c in names()):
+            raise QabiError(f"{where}: category {entry['category']!r} matches none of {', '.join(names())}")
         values: dict[str, str | None] = {}
         for key in ("old", "new"):
             value = entry.get(key)

@@ -1,7 +1,7 @@
 """Fingerprint: decode a capture's raw bytes into plain, JSON-ready dicts keyed by identity.
 
-One module per category (pci, cpuid, acpi, smbios, e820), each with `decode(raw: Path) -> dict`.
-The contract is in SCHEMA.md beside this file. Raw bytes are the truth; a fingerprint can always
+One decoder per category, `decode(raw: Path) -> dict`, found through the category registry
+(harness/categories.py). The contract is in SCHEMA.md beside this file. Raw bytes are the truth; a fingerprint can always
 be recomputed from a capture.
 """
 
@@ -9,26 +9,24 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import DecodeError, QabiError
 
+if TYPE_CHECKING:
+    from harness.capture import Capture
+
 SCHEMA_VERSION = 1
-CATEGORIES = ("pci", "cpuid", "acpi", "smbios", "e820")
 
 
-def _decoders() -> dict[str, Any]:
-    from harness.fingerprint import acpi, cpuid, e820, pci, smbios
+def fingerprint_capture(capture: Capture | Path | str, categories: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Decode a capture (a verified `Capture`, or the path of one, verified now) into a fingerprint
+    dict with every registered category (or only `categories`)."""
+    from harness.capture import Capture, load_capture
+    from harness.categories import get, names
 
-    return {"pci": pci.decode, "cpuid": cpuid.decode, "acpi": acpi.decode, "smbios": smbios.decode,
-            "e820": e820.decode}
-
-
-def fingerprint_capture(path: Path | str, categories: tuple[str, ...] = CATEGORIES) -> dict[str, Any]:
-    """Decode the complete, verified capture at `path` into a fingerprint dict."""
-    from harness.capture import load_capture
-
-    capture = load_capture(Path(path))
+    if not isinstance(capture, Capture):
+        capture = load_capture(Path(capture))
     m = capture.manifest
     out: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
@@ -36,9 +34,8 @@ def fingerprint_capture(path: Path | str, categories: tuple[str, ...] = CATEGORI
                    "machine_resolved": m["machine"]["resolved"], "guest": m["profile"]["name"],
                    "profile": m["profile"], "image": m["image"]["sha256"], "accel": m["accel"]},
     }
-    decoders = _decoders()
-    for category in categories:
-        out[category] = decoders[category](capture.raw)
+    for category in names() if categories is None else categories:
+        out[category] = get(category).decode(capture.raw)
     return out
 
 
@@ -68,4 +65,4 @@ def load_fingerprint(path: Path | str) -> dict[str, Any]:
     return data
 
 
-__all__ = ["CATEGORIES", "SCHEMA_VERSION", "DecodeError", "fingerprint_capture", "load_fingerprint"]
+__all__ = ["SCHEMA_VERSION", "DecodeError", "fingerprint_capture", "load_fingerprint"]

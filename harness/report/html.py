@@ -27,15 +27,13 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from harness.categories import get, names, registry
 from harness.errors import QabiError
 from harness.report.jsonreport import FingerprintPair, to_json, validate_report
 from harness.report.model import RunSet
 
 TEMPLATES = Path(__file__).with_name("templates")
-CATEGORY_ORDER: tuple[str, ...] = ("pci", "cpuid", "acpi", "smbios", "e820")
 SEVERITY_ORDER: tuple[str, ...] = ("break", "warn", "info")
-CATEGORY_TITLES: dict[str, str] = {"pci": "PCI", "cpuid": "CPUID", "acpi": "ACPI", "smbios": "SMBIOS",
-                                   "e820": "memory map (e820)"}
 # Groups of a run shown open at first: the unwaived break/warn ones, up to this many per run.
 OPEN_GROUPS = 25
 # A hex view skips runs of rows that are zero on both sides and unchanged.
@@ -347,7 +345,7 @@ def _run_page(i: int, run: Mapping[str, Any], fail_on: str) -> RunPage:
     counts = _counts(drifts)
     categories = []
     groups_total: list[Group] = []
-    for cat in CATEGORY_ORDER:
+    for cat in names():
         items = [(d, x) for d, x in zip(drifts, extras, strict=True) if d["category"] == cat]
         by_subject: dict[str, list[tuple[Mapping[str, Any], Mapping[str, Any]]]] = {}
         for d, x in items:
@@ -362,7 +360,7 @@ def _run_page(i: int, run: Mapping[str, Any], fail_on: str) -> RunPage:
             state = "not-compared"
         else:
             state = _worst(cat_counts) or ("waived" if cat_counts["waived"] else "unchanged")
-        categories.append(CategoryView(f"{anchor}-{cat}", cat, CATEGORY_TITLES[cat], state, groups, cat_counts))
+        categories.append(CategoryView(f"{anchor}-{cat}", cat, get(cat).title, state, groups, cat_counts))
     opened = 0
     for group in groups_total:
         if not group.waived and group.severity in ("break", "warn") and opened < OPEN_GROUPS:
@@ -536,7 +534,7 @@ def render_html(report_json: Mapping[str, Any]) -> str:
         "builds": _builds(report_json),
         "runs": runs,
         "matrix": _matrix(runs),
-        "categories": [(c, CATEGORY_TITLES[c]) for c in CATEGORY_ORDER],
+        "categories": [(c.name, c.title) for c in registry().values()],
         "severities": SEVERITY_ORDER,
         "hex_columns": [f"{i:02x}" for i in range(HEX_ROW)],
         "title": f"qabi: {verdict.upper()}" + (f" — {title_where}" if title_where else ""),

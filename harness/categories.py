@@ -1,0 +1,105 @@
+"""The category registry: the one place that names what qabi compares.
+
+A category is a name, a title, the raw inputs it reads (paths under a capture's `raw/`), a
+decoder (raw dir → entries keyed by identity), a comparer (old entries, new entries → drifts) and
+its rows of the severity policy. The fingerprint stage decodes every registered category, the
+drift stage compares them, every report and the JSON Schema list them in registry order, and the
+pytest harness makes one item per category. Adding a category is one `register()` call:
+
+    register(Category("hpet", "HPET", raw=("sys/firmware/acpi/tables/HPET",),
+                      decode=my_decode, compare=my_compare, policy=(PolicyRule(...),)))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from harness.drift.model import Drift
+    from harness.drift.policy import PolicyRule
+
+Decoder = Callable[[Path], dict[str, Any]]
+Comparer = Callable[[dict[str, Any], dict[str, Any]], "list[Drift]"]
+
+
+@dataclass(frozen=True)
+class Category:
+    name: str                          # the key in a fingerprint, a drift's `category`, a pytest id part
+    title: str                         # what a report heading says
+    raw: tuple[str, ...]               # inputs under raw/ (files or directories)
+    decode: Decoder
+    compare: Comparer
+    policy: tuple[PolicyRule, ...] = ()   # severity rows for this category, first match wins
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier() or not self.name.islower():
+            raise ValueError(f"category name {self.name!r} must be a lower-case identifier")
+
+
+_REGISTRY: dict[str, Category] = {}
+
+
+def _builtins() -> None:
+    from harness.drift import acpi as acpi_drift
+    from harness.drift import cpuid as cpuid_drift
+    from harness.drift import e820 as e820_drift
+    from harness.drift import pci as pci_drift
+    from harness.drift import policy
+    from harness.drift import smbios as smbios_drift
+    from harness.fingerprint import acpi, cpuid, e820, pci, smbios
+
+    for category in (
+        Category("pci", "PCI", (pci.DEVICES,), pci.decode, pci_drift.compare, policy.PCI),
+        Category("cpuid", "CPUID", (cpuid.CPU_DIR,), cpuid.decode, cpuid_drift.compare, policy.CPUID),
+        Category("acpi", "ACPI", (acpi.TABLES,), acpi.decode, acpi_drift.compare, policy.ACPI),
+        Category("smbios", "SMBIOS", (smbios.ENTRY_POINT_FILE, smbios.TABLE_FILE), smbios.decode,
+                 smbios_drift.compare, policy.SMBIOS),
+        Category("e820", "memory map (e820)", (str(e820.MEMMAP),), e820.decode, e820_drift.compare, policy.E820),
+    ):
+        _REGISTRY.setdefault(category.name, category)
+
+
+def registry() -> dict[str, Category]:
+    """Every registered category by name, in registration order (the built-in five first)."""
+    if not _REGISTRY:
+        _builtins()
+    return _REGISTRY
+
+
+def names() -> tuple[str, ...]:
+    return tuple(registry())
+
+
+def get(name: str) -> Category:
+    try:
+        return registry()[name]
+    except KeyError:
+        raise KeyError(f"unknown category {name!r} (known: {', '.join(names())})") from None
+
+
+def register(category: Category) -> None:
+    reg = registry()
+    if category.name in reg:
+        raise ValueError(f"category {category.name!r} is already registered")
+    reg[category.name] = category
+
+
+def unregister(name: str) -> None:
+    registry().pop(name, None)
+
+
+@contextmanager
+def registered(category: Category) -> Iterator[Category]:
+    """`category` registered for the duration of a with-block (tests, plugins)."""
+    register(category)
+    try:
+        yield category
+    finally:
+        unregister(category.name)
+
+
+__all__ = ["Category", "Comparer", "Decoder", "get", "names", "register", "registered", "registry", "unregister"]
