@@ -1,7 +1,9 @@
-"""Runs: capture both sides of (machine type, profile) pairs and compare them.
+"""The one pipeline behind both front doors (`qabi check` and `pytest harness/`).
 
-Shared by `qabi check` and the pytest harness. A side is a QEMU build (captured now, or reused
-from the capture cache when every input is identical) or a recorded baseline.
+A frozen `RunRequest` (sides, machine types, profiles, accelerator, timeout, guest access,
+waivers, fail-on) opens a `Check`; each (machine, guest) run captures both sides (or reuses a
+cached capture with identical inputs, or a recorded baseline), decodes and compares them into a
+report `Run`; the runs make one `RunSet`, which one report writer renders.
 """
 
 from __future__ import annotations
@@ -10,17 +12,34 @@ import hashlib
 import json
 import re
 import shutil
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from harness import __version__
 from harness.cache import cache_dir, file_lock
-from harness.capture import SERIAL, GuestAccess, capture, is_complete, load_capture, resolve_machine
+from harness.capture import (
+    DEFAULT_TIMEOUT,
+    SERIAL,
+    Capture,
+    CapturePlan,
+    GuestAccess,
+    capture,
+    is_complete,
+    load_capture,
+    plan_capture,
+)
+from harness.drift import DEFAULT_WAIVERS, Waivers, compare, load_waivers
+from harness.drift.model import Severity, severity_rank
 from harness.errors import QabiError, UnsupportedError
 from harness.guest import build_reference_image
-from harness.guest.profile import GuestProfile, check_supported, load_profile, profile_names
+from harness.guest.profile import GuestProfile, load_profile, profile_names
 from harness.qemu import QemuBuild, resolve
+from harness.report import Run, RunSet, RunStatus, to_json
+from harness.report.jsonreport import with_fingerprint_facts
+from harness.transport.launch import check_accel
 
 VERSIONED = re.compile(r"pc-(i440fx|q35)-(\d+)\.(\d+)")
 
@@ -87,94 +106,127 @@ def expand_guests(asked: list[str] | None) -> list[str]:
     return list(asked) if asked else profile_names()
 
 
-def capture_key(build: QemuBuild, profile: GuestProfile, machine: str, accel: str,
-                access: GuestAccess = SERIAL) -> str:
+def capture_key(plan: CapturePlan) -> str:
     """Everything that decides what a capture contains; identical keys give identical raw bytes."""
-    image = build_reference_image() if access.guest_image is None else None
+    build, profile, access = plan.build, plan.profile, plan.access
+    image = build_reference_image(plan.reference) if access.guest_image is None else None
     parts = {
         "qabi": __version__, "sha256": build.sha256, "firmware": list(build.firmware_dirs),
         "profile": Path(profile.source).read_text() if profile.source else repr(profile),
-        "machine": machine, "accel": accel, "image": image.sha256 if image else None, **access.key_parts(),
+        "machine": plan.machine, "accel": plan.accel, "image": image.sha256 if image else None,
+        **access.key_parts(),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def captured(build: QemuBuild, profile: GuestProfile, machine: str, accel: str = "tcg",
-             timeout: float = 180.0, access: GuestAccess = SERIAL) -> Path:
-    """A complete capture for these inputs: reused from the cache or made now (one at a time per key)."""
-    resolved = resolve_machine(build, machine)
-    check_supported(profile, resolved, frozenset(build.info().devices))
-    key = capture_key(build, profile, resolved, accel, access)
-    folder = cache_dir("captures") / f"{resolved}_{profile.name}_{key}"
+def captured(plan: CapturePlan, reuse: bool = True) -> Capture:
+    """A complete, verified capture for `plan` in the capture cache: reused when one with identical
+    inputs is there (unless `reuse` is False: then it is made afresh and replaces it, so the next
+    run can reuse it). One capture at a time per key."""
+    folder = cache_dir("captures") / f"{plan.machine}_{plan.profile.name}_{capture_key(plan)}"
     with file_lock(folder.with_name(folder.name + ".lock")):
-        if not is_complete(folder):
-            capture(build, profile, resolved, folder, accel=accel, timeout=timeout, access=access)
-    load_capture(folder)  # verified before it is used
-    return folder
+        if is_complete(folder):
+            if reuse:
+                return load_capture(folder)  # verified before it is used
+            shutil.rmtree(folder)
+        return capture(plan, folder)
 
 
-def fresh_capture(build: QemuBuild, profile: GuestProfile, machine: str, accel: str, timeout: float,
-                  access: GuestAccess = SERIAL) -> Path:
-    """A new capture in a scratch dir of the cache (the caller removes it when done)."""
-    import tempfile
+@dataclass(frozen=True)
+class RunRequest:
+    """One check, as either front door asks for it: two sides, the runs, and how to capture."""
 
-    resolved = resolve_machine(build, machine)
-    check_supported(profile, resolved, frozenset(build.info().devices))
-    folder = Path(tempfile.mkdtemp(prefix=f"{resolved}_{profile.name}_", dir=cache_dir("scratch"))) / "capture"
-    capture(build, profile, resolved, folder, accel=accel, timeout=timeout, access=access)
-    return folder
+    old: str
+    new: str
+    machines: tuple[str, ...] = ()        # empty: the newest i440fx and q35 types both sides have
+    guests: tuple[str, ...] = ()          # empty: every profile in guests/
+    accel: str = "tcg"
+    timeout: float = DEFAULT_TIMEOUT
+    access: GuestAccess = SERIAL
+    waivers: str | None = None            # None: fingerprints/waivers.toml when it exists
+    fail_on: Severity = "warn"
+    reuse: bool = True                    # False: boot every side afresh
+    firmware_from: str | None = None      # run the new build with this build's firmware
+    jobs: int = 1
 
-
-def side_capture(side: Side, profile: GuestProfile, machine: str, accel: str, timeout: float,
-                 access: GuestAccess = SERIAL) -> Path:
-    if side.build is not None and not side.reuse:
-        return fresh_capture(side.build, profile, machine, accel, timeout, access)
-    if side.build is not None:
-        return captured(side.build, profile, machine, accel, timeout, access)
-    from harness.baseline import baseline_capture
-
-    assert side.baseline is not None
-    return baseline_capture(side.baseline, machine, profile.name)
-
-
-@dataclass
-class RunOutcome:
-    machine: str
-    guest: str
-    status: str                     # compared | unsupported | error
-    reason: str | None = None
-    old_fingerprint: dict[str, Any] | None = None
-    new_fingerprint: dict[str, Any] | None = None
-    old_capture: Path | None = None
-    new_capture: Path | None = None
-    seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
+    def __post_init__(self) -> None:
+        check_accel(self.accel)
+        severity_rank(self.fail_on)
+        if self.jobs < 1:
+            raise QabiError(f"--jobs must be at least 1, not {self.jobs}")
+        if not self.timeout > 0:
+            raise QabiError(f"--timeout must be a positive number of seconds, not {self.timeout}")
 
 
-def fingerprint_pair(old: Side, new: Side, machine: str, guest: str, accel: str = "tcg",
-                     timeout: float = 180.0, access: GuestAccess = SERIAL) -> RunOutcome:
-    """Capture and decode both sides of one (machine, guest) run; never raises for a run-level problem."""
-    import time
+class Check:
+    """A check in progress: the request's sides opened once, its waivers loaded once, and
+    `run(machine, guest)` for each run (the CLI runs them all, the pytest plugin one per item)."""
 
-    from harness.fingerprint import fingerprint_capture
+    def __init__(self, request: RunRequest) -> None:
+        self.request = request
+        self.old = Side.open(request.old)
+        self.new = Side.open(request.new, request.firmware_from)
+        self.waivers = load_waivers_option(request.waivers)
 
-    started = time.monotonic()
-    caps: list[Path] = []
-    try:
-        profile = load_profile(guest)
-        for s in (old, new):
-            caps.append(side_capture(s, profile, machine, accel, timeout, access))
-        fps = [fingerprint_capture(c) for c in caps]
-    except UnsupportedError as exc:
-        return RunOutcome(machine, guest, "unsupported", str(exc), seconds=time.monotonic() - started)
-    except QabiError as exc:
-        return RunOutcome(machine, guest, "error", str(exc), seconds=time.monotonic() - started)
-    finally:
-        for side, cap in zip((old, new), caps, strict=False):
-            if side.build is not None and not side.reuse:
-                shutil.rmtree(cap.parent, ignore_errors=True)
-    return RunOutcome(machine, guest, "compared", None, fps[0], fps[1], caps[0], caps[1],
-                      seconds=time.monotonic() - started)
+    def machines(self) -> list[str]:
+        asked = list(self.request.machines)
+        return expand_machines(asked, self.old, self.new) if asked else default_machines(self.old, self.new)
+
+    def cases(self) -> list[tuple[str, str]]:
+        """Every (machine, guest) run of the request, in report order."""
+        return [(m, g) for m in self.machines() for g in expand_guests(list(self.request.guests))]
+
+    def _side_capture(self, side: Side, profile: GuestProfile, machine: str) -> Capture:
+        if side.build is None:
+            from harness.baseline import baseline_capture
+
+            assert side.baseline is not None
+            return load_capture(baseline_capture(side.baseline, machine, profile.name))
+        r = self.request
+        plan = plan_capture(side.build, profile, machine, r.accel, r.timeout, r.access)
+        return captured(plan, r.reuse)
+
+    def run(self, machine: str, guest: str) -> Run:
+        """Capture and compare one (machine, guest) run; a run-level problem becomes an
+        "unsupported" or "error" run, never an exception."""
+        from harness.fingerprint import fingerprint_capture
+
+        started = time.monotonic()
+        caps: list[Capture] = []
+        try:
+            profile = load_profile(guest)
+            for side in (self.old, self.new):
+                caps.append(self._side_capture(side, profile, machine))
+            old_fp, new_fp = (fingerprint_capture(c) for c in caps)
+            run = Run(machine=machine, guest=guest, old=old_fp["source"]["build"], new=new_fp["source"]["build"],
+                      comparison=compare(old_fp, new_fp, self.waivers))
+            run = with_fingerprint_facts(run, (old_fp, new_fp))
+        except UnsupportedError as exc:
+            run = self._failed(machine, guest, "unsupported", str(exc))
+        except QabiError as exc:
+            run = self._failed(machine, guest, "error", str(exc))
+        return replace(run, seconds=round(time.monotonic() - started, 3))
+
+    def _failed(self, machine: str, guest: str, status: RunStatus, reason: str) -> Run:
+        return Run(machine=machine, guest=guest, old=_safe_provenance(self.old), new=_safe_provenance(self.new),
+                   status=status, reason=reason)
+
+    def run_all(self, progress: Callable[[str, str], None] | None = None) -> RunSet:
+        """Every run of the request (`jobs` side by side), as one RunSet."""
+        def one(case: tuple[str, str]) -> Run:
+            if progress:
+                progress(*case)
+            return self.run(*case)
+
+        cases = self.cases()
+        if self.request.jobs == 1:
+            runs = [one(case) for case in cases]
+        else:  # captures are QEMU processes: threads are enough to run `jobs` of them side by side
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=self.request.jobs) as pool:
+                runs = list(pool.map(one, cases))
+        return RunSet(tuple(runs), self.request.fail_on)
 
 
 def default_machines(old: Side, new: Side) -> list[str]:
@@ -190,32 +242,11 @@ def default_machines(old: Side, new: Side) -> list[str]:
     return out
 
 
-def load_waivers_option(path: str | None) -> Any:
+def load_waivers_option(path: str | None) -> Waivers | None:
     """--waivers FILE, else fingerprints/waivers.toml when it exists, else no waivers."""
-    from harness.drift import DEFAULT_WAIVERS, load_waivers
-
     if path:
         return load_waivers(path)
     return load_waivers(DEFAULT_WAIVERS) if DEFAULT_WAIVERS.is_file() else None
-
-
-def make_run(outcome: RunOutcome, old: Side, new: Side, waivers: Any) -> Any:
-    """A report Run from a RunOutcome: compared (with its drifts), unsupported or error."""
-    from harness.drift import compare
-    from harness.report import Run
-
-    if outcome.status != "compared":
-        return Run(machine=outcome.machine, guest=outcome.guest, old=_safe_provenance(old),
-                   new=_safe_provenance(new), status=outcome.status, reason=outcome.reason)  # type: ignore[arg-type]
-    assert outcome.old_fingerprint is not None and outcome.new_fingerprint is not None
-    try:
-        comparison = compare(outcome.old_fingerprint, outcome.new_fingerprint, waivers)
-    except QabiError as exc:
-        return Run(machine=outcome.machine, guest=outcome.guest, old=_safe_provenance(old),
-                   new=_safe_provenance(new), status="error", reason=str(exc))
-    return Run(machine=outcome.machine, guest=outcome.guest,
-               old=outcome.old_fingerprint["source"]["build"], new=outcome.new_fingerprint["source"]["build"],
-               comparison=comparison)
 
 
 def _safe_provenance(side: Side) -> dict[str, Any]:
@@ -225,68 +256,24 @@ def _safe_provenance(side: Side) -> dict[str, Any]:
         return {"spec": side.spec}
 
 
-@dataclass
+@dataclass(frozen=True)
 class CheckResult:
-    """A RunSet plus what the full report shows beside it (fingerprints, timings)."""
+    """What a check gives the report writer: its RunSet and its wall time."""
 
-    runset: Any
-    fingerprints: list[tuple[dict[str, Any], dict[str, Any]] | None]
-    run_seconds: list[float]
+    runset: RunSet
     seconds: float
 
     def report_json(self) -> dict[str, Any]:
-        from harness.report import to_json
-
-        return to_json(self.runset, details=True, fingerprints=self.fingerprints, seconds=self.seconds,
-                       run_seconds=self.run_seconds)
+        return to_json(self.runset, details=True, seconds=self.seconds)
 
     def write_reports(self, directory: Path) -> tuple[Path, Path]:
         from harness.report.html import write_reports
 
-        return write_reports(self.runset, directory, fingerprints=self.fingerprints, seconds=self.seconds,
-                             run_seconds=self.run_seconds)
+        return write_reports(self.runset, directory, seconds=self.seconds)
 
 
-def pair_of(outcome: RunOutcome) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    if outcome.old_fingerprint is None or outcome.new_fingerprint is None:
-        return None
-    return (outcome.old_fingerprint, outcome.new_fingerprint)
-
-
-def run_check(old_spec: str, new_spec: str, machines: list[str] | None, guests: list[str] | None,
-              accel: str = "tcg", waivers_path: str | None = None, fail_on: str = "warn",
-              timeout: float = 180.0, firmware_from: str | None = None, progress: Any = None,
-              reuse: bool = True, access: GuestAccess = SERIAL, jobs: int = 1) -> CheckResult:
-    """Capture (or reuse) both sides of every (machine, guest) run and compare them."""
-    import time
-
-    from harness.report import RunSet
-
+def run_check(request: RunRequest, progress: Callable[[str, str], None] | None = None) -> CheckResult:
+    """Capture (or reuse) both sides of every (machine, guest) run of `request` and compare them."""
     started = time.monotonic()
-    waivers = load_waivers_option(waivers_path)
-    old, new = Side.open(old_spec), Side.open(new_spec, firmware_from)
-    old.reuse = new.reuse = reuse
-    chosen = expand_machines(machines, old, new) if machines else default_machines(old, new)
-    if jobs < 1:
-        raise QabiError(f"--jobs must be at least 1, not {jobs}")
-
-    def one(case: tuple[str, str]) -> RunOutcome:
-        if progress:
-            progress(*case)
-        return fingerprint_pair(old, new, case[0], case[1], accel, timeout, access)
-
-    cases = [(machine, guest) for machine in chosen for guest in expand_guests(guests)]
-    if jobs == 1:
-        outcomes = [one(case) for case in cases]
-    else:  # captures are QEMU processes: threads are enough to run `jobs` of them side by side
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            outcomes = list(pool.map(one, cases))
-    runs, pairs, secs = [], [], []
-    for outcome in outcomes:
-        runs.append(make_run(outcome, old, new, waivers))
-        pairs.append(pair_of(outcome))
-        secs.append(round(outcome.seconds, 3))
-    return CheckResult(RunSet(tuple(runs), fail_on), pairs, secs,  # type: ignore[arg-type]
-                       round(time.monotonic() - started, 3))
+    runset = Check(request).run_all(progress)
+    return CheckResult(runset, round(time.monotonic() - started, 3))

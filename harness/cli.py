@@ -9,9 +9,6 @@ from typing import Any
 
 from harness.errors import QabiError
 
-DEFAULT_OLD = "debian:bookworm-security"
-DEFAULT_NEW = "debian:bookworm"
-
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -85,15 +82,15 @@ def cmd_qemu_list(args: argparse.Namespace) -> int:
 def cmd_capture(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from harness.capture import capture
+    from harness.capture import capture, plan_capture
     from harness.guest.profile import load_profile
     from harness.qemu import resolve
 
     access = _access(args)
     build = resolve(args.qemu, firmware_from=args.firmware_from)
-    profile = load_profile(args.guest)
-    result = capture(build, profile, args.machine, Path(args.output), accel=args.accel, timeout=args.timeout,
-                     reference=Path(args.reference) if args.reference else None, access=access)
+    plan = plan_capture(build, load_profile(args.guest), args.machine, args.accel, args.timeout, access,
+                        Path(args.reference) if args.reference else None)
+    result = capture(plan, Path(args.output))
     m = result.manifest
     print(f"{result.path}: {len(m['files'])} files from {m['build']['spec']} (QEMU {m['build']['version']}), "
           f"{m['machine']['resolved']}, guest {m['profile']['name']} over {m['transport']}, "
@@ -167,6 +164,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from harness.baseline import record
+    from harness.capture import plan_capture
     from harness.check import captured, expand_guests, versioned_machines
     from harness.errors import UnsupportedError
     from harness.guest.profile import load_profile
@@ -179,11 +177,11 @@ def cmd_record(args: argparse.Namespace) -> int:
     for machine in machines:
         for guest in expand_guests(args.guest):
             try:
-                folder = captured(build, load_profile(guest), machine, args.accel, args.timeout)
+                cap = captured(plan_capture(build, load_profile(guest), machine, args.accel, args.timeout))
             except UnsupportedError as exc:
                 print(f"{machine} {guest}: {exc}")
                 continue
-            dest = record(folder, Path(args.output))
+            dest = record(cap.path, Path(args.output))
             print(f"{machine} {guest}: recorded in {dest}")
     return status
 
@@ -229,7 +227,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from harness.check import run_check
+    from harness.check import RunRequest, run_check
     from harness.report import render_text
 
     console = Console(stderr=True)
@@ -237,12 +235,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     def progress(machine: str, guest: str) -> None:
         console.print(f"[dim]qabi: {machine} {guest}: capturing {args.old} and {args.new}[/dim]")
 
-    access = _access(args)
-    result = run_check(args.old, args.new, args.machine, args.guest, accel=args.accel,
-                       waivers_path=args.waivers, fail_on=args.fail_on, timeout=args.timeout,
-                       firmware_from=args.firmware_from,
-                       progress=progress if sys.stderr.isatty() else None, reuse=not args.no_reuse, access=access,
-                       jobs=args.jobs)
+    request = RunRequest(args.old, args.new, tuple(args.machine or ()), tuple(args.guest or ()), args.accel,
+                         args.timeout, _access(args), args.waivers, args.fail_on, not args.no_reuse,
+                         args.firmware_from, args.jobs)
+    result = run_check(request, progress if sys.stderr.isatty() else None)
     sys.stdout.write(render_text(result.runset))
     if args.json:
         from harness.cache import atomic_write_bytes

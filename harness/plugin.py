@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +26,13 @@ from typing import Any
 
 import pytest
 
+from harness.capture import GuestAccess
 from harness.categories import names
+from harness.check import Check, RunRequest
 from harness.config import pyproject_settings
+from harness.drift.model import SEVERITIES, Drift, Severity, at_least
+from harness.errors import QabiError
+from harness.report import Run, RunSet
 
 DEFAULTS: dict[str, Any] = {
     "qemu-old": "debian:bookworm-security",
@@ -56,11 +62,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--machine", action="append", metavar="M",
                     help="machine type, repeatable; 'common' = every versioned i440fx/q35 type both have")
     group.addoption("--guest", action="append", metavar="P", help="guest profile, repeatable (default: all)")
-    group.addoption("--accel", choices=["tcg", "kvm"], help="accelerator (default: tcg)")
+    group.addoption("--accel", metavar="A", help="accelerator: tcg or kvm (default: tcg)")
     group.addoption("--waivers", metavar="F", help="waiver file (default: fingerprints/waivers.toml if present)")
-    group.addoption("--fail-on", choices=["break", "warn", "info"], help="lowest severity that fails (default: warn)")
+    group.addoption("--fail-on", metavar="S", help="lowest severity that fails: break, warn, info (default: warn)")
     group.addoption("--report", metavar="DIR", help="where index.html and qabi.json go (default: reports/)")
-    group.addoption("--transport", choices=["serial", "ssh"], help="how the probe reaches the guest (default: serial)")
+    group.addoption("--transport", metavar="T", help="how the probe reaches the guest: serial, ssh (default: serial)")
     group.addoption("--guest-image", metavar="FILE",
                     help="boot this qcow2/raw image (snapshot=on) instead of the reference guest; needs ssh")
     group.addoption("--ssh-user", metavar="U", help="login for --guest-image (default root)")
@@ -82,52 +88,44 @@ def _setting(config: pytest.Config, key: str) -> Any:
     return DEFAULTS[key]
 
 
+def _text(config: pytest.Config, key: str) -> str | None:
+    value = _setting(config, key)
+    return None if value is None else str(value)
+
+
+def run_request(config: pytest.Config) -> RunRequest:
+    """The session's RunRequest from options, environment, `[tool.qabi]` and the defaults."""
+    access = GuestAccess.from_options(str(_setting(config, "transport")), _text(config, "guest-image"),
+                                      _text(config, "ssh-user"), _text(config, "ssh-key"),
+                                      _text(config, "ssh-host-key"))
+    fail_on = str(_setting(config, "fail-on"))
+    if fail_on not in SEVERITIES:
+        raise QabiError(f"fail-on '{fail_on}' is not one of {', '.join(SEVERITIES)}")
+    return RunRequest(old=str(_setting(config, "baseline") or _setting(config, "qemu-old")),
+                      new=str(_setting(config, "qemu-new")), machines=tuple(_setting(config, "machine")),
+                      guests=tuple(_setting(config, "guest")), accel=str(_setting(config, "accel")),
+                      access=access, waivers=_text(config, "waivers"), fail_on=fail_on)  # type: ignore[arg-type]
+
+
 @dataclass
 class QabiSession:
-    """What one pytest session checks, and the runs it has done so far."""
+    """What one pytest session checks (one `Check`), the runs it has done, and its verdict."""
 
-    old_spec: str
-    new_spec: str
-    machines: list[str]
-    guests: list[str]
-    accel: str
-    waivers_path: str | None
-    fail_on: str
+    check: Check
     report_dir: Path
-    access: Any = None
-    started: float = field(default_factory=time.time)
-    _sides: tuple[Any, Any] | None = None
-    runs: dict[tuple[str, str], Any] = field(default_factory=dict)
-    pairs: dict[tuple[str, str], Any] = field(default_factory=dict)
-    seconds: dict[tuple[str, str], float] = field(default_factory=dict)
-    _waivers: list[Any] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+    runs: dict[tuple[str, str], Run] = field(default_factory=dict)
     verdict: str | None = None
 
-    def sides(self) -> tuple[Any, Any]:
-        from harness.check import Side
+    @property
+    def request(self) -> RunRequest:
+        return self.check.request
 
-        if self._sides is None:
-            self._sides = (Side.open(self.old_spec), Side.open(self.new_spec))
-        return self._sides
-
-    def waivers(self) -> Any:
-        from harness.check import load_waivers_option
-
-        if not self._waivers:
-            self._waivers.append(load_waivers_option(self.waivers_path))
-        return self._waivers[0]
-
-    def run(self, machine: str, guest: str) -> Any:
+    def run(self, machine: str, guest: str) -> Run:
         """The report Run of (machine, guest): captured and compared on first use."""
-        from harness.check import fingerprint_pair, make_run, pair_of
-
         key = (machine, guest)
         if key not in self.runs:
-            old, new = self.sides()
-            outcome = fingerprint_pair(old, new, machine, guest, self.accel, access=self.access)
-            self.runs[key] = make_run(outcome, old, new, self.waivers())
-            self.pairs[key] = pair_of(outcome)
-            self.seconds[key] = round(outcome.seconds, 3)
+            self.runs[key] = self.check.run(machine, guest)
         return self.runs[key]
 
     @property
@@ -136,7 +134,7 @@ class QabiSession:
 
 
 _SESSION_KEY = pytest.StashKey[QabiSession]()
-_PARTS_KEY = pytest.StashKey[list[dict[str, Any]]]()
+_PARTS_KEY = pytest.StashKey[list[Run]]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -147,17 +145,20 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.dist = "loadgroup"
     if getattr(config, "workerinput", {}).get("qabi_loadgroup"):
         config.option.loadgroup = True   # the worker tags each item with its group, as xdist does
-    old = _setting(config, "baseline") or _setting(config, "qemu-old")
     report = Path(str(_setting(config, "report")))
     if not report.is_absolute():
         report = Path(str(config.invocation_params.dir)) / report
-    session = QabiSession(
-        old_spec=str(old), new_spec=str(_setting(config, "qemu-new")), machines=list(_setting(config, "machine")),
-        guests=list(_setting(config, "guest")), accel=str(_setting(config, "accel")),
-        waivers_path=_setting(config, "waivers"), fail_on=str(_setting(config, "fail-on")), report_dir=report,
-        access=_access(config))
-    config.stash[_SESSION_KEY] = session
+    try:  # options are checked once, here: a bad one is one line and exit 2, not an error per item
+        check = Check(run_request(config))
+        cases = check.cases()
+    except QabiError as exc:
+        pytest.exit(f"qabi: {exc}", returncode=2)
+    config.stash[_SESSION_KEY] = QabiSession(check, report)
     config.stash[_PARTS_KEY] = []
+    config.stash[_CASES_KEY] = cases
+
+
+_CASES_KEY = pytest.StashKey[list[tuple[str, str]]]()
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -166,43 +167,17 @@ def pytest_configure_node(node: Any) -> None:
     node.workerinput["qabi_loadgroup"] = node.config.getvalue("dist") == "loadgroup"
 
 
-def _access(config: pytest.Config) -> Any:
-    from harness.capture import GuestAccess
-    from harness.errors import QabiError
-
-    def text(key: str) -> str | None:
-        value = _setting(config, key)
-        return None if value is None else str(value)
-
-    try:
-        return GuestAccess.from_options(str(_setting(config, "transport")), text("guest-image"), text("ssh-user"),
-                                        text("ssh-key"), text("ssh-host-key"))
-    except QabiError as exc:
-        pytest.exit(f"qabi: {exc}", returncode=2)
-
-
 def qabi_session(config: pytest.Config) -> QabiSession:
     return config.stash[_SESSION_KEY]
-
-
-def _matrix(session: QabiSession) -> list[tuple[str, str, str]]:
-    from harness.check import expand_guests, expand_machines
-
-    machines = session.machines
-    if "common" in machines:
-        old, new = session.sides()
-        machines = expand_machines(machines, old, new)
-    return [(m, g, c) for m in machines for g in expand_guests(session.guests) for c in names()]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "qabi_case" not in metafunc.fixturenames:
         return
-    session = qabi_session(metafunc.config)
     # the category items of one run stay together, on one xdist worker (--dist loadgroup): the
     # mark is set here, at collection, so that xdist sees it whatever order the hooks run in
-    cases = [pytest.param(case, marks=pytest.mark.xdist_group(f"{case[0]}-{case[1]}"), id="-".join(case))
-             for case in _matrix(session)]
+    cases = [pytest.param((m, g, c), marks=pytest.mark.xdist_group(f"{m}-{g}"), id=f"{m}-{g}-{c}")
+             for m, g in metafunc.config.stash[_CASES_KEY] for c in names()]
     metafunc.parametrize("qabi_case", cases, scope="function")
 
 
@@ -211,7 +186,7 @@ class CaptureFailed(Exception):
 
 
 @pytest.fixture
-def qabi_run(request: pytest.FixtureRequest, qabi_case: tuple[str, str, str]) -> Any:
+def qabi_run(request: pytest.FixtureRequest, qabi_case: tuple[str, str, str]) -> Run:
     session = qabi_session(request.config)
     machine, guest, _category = qabi_case
     run = session.run(machine, guest)
@@ -222,23 +197,23 @@ def qabi_run(request: pytest.FixtureRequest, qabi_case: tuple[str, str, str]) ->
     return run
 
 
-def failure_message(session: QabiSession, run: Any, category: str) -> str | None:
+def failure_message(session: QabiSession, run: Run, category: str) -> str | None:
     """The drifts of `category` that fail the item, grouped by device, most severe first."""
-    from harness.drift.model import at_least
-
+    assert run.comparison is not None
+    fail_on = session.request.fail_on
     drifts = [d for d in run.comparison.drifts if d.category == category]
-    failing = [d for d in drifts if d.waived is None and at_least(d.severity, session.fail_on)]
+    failing = [d for d in drifts if d.waived is None and at_least(d.severity, fail_on)]
     if not failing:
         return None
-    lines = [(f"{len(failing)} unwaived {category} drift(s) at or above '{session.fail_on}' on {run.machine}, "
-             f"guest {run.guest} ({session.old_spec} -> {session.new_spec}):")]
-    by_subject: dict[str, list[Any]] = {}
+    lines = [(f"{len(failing)} unwaived {category} drift(s) at or above '{fail_on}' on {run.machine}, "
+             f"guest {run.guest} ({session.request.old} -> {session.request.new}):")]
+    by_subject: dict[str, list[Drift]] = {}
     for d in failing:
         by_subject.setdefault(d.subject, []).append(d)
     for subject, items in by_subject.items():
         lines.append(f"  {subject}")
         for d in items:
-            if getattr(d, "detail", None):
+            if d.detail:
                 changed = [ln for ln in d.detail.splitlines()
                            if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
                 lines.append(f"    [{d.severity}] {d.path or '(whole entry)'} changed:")
@@ -259,89 +234,52 @@ def _short(value: Any, limit: int = 120) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-# -- the report, merged across xdist workers ---------------------------------------------------------
-def _runs_json(session: QabiSession) -> list[dict[str, Any]]:
-    from harness.report import RunSet, to_json
-
-    if not session.runs:
-        return []
-    keys = list(session.runs)
-    data = to_json(RunSet(tuple(session.runs[k] for k in keys), session.fail_on),  # type: ignore[arg-type]
-                   details=True, fingerprints=[session.pairs[k] for k in keys],
-                   run_seconds=[session.seconds[k] for k in keys])
-    return list(data["runs"])
-
-
+# -- the report: the workers' runs merged into one RunSet, written by the one report writer -----------
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
+    if _SESSION_KEY not in config.stash:
+        return
     state = qabi_session(config)
     workeroutput = getattr(config, "workeroutput", None)
-    if workeroutput is not None:  # an xdist worker: hand the runs to the controller
-        workeroutput["qabi_runs"] = json.dumps(_runs_json(state))
+    if workeroutput is not None:  # an xdist worker: hand its Run records to the controller
+        workeroutput["qabi_runs"] = pickle.dumps(list(state.runs.values()))
         return
-    runs = _unique_runs(_runs_json(state) + config.stash[_PARTS_KEY])
+    runs = list(state.runs.values()) + config.stash[_PARTS_KEY]
     if runs:
-        _write_report(state, runs)
-        if state.verdict == "error":  # same exit status as `qabi check`: 2 = could not decide
+        runset = _merged(runs, config.stash[_CASES_KEY], state.request.fail_on)
+        from harness.report.html import write_reports
+
+        write_reports(runset, state.report_dir, seconds=round(time.monotonic() - state.started, 3))
+        state.verdict = runset.verdict
+        if runset.verdict == "error":  # same exit status as `qabi check`: 2 = could not decide
             session.exitstatus = 2
 
 
 def pytest_testnodedown(node: Any, error: Any) -> None:
     output = getattr(node, "workeroutput", {}) or {}
     if "qabi_runs" in output:
-        node.config.stash[_PARTS_KEY].extend(json.loads(output["qabi_runs"]))
+        node.config.stash[_PARTS_KEY].extend(pickle.loads(output["qabi_runs"]))
 
 
-def _unique_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per (machine, guest): a run done by two workers (e.g. `--dist each`) counts once."""
-    seen: dict[tuple[str, str], dict[str, Any]] = {}
+def _merged(runs: list[Run], cases: list[tuple[str, str]], fail_on: Severity) -> RunSet:
+    """One run per (machine, guest), in the order of the session's cases: a run done by two
+    workers (e.g. `--dist each`) counts once."""
+    seen: dict[tuple[str, str], Run] = {}
     for run in runs:
-        seen.setdefault((run["machine"], run["guest"]), run)
-    return list(seen.values())
-
-
-def _write_report(state: QabiSession, runs: list[dict[str, Any]]) -> None:
-    order = {(m, g): i for i, (m, g, _c) in enumerate(_matrix(state))}
-    runs.sort(key=lambda r: order.get((r["machine"], r["guest"]), len(order)))
-    verdict = _verdict(runs, state.fail_on)
-    from harness import __version__
-    from harness.report import validate_report
-    from harness.report.html import write_html
-
-    data: dict[str, Any] = {
-        "schema": 1, "verdict": verdict, "runs": runs, "fail_on": state.fail_on, "qabi_version": __version__,
-        "generated": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
-        "seconds": round(time.time() - state.started, 3)}
-    images = {img for r in runs for img in (r.get("image") or {}).values() if img}
-    if len(images) == 1:
-        data["image"] = images.pop()
-    validate_report(data)
-    state.report_dir.mkdir(parents=True, exist_ok=True)
-    (state.report_dir / "qabi.json").write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    write_html(data, state.report_html)
-    state.verdict = verdict
-
-
-def _verdict(runs: list[dict[str, Any]], fail_on: str) -> str:
-    from harness.drift.model import at_least
-
-    if any(r["status"] == "error" for r in runs) or not any(r["status"] == "compared" for r in runs):
-        return "error"
-    for r in runs:
-        if any(d["waived"] is None and at_least(d["severity"], fail_on) for d in r["drifts"]):
-            return "drift"
-    return "unchanged"
+        seen.setdefault((run.machine, run.guest), run)
+    order = {case: i for i, case in enumerate(cases)}
+    return RunSet(tuple(sorted(seen.values(), key=lambda r: order.get((r.machine, r.guest), len(order)))),
+                  fail_on)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    if getattr(config, "workeroutput", None) is not None:
+    if getattr(config, "workeroutput", None) is not None or _SESSION_KEY not in config.stash:
         return
     state = qabi_session(config)
-    verdict = state.verdict
-    if verdict is None:
+    if state.verdict is None:
         return
     terminalreporter.section("qabi")
     words = {"unchanged": "ABI unchanged", "drift": "ABI DRIFT", "error": "could not decide"}
-    terminalreporter.write_line(f"qabi verdict: {words.get(verdict, verdict)} "
-                                f"({state.old_spec} -> {state.new_spec}, fail on {state.fail_on})")
+    terminalreporter.write_line(f"qabi verdict: {words.get(state.verdict, state.verdict)} "
+                                f"({state.request.old} -> {state.request.new}, fail on {state.request.fail_on})")
     terminalreporter.write_line(f"qabi report: {state.report_html}")

@@ -44,7 +44,7 @@ def bench_provision(spec: str) -> None:
 
 
 def bench_capture(spec: str, machine: str, runs: int) -> list[Path]:
-    from harness.capture import capture
+    from harness.capture import capture, plan_capture
     from harness.guest.profile import load_profile, profile_names
     from harness.qemu import resolve
 
@@ -56,7 +56,7 @@ def bench_capture(spec: str, machine: str, runs: int) -> list[Path]:
         for i in range(runs):
             out = work / f"{guest}-{i}"
             started = time.monotonic()
-            cap = capture(build, load_profile(guest), machine, out)
+            cap = capture(plan_capture(build, load_profile(guest), machine), out)
             walls.append(time.monotonic() - started)
             info = {k: float(v) for k, v in cap.manifest.get("probe", {}).items() if k.startswith("uptime")}
             t = cap.manifest["timings"]
@@ -76,7 +76,7 @@ def bench_capture(spec: str, machine: str, runs: int) -> list[Path]:
 
 def bench_ssh(spec: str, machine: str, runs: int) -> None:
     """SSH against serial capture wall time, same build, machine and profile (profiles with a NIC)."""
-    from harness.capture import GuestAccess, capture
+    from harness.capture import GuestAccess, capture, plan_capture
     from harness.guest.profile import load_profile
     from harness.qemu import resolve
 
@@ -88,8 +88,8 @@ def bench_ssh(spec: str, machine: str, runs: int) -> None:
         for i in range(runs):
             for transport in ("serial", "ssh"):
                 started = time.monotonic()
-                cap = capture(build, load_profile(guest), machine, work / f"{guest}-{transport}-{i}",
-                              access=GuestAccess(transport=transport))
+                cap = capture(plan_capture(build, load_profile(guest), machine, access=GuestAccess(transport=transport)),
+                              work / f"{guest}-{transport}-{i}")
                 walls[transport].append(time.monotonic() - started)
                 if transport == "ssh":
                     ready.append(cap.manifest["timings"].get("boot_to_ssh", 0.0))

@@ -7,6 +7,7 @@ verdicts, subjects, paths, values and severities).
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -25,10 +26,11 @@ def pairs() -> list[tuple[str, Path, Path]]:
     out = []
     runs = sorted({p.name.split("-", 2)[2] for p in CAPTURES.iterdir() if p.is_dir()})
     for run in runs:
-        for old, new in zip(VERSIONS, VERSIONS[1:], strict=False):
-            out.append((f"captures {old} -> {new} {run}", CAPTURES / f"qemu-{old}-{run}", CAPTURES / f"qemu-{new}-{run}"))
+        for old, new in itertools.pairwise(VERSIONS):
+            out.append((f"captures {old} -> {new} {run}", CAPTURES / f"qemu-{old}-{run}",
+                        CAPTURES / f"qemu-{new}-{run}"))
     bases = sorted(p for p in BASELINES.iterdir() if p.is_dir())
-    for old, new in zip(bases, bases[1:], strict=False):
+    for old, new in itertools.pairwise(bases):
         for run in sorted(p.parent for p in old.glob("*/*/manifest.json")):
             rel = run.relative_to(old)
             if (new / rel).is_dir():

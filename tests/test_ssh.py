@@ -70,7 +70,7 @@ def test_ssh_and_serial_captures_are_byte_identical(tmp_path, guest):
 
 def test_wrong_pinned_host_key_is_refused(tmp_path, monkeypatch):
     """The reference guest's sshd with a different key pinned: refused before login, no capture."""
-    from harness.capture import capture
+    from harness.capture import capture, plan_capture
     from harness.errors import CaptureError
     from harness.guest import build_reference_image
     from harness.guest.profile import load_profile
@@ -91,8 +91,8 @@ def test_wrong_pinned_host_key_is_refused(tmp_path, monkeypatch):
     from harness.capture import GuestAccess
 
     with pytest.raises(CaptureError, match=r"wrong SSH host key|host key is not pinned") as err:
-        capture(resolve(BUILD), load_profile("linux-virtio"), "pc-q35-7.2", tmp_path / "c",
-                access=GuestAccess(transport="ssh"), timeout=120)
+        capture(plan_capture(resolve(BUILD), load_profile("linux-virtio"), "pc-q35-7.2", timeout=120,
+                             access=GuestAccess(transport="ssh")), tmp_path / "c")
     assert pinned_wrong == [(image.host_key,)]
     assert image.host_key.split()[1] in str(err.value)  # it names the key the guest really offered
     assert not (tmp_path / "c" / "manifest.json").exists() and (tmp_path / "c" / "FAILED").exists()
@@ -153,7 +153,7 @@ def test_faulty_ssh_guest_is_exit_2_with_no_capture(tmp_path, init_head, probe_h
 
 
 def test_wrong_client_key_is_an_authentication_failure(tmp_path, monkeypatch):
-    from harness.capture import GuestAccess, capture
+    from harness.capture import GuestAccess, capture, plan_capture
     from harness.errors import CaptureError
     from harness.guest.profile import load_profile
     from harness.qemu import resolve
@@ -168,8 +168,8 @@ def test_wrong_client_key_is_an_authentication_failure(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ssh, "SshLogin", other_key)
     with pytest.raises(CaptureError, match=r"SSH authentication failed for user 'root'"):
-        capture(resolve(BUILD), load_profile("windows"), "pc-q35-7.2", tmp_path / "c",
-                access=GuestAccess(transport="ssh"), timeout=120)
+        capture(plan_capture(resolve(BUILD), load_profile("windows"), "pc-q35-7.2", timeout=120,
+                             access=GuestAccess(transport="ssh")), tmp_path / "c")
 
 
 # -- bad input: one line, exit 2, nothing booted ----------------------------------------------------
