@@ -11,7 +11,8 @@ file name, a copy of the header) is dropped: the ASL starts at `DefinitionBlock`
 Indexing: a block parser over the ASL text (strings and comments masked, braces matched) that
 resolves `Scope`, nested `Device`, `\` and `^` prefixes and multi-segment names to full paths
 by ACPI's rules (acpi_names.py, shared with the ASL diff), written as iasl writes them
-(`\_SB.PCI0.S18`: name segments without their padding `_`). Every `Device` (and `Processor`, `ThermalZone`, `PowerResource`) becomes one entry:
+(`\_SB.PCI0.S18`: name segments without their padding `_`). Every `Device` (and `Processor`,
+`ThermalZone`, `PowerResource`) becomes one entry:
 
     {"kind": "Device", "hid", "cid", "uid", "adr", "sun": values as printed (EisaId → "PNP0A03",
      strings as they are, integers as hex strings, packages as lists) or None,
