@@ -37,8 +37,7 @@ from harness.errors import QabiError, UnsupportedError
 from harness.guest import build_reference_image
 from harness.guest.profile import GuestProfile, load_profile, profile_names
 from harness.qemu import QemuBuild, resolve
-from harness.report import Run, RunSet, RunStatus, to_json
-from harness.report.jsonreport import with_fingerprint_facts
+from harness.report import Run, RunSet, RunStatus
 from harness.transport.launch import check_accel
 
 VERSIONED = re.compile(r"pc-(i440fx|q35)-(\d+)\.(\d+)")
@@ -199,8 +198,7 @@ class Check:
                 caps.append(self._side_capture(side, profile, machine))
             old_fp, new_fp = (fingerprint_capture(c) for c in caps)
             run = Run(machine=machine, guest=guest, old=old_fp["source"]["build"], new=new_fp["source"]["build"],
-                      comparison=compare(old_fp, new_fp, self.waivers))
-            run = with_fingerprint_facts(run, (old_fp, new_fp))
+                      comparison=compare(old_fp, new_fp, self.waivers)).with_fingerprints(old_fp, new_fp)
         except UnsupportedError as exc:
             run = self._failed(machine, guest, "unsupported", str(exc))
         except QabiError as exc:
@@ -256,24 +254,9 @@ def _safe_provenance(side: Side) -> dict[str, Any]:
         return {"spec": side.spec}
 
 
-@dataclass(frozen=True)
-class CheckResult:
-    """What a check gives the report writer: its RunSet and its wall time."""
-
-    runset: RunSet
-    seconds: float
-
-    def report_json(self) -> dict[str, Any]:
-        return to_json(self.runset, details=True, seconds=self.seconds)
-
-    def write_reports(self, directory: Path) -> tuple[Path, Path]:
-        from harness.report.html import write_reports
-
-        return write_reports(self.runset, directory, seconds=self.seconds)
-
-
-def run_check(request: RunRequest, progress: Callable[[str, str], None] | None = None) -> CheckResult:
-    """Capture (or reuse) both sides of every (machine, guest) run of `request` and compare them."""
+def run_check(request: RunRequest, progress: Callable[[str, str], None] | None = None) -> RunSet:
+    """Capture (or reuse) both sides of every (machine, guest) run of `request` and compare them:
+    the RunSet (with its wall time) that the report writers take."""
     started = time.monotonic()
     runset = Check(request).run_all(progress)
-    return CheckResult(runset, round(time.monotonic() - started, 3))
+    return replace(runset, seconds=round(time.monotonic() - started, 3))

@@ -228,7 +228,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from harness.check import RunRequest, run_check
-    from harness.report import render_text
+    from harness.report import render_text, write_json
 
     console = Console(stderr=True)
 
@@ -238,16 +238,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     request = RunRequest(args.old, args.new, tuple(args.machine or ()), tuple(args.guest or ()), args.accel,
                          args.timeout, _access(args), args.waivers, args.fail_on, not args.no_reuse,
                          args.firmware_from, args.jobs)
-    result = run_check(request, progress if sys.stderr.isatty() else None)
-    sys.stdout.write(render_text(result.runset))
+    runset = run_check(request, progress if sys.stderr.isatty() else None)
+    sys.stdout.write(render_text(runset))
     if args.json:
-        from harness.cache import atomic_write_bytes
-
-        atomic_write_bytes(Path(args.json), (json.dumps(result.report_json(), indent=2) + "\n").encode())
+        write_json(runset, args.json, details=True)
     if args.report:
-        _json_path, html_path = result.write_reports(Path(args.report))
+        from harness.report.html import write_reports
+
+        _json_path, html_path = write_reports(runset, Path(args.report))
         print(f"HTML report: {html_path}")
-    return int(result.runset.exit_code)
+    return int(runset.exit_code)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 from conftest import DATA
 
+from harness.drift.asl import split_table
 from harness.errors import DecodeError, ToolMissing
 from harness.fingerprint import acpi, aml
+from harness.fingerprint.acpi_names import resolve
 from harness.fingerprint.binary import Blob
 
 CAPTURES = DATA / "captures"
@@ -438,6 +440,59 @@ def test_asl_index_resolves_scopes_carets_and_padding() -> None:
     assert devices["\\_SB.C000"]["kind"] == "Processor"
     assert "If (One) { Return (0x0F) }" in devices["\\_SB.C000"]["methods"]["_STA"]
     assert devices["\\_SB.PCI0.S10"]["adr"] == "0x20000"
+
+
+def test_decoder_and_asl_diff_resolve_a_scope_by_the_same_search_rules() -> None:
+    r"""`Scope (HPET)` inside `\_SB.PCI0.S18` names the existing `\_SB.HPET` (ACPI search rules):
+    the decoder gives HPET the method, and the ASL diff attributes the block to HPET too."""
+    asl = r"""DefinitionBlock ("", "DSDT", 1, "BOCHS ", "BXPC    ", 0x00000001)
+{
+    Scope (_SB)
+    {
+        Device (PCI0)
+        {
+            Name (_HID, EisaId ("PNP0A03"))  // _HID: Hardware ID
+            Device (S18)
+            {
+                Name (_ADR, 0x00030000)  // _ADR: Address
+            }
+        }
+
+        Device (HPET)
+        {
+            Name (_HID, EisaId ("PNP0103"))  // _HID: Hardware ID
+        }
+    }
+
+    Scope (\_SB.PCI0.S18)
+    {
+        Name (SNUM, One)
+        Scope (HPET)
+        {
+            Method (XHPT, 0, NotSerialized)
+            {
+                Return (One)
+            }
+        }
+    }
+}
+"""
+    devices = aml.index(asl, "DSDT", revision=1)
+    assert list(devices) == ["\\_SB.PCI0", "\\_SB.PCI0.S18", "\\_SB.HPET"]
+    assert list(devices["\\_SB.HPET"]["methods"]) == ["XHPT"]
+    assert devices["\\_SB.PCI0.S18"]["names"] == ["_ADR", "SNUM"]
+    own, extensions = split_table(asl, devices)
+    assert "XHPT" in extensions["\\_SB.HPET"] and "XHPT" not in extensions["\\_SB.PCI0.S18"]
+    assert "SNUM" in extensions["\\_SB.PCI0.S18"] and "XHPT" not in own
+
+
+def test_one_namespace_path_module() -> None:
+    assert resolve("\\_SB.PCI0.S18", "HPET", {"\\_SB.HPET"}) == "\\_SB.HPET"
+    assert resolve("\\_SB.PCI0.S18", "HPET") == "\\_SB.PCI0.S18.HPET"
+    assert resolve("\\_SB.PCI0.S18", "^^HPET_", {"\\_SB.HPET"}) == "\\_SB.HPET"
+    assert resolve("\\_SB.PCI0", "S18.X", {"\\X"}) == "\\_SB.PCI0.S18.X"
+    defs = [p.read_text() for p in (Path(__file__).parent.parent / "harness").rglob("*.py")]
+    assert sum(len(re.findall(r"^def norm_path\b", text, re.MULTILINE)) for text in defs) == 1
 
 
 # -- malformed input ------------------------------------------------------------------------------------

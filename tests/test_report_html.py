@@ -25,6 +25,7 @@ from harness.report import (
     RunSet,
     load_report,
     render_html,
+    runset_from_json,
     to_json,
     validate_report,
     write_html,
@@ -211,6 +212,35 @@ def test_rendered_from_the_json_file_alone(real, tmp_path):
     data = load_report(json_path)
     assert data == real["json"]
     assert render_html(data) == html_path.read_text(encoding="utf-8") == real["html"]
+
+
+def test_json_reads_back_into_the_same_runset(real):
+    """JSON → RunSet → JSON is identical on real data, with and without the detail fields, and
+    the page rendered from the RunSet read back is the page rendered from the JSON."""
+    for data, details in ((real["json"], True), (to_json(real["runset"]), False)):
+        runset = runset_from_json(copy.deepcopy(data))
+        assert runset.details is details and runset.fail_on == "warn"
+        again = to_json(runset, details=details)
+        assert json.dumps(again, ensure_ascii=False) == json.dumps(data, ensure_ascii=False)
+        assert render_html(runset) == render_html(data)
+    runset = runset_from_json(real["json"])
+    assert [r.seconds for r in runset.runs] == [7.6, 9.0, None] and runset.seconds == 83.2
+    assert runset.runs[0].config and runset.runs[0].image == real["json"]["runs"][0]["image"]
+    original = real["runset"].runs[0].comparison
+    assert runset.runs[0].comparison.drifts == original.drifts
+    assert [w.reason for w in runset.runs[0].comparison.stale_waivers] == ["matches nothing: stale"]
+
+
+def test_a_report_whose_verdict_contradicts_its_runs_is_refused(real):
+    data = copy.deepcopy(real["json"])
+    data["verdict"] = "unchanged"
+    with pytest.raises(QabiError, match="does not follow from its runs"):
+        render_html(data)
+    plain = to_json(real["runset"])
+    for run in plain["runs"]:
+        for drift in run["drifts"]:
+            drift["severity"] = "info"
+    assert runset_from_json(plain).fail_on == "info"       # an older report: the threshold that gives its verdict
 
 
 def test_old_reports_without_details_still_render(real):

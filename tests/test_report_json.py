@@ -12,7 +12,16 @@ from drift_samples import base_fingerprint, pci_with_caps, set_cpuid_bit
 
 from harness.drift import compare, parse_waivers
 from harness.errors import QabiError
-from harness.report import SCHEMA_PATH, Run, RunSet, render_text, report_schema, to_json, validate_report
+from harness.report import (
+    SCHEMA_PATH,
+    Run,
+    RunSet,
+    escape_controls,
+    render_text,
+    report_schema,
+    to_json,
+    validate_report,
+)
 
 
 @pytest.fixture
@@ -164,6 +173,29 @@ def test_text_for_unchanged_error_and_unsupported():
     assert "error: old fingerprint has no 'cpuid' data" in text
     assert "unsupported: no such machine" in text
     assert text.rstrip().splitlines()[-1].startswith("verdict: ERROR")
+
+
+def test_guest_control_sequences_never_reach_the_terminal_raw():
+    """A real capture whose SMBIOS manufacturer carries an OSC title-setting sequence."""
+    from conftest import DATA
+
+    from harness.fingerprint import fingerprint_capture
+
+    capture = DATA / "captures" / "qemu-7.2-pc-q35-5.2-windows"
+    if not (capture / "manifest.json").is_file():
+        pytest.skip(f"capture {capture.name} is not in tests/data/captures")
+    old = fingerprint_capture(capture)
+    new = copy.deepcopy(old)
+    hostile = "\x1b]0;pwned\x07"
+    new["smbios"]["1/0"]["fields"]["manufacturer"] = "QEMU" + hostile
+    runs = (Run.from_fingerprints(old, new, compare(old, new)),
+            Run.failed(f"guest said {hostile}\x9b31m and\r\nverdict: UNCHANGED"))
+    text = render_text(RunSet(runs))
+    assert "QEMU\\x1b]0;pwned\\x07" in text
+    assert "guest said \\x1b]0;pwned\\x07\\x9b31m and\\x0d\\x0averdict: UNCHANGED" in text
+    assert not [c for c in text if c not in "\n\t" and (ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f)]
+    assert sum(line.startswith("verdict:") for line in text.splitlines()) == 1
+    assert escape_controls("a\x1b[2Jb\n\tc", keep="\n\t") == "a\\x1b[2Jb\n\tc"
 
 
 # -- qabi diff -----------------------------------------------------------------------------------

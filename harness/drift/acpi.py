@@ -14,10 +14,11 @@ from __future__ import annotations
 import textwrap
 from typing import Any
 
-from harness.drift.asl import device_own_text, norm_path, split_table, unified
+from harness.drift.asl import device_own_text, split_table, unified
 from harness.drift.common import atom_drift, make_drift, presence_drift
 from harness.drift.diffing import changes, plain
 from harness.drift.model import Drift
+from harness.fingerprint.acpi_names import norm_path
 
 CATEGORY = "acpi"
 IDENTITY = ("hid", "cid", "uid", "adr")

@@ -2,7 +2,8 @@
 
 iasl's disassembly is regular: `Device (NAME)` or `Scope (NAME)` on one line, its `{` on the
 next, its `}` on a line of its own. We track braces (outside strings and comments) and the
-namespace path of every Device block, then:
+namespace path of every Device and Scope block, resolved by the same rules as the AML decoder
+(harness/fingerprint/acpi_names.py), then:
 
 - a device's *own* ASL is its block without the blocks of child devices the fingerprint indexes
   (those are compared on their own) and without its `Name (_HID|_CID|_UID|_ADR, …)` statements
@@ -25,36 +26,13 @@ import textwrap
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-_HEADER = re.compile(r"^\s*(Device|Scope)\s*\(\s*([^\s,()]+)\s*\)")
+from harness.fingerprint.acpi_names import ROOT, Frame, Namespace, mask, norm_path, parent_path
+
+_HEADER = re.compile(r"^\s*(Device|Scope|Processor|ThermalZone|PowerResource|Method)\s*\(\s*([^\s,()]+)")
+_NAME = re.compile(r"\bName\s*\(\s*([^\s,()]+)\s*,")
 _IDENTITY_NAME = re.compile(r"^\s*Name\s*\(\s*(_HID|_CID|_UID|_ADR)_*\s*,")
 _DEFINITION_BLOCK = re.compile(r"^\s*DefinitionBlock\s*\(")
-ROOT = "\\"
-
-
-def norm_path(path: str) -> str:
-    r"""`\_SB_.PCI0.S18_` → `\_SB.PCI0.S18` (name segments lose their padding underscores)."""
-    segments = [s for s in path.lstrip(ROOT).split(".") if s]
-    return ROOT + ".".join(s.rstrip("_") or s for s in segments)
-
-
-def parent_path(path: str) -> str:
-    p = norm_path(path)
-    return p.rsplit(".", 1)[0] if "." in p else ROOT
-
-
-def _resolve(scope: str, name: str) -> str:
-    if name.startswith(ROOT):
-        return norm_path(name)
-    while name.startswith("^"):
-        scope, name = parent_path(scope), name[1:]
-    return norm_path(name if scope == ROOT else f"{scope}.{name}")
-
-
-@dataclass
-class _Frame:
-    kind: str        # "device", "scope" or "other"
-    path: str        # the namespace scope inside this block
-    start: int
+_STRUCTURE = re.compile(r"[{}()]")
 
 
 @dataclass
@@ -65,67 +43,39 @@ class _Parsed:
     identity: list[tuple[str, int, int]] = field(default_factory=list)   # device path, first, last
 
 
-_STRUCTURE = re.compile(r"[{}()]")
-
-
-def _tokens(line: str, in_comment: bool) -> tuple[list[str], bool]:
-    """The braces and parentheses of a line outside strings and comments."""
-    if not in_comment and '"' not in line and "/" not in line:
-        return _STRUCTURE.findall(line), False
-    out: list[str] = []
-    i = 0
-    while i < len(line):
-        if in_comment:
-            end = line.find("*/", i)
-            if end < 0:
-                return out, True
-            in_comment, i = False, end + 2
-            continue
-        c = line[i]
-        if line.startswith("/*", i):
-            in_comment, i = True, i + 2
-            continue
-        if line.startswith("//", i):
-            break
-        if c == '"':
-            i += 1
-            while i < len(line) and line[i] != '"':
-                i += 2 if line[i] == "\\" else 1
-        elif c in "{}()":
-            out.append(c)
-        i += 1
-    return out, in_comment
-
-
-def _parse(text: str, base: str = ROOT) -> _Parsed:
+def _parse(text: str, base: str = ROOT, known: Collection[str] = ()) -> _Parsed:
+    """Line spans of Device and Scope blocks and of the identity Names of devices. Paths resolve
+    as the AML decoder resolves them (acpi_names.py): `text` is a whole table, or a block that
+    sits in scope `base` of a table whose objects include `known`."""
     parsed = _Parsed(text.splitlines())
-    stack: list[_Frame] = []
-    pending: tuple[str, str, int] | None = None
+    code = mask(text)[0]
+    namespace = Namespace.of_table(code, known)
+    stack: list[Frame] = []
+    pending: Frame | None = None
     identity: tuple[str, int, int] | None = None   # device path, first line, open parens/braces
-    in_comment = False
-    for n, line in enumerate(parsed.lines):
-        scope = next((f.path for f in reversed(stack) if f.kind != "other"), base)
-        if not in_comment:
-            m = _HEADER.match(line)
-            if m:
-                pending = (m.group(1).lower(), _resolve(scope, m.group(2)), n)
-            elif identity is None and stack and stack[-1].kind == "device" and _IDENTITY_NAME.match(line):
-                identity = (stack[-1].path, n, 0)
-        tokens, in_comment = _tokens(line, in_comment)
-        for t in tokens:
+    for n, line in enumerate(code.splitlines()):
+        scope = stack[-1].path if stack else base
+        in_method = bool(stack) and stack[-1].in_method
+        if m := _HEADER.match(line):
+            kind = m.group(1)
+            path = (namespace.open_scope if kind == "Scope" else namespace.define)(scope, m.group(2))
+            pending = Frame(kind, path, n, in_method or kind == "Method")
+        elif identity is None and stack and stack[-1].kind == "Device" and _IDENTITY_NAME.match(line):
+            identity = (stack[-1].path, n, 0)
+        if not in_method:
+            for name in _NAME.finditer(line):
+                namespace.define(scope, name.group(1))
+        for t in _STRUCTURE.findall(line):
             if identity is not None:
                 identity = (identity[0], identity[1], identity[2] + (1 if t in "({" else -1))
             if t == "{":
-                if pending is not None:
-                    stack.append(_Frame(pending[0], pending[1], pending[2]))
-                    pending = None
-                else:
-                    stack.append(_Frame("other", scope, n))
+                stack.append(pending or Frame("", scope, n, in_method))
+                pending = None
             elif t == "}" and stack:
                 frame = stack.pop()
-                if frame.kind == "device":
+                if frame.kind == "Device":
                     parsed.devices.append((frame.path, frame.start, n))
-                elif frame.kind == "scope":
+                elif frame.kind == "Scope":
                     parsed.scopes.append((frame.path, frame.start, n))
         if identity is not None and identity[2] <= 0:
             parsed.identity.append((identity[0], identity[1], n))
@@ -160,7 +110,7 @@ def device_own_text(asl: str, path: str, known: Collection[str]) -> str:
     """The device's own ASL: its block without indexed child devices and identity Names."""
     me = norm_path(path)
     known_norm = {norm_path(k) for k in known}
-    parsed = _parse(asl, parent_path(me))
+    parsed = _parse(asl, parent_path(me), known_norm)
     mine = [(lo, hi) for p, lo, hi in parsed.devices if p == me]
     first, last = max(mine, key=lambda span: span[1] - span[0]) if mine else (0, len(parsed.lines) - 1)
     drop = [(lo, hi) for p, lo, hi in parsed.devices

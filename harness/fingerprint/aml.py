@@ -10,8 +10,9 @@ file name, a copy of the header) is dropped: the ASL starts at `DefinitionBlock`
 
 Indexing: a block parser over the ASL text (strings and comments masked, braces matched) that
 resolves `Scope`, nested `Device`, `\` and `^` prefixes and multi-segment names to full paths
-written as iasl writes them (`\_SB.PCI0.S18`: name segments without their padding `_`). Every
-`Device` (and `Processor`, `ThermalZone`, `PowerResource`) becomes one entry:
+by ACPI's rules (acpi_names.py, shared with the ASL diff), written as iasl writes them
+(`\_SB.PCI0.S18`: name segments without their padding `_`). Every `Device` (and `Processor`,
+`ThermalZone`, `PowerResource`) becomes one entry:
 
     {"kind": "Device", "hid", "cid", "uid", "adr", "sun": values as printed (EisaId → "PNP0A03",
      strings as they are, integers as hex strings, packages as lists) or None,
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import DecodeError
+from harness.fingerprint.acpi_names import ROOT, Frame, Namespace, last_segment, mask, parent_path
 from harness.fingerprint.binary import hx
 from harness.tools import require
 
@@ -44,8 +46,6 @@ MAX_ASL = 64 << 20
 MAX_LOG_TAIL = 400
 IASL_MEMORY = 2 << 30
 AML_START = 36
-ROOT = "\\"
-PREDEFINED_SCOPES = ("\\_GPE", "\\_PR", "\\_SB", "\\_SI", "\\_TZ")
 INDEXED = {"Device", "Processor", "ThermalZone", "PowerResource"}
 IDENTITY = {"_HID": "hid", "_CID": "cid", "_UID": "uid", "_ADR": "adr", "_SUN": "sun"}
 
@@ -140,78 +140,6 @@ def disassemble(tables: dict[str, tuple[str, bytes]]) -> dict[str, str]:
     return out
 
 
-# -- masking strings and comments -------------------------------------------------------------------
-
-_LEXEME = re.compile(r'"(?:[^"\\\n]|\\.)*"|/\*.*?(?:\*/|\Z)|//[^\n]*', re.DOTALL)
-_NOT_NEWLINE = re.compile(r"[^\n]")
-
-
-def _masks(text: str) -> tuple[str, str]:
-    """(code, clean): same length as `text`; `code` has string contents and comments blanked,
-    `clean` has only comments blanked."""
-    code: list[str] = []
-    clean: list[str] = []
-    pos = 0
-    for m in _LEXEME.finditer(text):
-        before = text[pos:m.start()]
-        code.append(before)
-        clean.append(before)
-        token = m.group()
-        if token.startswith('"'):
-            code.append('"' + _NOT_NEWLINE.sub(" ", token[1:-1]) + '"')
-            clean.append(token)
-        else:
-            blank = _NOT_NEWLINE.sub(" ", token)
-            code.append(blank)
-            clean.append(blank)
-        pos = m.end()
-    code.append(text[pos:])
-    clean.append(text[pos:])
-    return "".join(code), "".join(clean)
-
-
-# -- namespace paths ------------------------------------------------------------------------------
-
-
-def norm_path(path: str) -> str:
-    r"""`\_SB_.PCI0` → `\_SB.PCI0` (name segments without their padding underscores)."""
-    segments = [s for s in path.lstrip(ROOT).split(".") if s]
-    return ROOT + ".".join(s.rstrip("_") or s for s in segments)
-
-
-def _parent(path: str) -> str:
-    return path.rsplit(".", 1)[0] if "." in path else ROOT
-
-
-def _segment(path: str) -> str:
-    return path.rsplit(".", 1)[-1].lstrip(ROOT)
-
-
-def _join(scope: str, name: str) -> str:
-    return norm_path(name if scope == ROOT else f"{scope}.{name}")
-
-
-def _resolve(scope: str, name: str, known: set[str] | None = None) -> str:
-    r"""The full path of `name` used in `scope`; with `known`, a single bare segment follows the
-    ACPI search rules (the nearest enclosing scope that has it), as `Scope (X)` does."""
-    if name.startswith(ROOT):
-        return norm_path(name)
-    carets = len(name) - len(name.lstrip("^"))
-    for _ in range(carets):
-        scope = _parent(scope)
-    name = name[carets:]
-    if known is not None and not carets and "." not in name:
-        s = scope
-        while True:
-            candidate = _join(s, name)
-            if candidate in known:
-                return candidate
-            if s == ROOT:
-                break
-            s = _parent(s)
-    return _join(scope, name)
-
-
 # -- values of Name() -----------------------------------------------------------------------------
 
 _INT = re.compile(r"0[xX][0-9A-Fa-f]+|[0-9]+")
@@ -266,16 +194,7 @@ def value(text: str, ones: int) -> Any:
 _HEADER = re.compile(r"\s*(DefinitionBlock|Device|Scope|Processor|ThermalZone|PowerResource|Method)\s*\("
                      r"\s*([^\s,()]*)")
 _EVENT = re.compile(r"[{}]|\bName\s*\(")
-_EXTERNAL = re.compile(r"\bExternal\s*\(\s*([^\s,()]+)")
 _PARENS = re.compile(r"[()]")
-
-
-@dataclass
-class _Frame:
-    kind: str            # DefinitionBlock, Device, Scope, Method, … or "" for other blocks
-    path: str            # the object's path (named blocks) or the enclosing scope (others)
-    start: int           # where its statement starts (a line start)
-    in_method: bool
 
 
 @dataclass
@@ -316,11 +235,10 @@ def _block(text: str, start: int, end: int) -> str:
 
 def index(asl: str, rel: str, revision: int) -> dict[str, dict[str, Any]]:
     """{device path: entry} for the ASL text of one table (see the module docstring)."""
-    code, clean = _masks(asl)
+    code, clean = mask(asl)
     ones = 0xFFFFFFFF if revision < 2 else 0xFFFFFFFFFFFFFFFF
-    known = set(PREDEFINED_SCOPES)
-    known.update(_resolve(ROOT, m.group(1)) for m in _EXTERNAL.finditer(code))
-    stack: list[_Frame] = []
+    namespace = Namespace.of_table(code)
+    stack: list[Frame] = []
     objects: dict[str, _Object] = {}
     devices: dict[str, dict[str, Any]] = {}
     order: list[str] = []
@@ -341,11 +259,10 @@ def index(asl: str, rel: str, revision: int) -> dict[str, dict[str, Any]]:
                 if kind == "DefinitionBlock":
                     path = ROOT
                 elif name:
-                    path = _resolve(scope_now(), name, known if kind == "Scope" else None)
-                    known.add(path)
+                    path = (namespace.open_scope if kind == "Scope" else namespace.define)(scope_now(), name)
                     if kind in INDEXED and not in_method and path not in order:
                         order.append(path)
-            stack.append(_Frame(kind, path, start, in_method or kind == "Method"))
+            stack.append(Frame(kind, path, start, in_method or kind == "Method"))
             floor = m.end()
         elif token == "}":
             if not stack:
@@ -356,8 +273,8 @@ def index(asl: str, rel: str, revision: int) -> dict[str, dict[str, Any]]:
                 continue
             if frame.kind == "Method":
                 if not (stack and stack[-1].in_method):
-                    obj = objects.setdefault(_parent(frame.path), _Object())
-                    seg = _segment(frame.path)
+                    obj = objects.setdefault(parent_path(frame.path), _Object())
+                    seg = last_segment(frame.path)
                     text = _block(asl, frame.start, m.end())
                     obj.methods[seg] = obj.methods[seg] + "\n" + text if seg in obj.methods else text
             elif frame.kind in INDEXED:
@@ -377,10 +294,9 @@ def index(asl: str, rel: str, revision: int) -> dict[str, dict[str, Any]]:
             target = code[open_at + 1:comma].strip()
             if not target:
                 continue
-            path = _resolve(scope_now(), target)
-            known.add(path)
-            objects.setdefault(_parent(path), _Object()).names.append(
-                (_segment(path), clean[comma + 1:close]))
+            path = namespace.define(scope_now(), target)
+            objects.setdefault(parent_path(path), _Object()).names.append(
+                (last_segment(path), clean[comma + 1:close]))
     if stack:
         raise DecodeError(rel, AML_START, "unbalanced braces in the disassembled ASL")
 

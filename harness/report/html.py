@@ -1,13 +1,13 @@
-"""The HTML drift report: one self-contained page rendered from the JSON report dict alone.
+"""The HTML drift report: one self-contained page rendered from the shared view model (view.py).
 
-    html = render_html(to_json(runset, details=True))     # or json.load(open("qabi.json"))
-    write_html(report_json, "reports/index.html")
-    write_reports(runset, "reports")                      # reports/qabi.json + reports/index.html
+    html = render_html(runset)                 # or a JSON report dict: render_html(load_report("qabi.json"))
+    write_html(runset, "reports/index.html")
+    write_reports(runset, "reports")           # reports/qabi.json + reports/index.html
 
-Everything the page shows comes from the JSON contract (qabi-report.schema.json), so
-`qabi report qabi.json -o index.html` re-renders the same page from the file. The optional JSON
-fields (`to_json(details=True, fingerprints=...)`) add the ASL diffs, the PCI config hex views,
-timing and the reference image hash; without them the page shows what there is.
+A JSON report is read back into its RunSet (`runset_from_json`) and rendered the same way, so
+`qabi report qabi.json -o index.html` re-renders the same page from the file. The RunSet's facts
+(`to_json(details=True, fingerprints=...)` keeps them in the JSON) add the ASL diffs, the PCI
+config hex views, timing and the reference image hash; without them the page shows what there is.
 
 The page fetches nothing: inline CSS and script, and a Content-Security-Policy that forbids any
 network request. Guest strings are untrusted: jinja2 autoescapes every value.
@@ -16,24 +16,40 @@ network request. Guest strings are untrusted: jinja2 autoescapes every value.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from harness.categories import get, names, registry
+from harness.categories import registry
+from harness.drift.model import SEVERITIES
 from harness.errors import QabiError
-from harness.report.jsonreport import FingerprintPair, to_json, validate_report
+from harness.report.jsonreport import (
+    FingerprintPair,
+    json_text,
+    runset_from_json,
+    to_json,
+    validate_report,
+    with_facts,
+    write_report_file,
+)
 from harness.report.model import RunSet
+from harness.report.view import (
+    RunView,
+    SubjectGroup,
+    describe_build,
+    drift_line_label,
+    report_view,
+    shown,
+    waiver_match,
+    waiver_where,
+)
 
 TEMPLATES = Path(__file__).with_name("templates")
-SEVERITY_ORDER: tuple[str, ...] = ("break", "warn", "info")
 # Groups of a run shown open at first: the unwaived break/warn ones, up to this many per run.
 OPEN_GROUPS = 25
 # A hex view skips runs of rows that are zero on both sides and unchanged.
@@ -83,60 +99,6 @@ class HexView:
 
 
 @dataclass
-class DriftRow:
-    path: str
-    change: str
-    severity: str
-    waived: str | None
-    old: Value
-    new: Value
-    diff: list[DiffLine] | None
-    detail: str | None
-
-
-@dataclass
-class Group:
-    anchor: str
-    subject: str
-    key: str
-    severity: str
-    waived: bool
-    counts: dict[str, int]
-    drifts: list[DriftRow]
-    hexview: HexView | None
-    open: bool = False
-
-
-@dataclass
-class CategoryView:
-    anchor: str
-    name: str
-    title: str
-    state: str          # break | warn | info | waived | unchanged | not-compared | unsupported | error
-    groups: list[Group]
-    counts: dict[str, int]
-
-
-@dataclass
-class RunPage:
-    index: int
-    anchor: str
-    machine: str
-    guest: str
-    status: str
-    reason: str | None
-    outcome: str        # unchanged | drift | unsupported | error
-    old: str
-    new: str
-    counts: dict[str, int]
-    categories: list[CategoryView]
-    stale_waivers: list[dict[str, Any]]
-    seconds: float | None
-    image: dict[str, Any] | None
-    below_threshold: int
-
-
-@dataclass
 class Cell:
     state: str
     label: str
@@ -149,17 +111,11 @@ class MatrixRow:
     machine: str
     machine_span: int        # 0 when the machine cell is spanned from a row above
     guest: str
-    run: RunPage
+    run: RunView
     cells: list[Cell]
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-def _text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, ensure_ascii=False, sort_keys=True)
-
 
 def _value(value: Any) -> Value:
     if value is None:
@@ -170,7 +126,7 @@ def _value(value: Any) -> Value:
         if len(compact) <= INLINE_LIMIT:
             return Value(compact)
         return Value(text, block=True, lines=text.count("\n") + 1)
-    text = _text(value)
+    text = shown(value)
     if "\n" in text or len(text) > INLINE_LIMIT:
         return Value(text, block=True, lines=text.count("\n") + 1)
     return Value(text)
@@ -239,46 +195,14 @@ def hex_view(key: str, old_hex: Any, new_hex: Any) -> HexView | None:
     return HexView(key, rows, changed, len(a), len(b))
 
 
-def _counts(drifts: Iterable[Mapping[str, Any]]) -> dict[str, int]:
-    out = {s: 0 for s in (*SEVERITY_ORDER, "waived")}
-    for d in drifts:
-        out["waived" if d.get("waived") is not None else str(d.get("severity"))] += 1
-    return out
-
-
-def _worst(counts: Mapping[str, int]) -> str | None:
-    return next((s for s in SEVERITY_ORDER if counts.get(s)), None)
-
-
-def _at_least(severity: str, threshold: str) -> bool:
-    return SEVERITY_ORDER.index(severity) <= SEVERITY_ORDER.index(threshold)
-
-
-def describe_provenance(prov: Mapping[str, Any]) -> str:
-    """`debian:bookworm — QEMU 7.2.22 (1:7.2+dfsg-7+deb12u18+b3), sha256 1493008ba003`."""
-    parts = []
-    version, package, sha = prov.get("version"), prov.get("package_version"), prov.get("sha256")
-    if version:
-        parts.append(f"QEMU {_text(version)}" + (f" ({_text(package)})" if package else ""))
-    elif package:
-        parts.append(_text(package))
-    if isinstance(sha, str) and sha:
-        parts.append(f"sha256 {sha[:12]}")
-    text = ", ".join(parts)
-    spec = prov.get("spec")
-    if spec:
-        text = f"{_text(spec)} — {text}" if text else _text(spec)
-    return text or "(no build provenance)"
-
-
 def _provenance_rows(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, str, str, bool]]:
     """(label, old, new, differs) for the known fields, then any other key either side has."""
     def show(value: Any) -> str:
         if value is None or value == "" or value == []:
             return "—"
         if isinstance(value, list):
-            return "\n".join(_text(v) for v in value)
-        return _text(value)
+            return "\n".join(shown(v) for v in value)
+        return shown(value)
 
     rows = []
     known = {k for k, _ in _PROVENANCE_FIELDS}
@@ -290,184 +214,83 @@ def _provenance_rows(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tup
     return rows
 
 
-# -- building the page --------------------------------------------------------------------------
+# -- the page ----------------------------------------------------------------------------------
 
-def _fail_on(report: Mapping[str, Any]) -> str:
-    given = report.get("fail_on")
-    if given in SEVERITY_ORDER:
-        return str(given)
-    # Older reports do not say; a "drift" verdict resting on info drifts alone means "info".
-    unwaived = [d for r in report["runs"] for d in r["drifts"] if d.get("waived") is None]
-    if report["verdict"] == "drift" and unwaived and all(d["severity"] == "info" for d in unwaived):
-        return "info"
-    return "warn"
+def _anchor(run: RunView, group: SubjectGroup | None = None, category: str | None = None) -> str:
+    base = f"run-{run.index}"
+    if group is not None:
+        return f"{base}-{group.category}-{group.number}"
+    return f"{base}-{category}" if category else base
 
 
-def _group(run_anchor: str, cat: str, j: int, items: list[tuple[Mapping[str, Any], Mapping[str, Any]]],
-           config: Mapping[str, Any]) -> Group:
-    drifts = [d for d, _ in items]
-    counts = _counts(drifts)
-    waived = counts["waived"] == len(drifts)
-    severity = _worst(counts) or _worst(_counts({**d, "waived": None} for d in drifts)) or "info"
-    keys = {str(x.get("key") or "") for _, x in items} - {""}
-    key = keys.pop() if len(keys) == 1 else ""
-    rows = []
-    order = sorted(items, key=lambda it: (it[0].get("waived") is not None,
-                                          SEVERITY_ORDER.index(it[0]["severity"]), it[0]["path"]))
-    for drift, extra in order:
-        detail = extra.get("detail")
-        detail = detail if isinstance(detail, str) and detail else None
-        diff = _diff_lines(detail) if detail and _is_unified_diff(detail) else None
-        change = str(extra.get("change") or "")
-        if not change:
-            change = "added" if drift["old"] is None else "removed" if drift["new"] is None else "changed"
-        rows.append(DriftRow(path=drift["path"] or "(whole)", change=change, severity=drift["severity"],
-                             waived=drift.get("waived"), old=_value(drift["old"]), new=_value(drift["new"]),
-                             diff=diff, detail=None if diff else detail))
-    hexview = None
-    if cat == "pci" and key and isinstance(config.get(key), Mapping):
-        hexview = hex_view(key, config[key].get("old"), config[key].get("new"))
-    return Group(anchor=f"{run_anchor}-{cat}-{j}", subject=drifts[0]["subject"], key=key, severity=severity,
-                 waived=waived, counts=counts, drifts=rows, hexview=hexview)
+def _open_groups(run: RunView) -> set[str]:
+    """Groups shown open at first: the unwaived break/warn ones, up to OPEN_GROUPS per run."""
+    out: set[str] = set()
+    for cat in run.categories:
+        for group in cat.groups:
+            if not group.waived and group.severity in ("break", "warn") and len(out) < OPEN_GROUPS:
+                out.add(_anchor(run, group))
+    return out
 
 
-def _run_page(i: int, run: Mapping[str, Any], fail_on: str) -> RunPage:
-    anchor = f"run-{i}"
-    status = run["status"]
-    drifts = run["drifts"]
-    details = run.get("details")
-    extras: list[Mapping[str, Any]] = (list(details) if isinstance(details, list) and len(details) == len(drifts)
-                                       else [{} for _ in drifts])
-    compared = run.get("categories")
-    compared_set = set(compared) if isinstance(compared, list) else None
-    given = run.get("config")
-    config: Mapping[str, Any] = given if isinstance(given, Mapping) else {}
-    counts = _counts(drifts)
-    categories = []
-    groups_total: list[Group] = []
-    for cat in names():
-        items = [(d, x) for d, x in zip(drifts, extras, strict=True) if d["category"] == cat]
-        by_subject: dict[str, list[tuple[Mapping[str, Any], Mapping[str, Any]]]] = {}
-        for d, x in items:
-            by_subject.setdefault(d["subject"], []).append((d, x))
-        groups = [_group(anchor, cat, j, its, config) for j, its in enumerate(by_subject.values())]
-        groups.sort(key=lambda g: (g.waived, SEVERITY_ORDER.index(g.severity), g.subject))
-        groups_total += groups
-        cat_counts = _counts(d for d, _ in items)
-        if status != "compared":
-            state = status
-        elif compared_set is not None and cat not in compared_set:
-            state = "not-compared"
-        else:
-            state = _worst(cat_counts) or ("waived" if cat_counts["waived"] else "unchanged")
-        categories.append(CategoryView(f"{anchor}-{cat}", cat, get(cat).title, state, groups, cat_counts))
-    opened = 0
-    for group in groups_total:
-        if not group.waived and group.severity in ("break", "warn") and opened < OPEN_GROUPS:
-            group.open = True
-            opened += 1
-    failing = sum(counts[s] for s in SEVERITY_ORDER if _at_least(s, fail_on))
-    below = sum(counts[s] for s in SEVERITY_ORDER if not _at_least(s, fail_on))
-    if status == "compared":
-        outcome = "drift" if failing else "unchanged"
-    else:
-        outcome = status
-    stale = run.get("stale_waivers")
-    seconds = run.get("seconds")
-    image = run.get("image")
-    return RunPage(index=i, anchor=anchor, machine=run["machine"], guest=run["guest"], status=status,
-                   reason=run.get("reason"), outcome=outcome, old=describe_provenance(run["old"]),
-                   new=describe_provenance(run["new"]), counts=counts, categories=categories,
-                   stale_waivers=[_stale(w) for w in stale if isinstance(w, Mapping)] if isinstance(stale, list) else [],
-                   seconds=float(seconds) if isinstance(seconds, (int, float)) else None,
-                   image=dict(image) if isinstance(image, Mapping) else None, below_threshold=below)
+def _hexview(run: RunView, group: SubjectGroup) -> HexView | None:
+    sides = run.run.config.get(group.key) if group.category == "pci" and group.key else None
+    return hex_view(group.key, sides.get("old"), sides.get("new")) if sides is not None else None
 
 
-def _stale(waiver: Mapping[str, Any]) -> dict[str, str]:
-    source, line = waiver.get("source"), waiver.get("line")
-    where = f"{source}:{line}" if source and line else _text(source) if source else "waivers"
-    match = " ".join(f"{k}={_text(waiver[k])}" for k in ("category", "subject", "path", "old", "new")
-                     if waiver.get(k) is not None)
-    return {"where": where, "match": match, "reason": _text(waiver.get("reason", ""))}
+def _diff(detail: str | None) -> list[DiffLine] | None:
+    return _diff_lines(detail) if detail and _is_unified_diff(detail) else None
 
 
 _CELL_LABELS = {"break": "break", "warn": "warn", "info": "info", "waived": "waived", "unchanged": "✓",
                 "not-compared": "—", "unsupported": "unsupported", "error": "error"}
 
 
-def _matrix(runs: list[RunPage]) -> list[MatrixRow]:
-    order: dict[str, list[RunPage]] = {}
+def _matrix(runs: tuple[RunView, ...]) -> list[MatrixRow]:
+    order: dict[str, list[RunView]] = {}
     for run in runs:
-        order.setdefault(run.machine, []).append(run)
+        order.setdefault(run.run.machine, []).append(run)
     rows = []
     for machine, machine_runs in order.items():
-        for n, run in enumerate(machine_runs):
+        for n, view in enumerate(machine_runs):
             cells = []
-            for cat in run.categories:
+            for cat in view.categories:
                 total = sum(cat.counts.values())
-                if cat.state in SEVERITY_ORDER:
+                if cat.state in SEVERITIES:
                     title = (f"{cat.counts[cat.state]} unwaived {cat.state} "
                              f"({total} drift{'s' if total != 1 else ''} in all)")
                 elif cat.state == "waived":
                     title = f"{total} drift{'s' if total != 1 else ''}, all waived"
                 elif cat.state in ("unsupported", "error"):
-                    title = f"{cat.state}: {run.reason}"
+                    title = f"{cat.state}: {view.run.reason}"
                 elif cat.state == "not-compared":
                     title = "not compared in this run"
                 else:
                     title = "unchanged"
                 label = _CELL_LABELS[cat.state]
-                if cat.state in SEVERITY_ORDER:
+                if cat.state in SEVERITIES:
                     label = f"{label} {total}" if total > 1 else label
-                href = f"#{cat.anchor}" if run.status == "compared" else f"#{run.anchor}"
+                compared = view.run.status == "compared"
+                href = f"#{_anchor(view, category=cat.name)}" if compared else f"#{_anchor(view)}"
                 cells.append(Cell(cat.state, label, href, title))
-            rows.append(MatrixRow(machine, len(machine_runs) if n == 0 else 0, run.guest, run, cells))
+            rows.append(MatrixRow(machine, len(machine_runs) if n == 0 else 0, view.run.guest, view, cells))
     return rows
 
 
-def _builds(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _builds(runs: tuple[RunView, ...]) -> list[dict[str, Any]]:
     """Distinct (old, new) provenance pairs, each with the runs that used it."""
     seen: dict[str, dict[str, Any]] = {}
-    for i, run in enumerate(report["runs"]):
-        key = json.dumps([run["old"], run["new"]], sort_keys=True, default=str)
-        entry = seen.setdefault(key, {"old": run["old"], "new": run["new"], "runs": [],
-                                      "rows": _provenance_rows(run["old"], run["new"])})
-        entry["runs"].append((f"run-{i}", f"{run['machine']}, {run['guest']}"))
+    for view in runs:
+        run = view.run
+        key = json.dumps([run.old, run.new], sort_keys=True, default=str)
+        entry = seen.setdefault(key, {"old": run.old, "new": run.new, "runs": [],
+                                      "rows": _provenance_rows(run.old, run.new)})
+        entry["runs"].append((_anchor(view), f"{run.machine}, {run.guest}"))
     # Prefer the pairs that say the most (an unsupported run may know only the spec); leave out
     # runs that know nothing of their builds when others do.
     pairs = sorted(seen.values(), key=lambda e: -(len(e["old"]) + len(e["new"])))
     known = [e for e in pairs if e["old"] or e["new"]]
     return known or pairs[:1]
-
-
-def _summary(report: Mapping[str, Any], runs: list[RunPage], fail_on: str) -> str:
-    compared = [r for r in runs if r.status == "compared"]
-    drifting = [r for r in compared if r.outcome == "drift"]
-    failing = sum(sum(r.counts[s] for s in SEVERITY_ORDER if _at_least(s, fail_on)) for r in compared)
-    parts = []
-    if report["verdict"] == "drift":
-        parts.append(f"{failing} unwaived drift{'s' if failing != 1 else ''} at {fail_on} or above in "
-                     f"{len(drifting)} of {len(compared)} compared run{'s' if len(compared) != 1 else ''}")
-    elif compared:
-        parts.append(f"{len(compared)} run{'s' if len(compared) != 1 else ''} compared, "
-                     f"no unwaived drift at {fail_on} or above")
-    totals = {s: sum(r.counts[s] for r in compared) for s in (*SEVERITY_ORDER, "waived")}
-    shown = [f"{totals[s]} {s}" for s in SEVERITY_ORDER if totals[s]]
-    if shown:
-        parts.append("unwaived: " + ", ".join(shown))
-    if totals["waived"]:
-        parts.append(f"{totals['waived']} waived")
-    errors = sum(1 for r in runs if r.status == "error")
-    unsupported = sum(1 for r in runs if r.status == "unsupported")
-    if errors:
-        parts.append(f"{errors} run{'s' if errors != 1 else ''} could not be decided")
-    if unsupported:
-        parts.append(f"{unsupported} unsupported")
-    if not runs:
-        parts.append("nothing was compared")
-    elif not compared and not errors:
-        parts.append("no run was compared")
-    return "; ".join(parts)
 
 
 def _duration(seconds: Any) -> str | None:
@@ -491,80 +314,59 @@ def _when(generated: Any) -> str | None:
     return moment.strftime("%Y-%m-%d %H:%M:%S %Z").strip()
 
 
-def _images(report: Mapping[str, Any], runs: list[RunPage]) -> list[str]:
-    top = report.get("image")
-    if isinstance(top, str) and top:
-        return [top]
-    found: list[str] = []
-    for run in runs:
-        for side in ("old", "new"):
-            image = run.image.get(side) if run.image else None
-            if isinstance(image, str) and image and image not in found:
-                found.append(image)
-    return found
-
-
 @lru_cache(maxsize=1)
 def _environment() -> Environment:
     env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=True, undefined=StrictUndefined,
                       trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.filters["duration"] = _duration
+    env.filters["build"] = describe_build
+    env.filters["label"] = drift_line_label
+    env.filters["as_value"] = _value
+    env.filters["difflines"] = _diff
+    env.filters["where"] = waiver_where
+    env.filters["match"] = waiver_match
+    env.globals["anchor"] = _anchor
+    env.globals["hexview"] = _hexview
     return env
 
 
-def render_html(report_json: Mapping[str, Any]) -> str:
-    """The whole report as one self-contained HTML page, from the JSON report dict.
+def render_html(report: RunSet | Mapping[str, Any]) -> str:
+    """The whole report as one self-contained HTML page, from a RunSet or a JSON report dict.
 
-    Raises QabiError when `report_json` does not follow qabi-report.schema.json."""
-    validate_report(report_json)
-    fail_on = _fail_on(report_json)
-    runs = [_run_page(i, run, fail_on) for i, run in enumerate(report_json["runs"])]
-    verdict = str(report_json["verdict"])
-    machines = list(dict.fromkeys(r.machine for r in runs))
+    Raises QabiError when a JSON report does not follow qabi-report.schema.json."""
+    runset = report if isinstance(report, RunSet) else runset_from_json(report)
+    view = report_view(runset)
+    machines = list(dict.fromkeys(r.run.machine for r in view.runs))
     title_where = ", ".join(machines[:3]) + (f" +{len(machines) - 3}" if len(machines) > 3 else "")
     context = {
-        "verdict": verdict,
-        "summary": _summary(report_json, runs, fail_on),
-        "fail_on": fail_on,
-        "fail_on_given": report_json.get("fail_on") in SEVERITY_ORDER,
-        "generated": _when(report_json.get("generated")),
-        "seconds": _duration(report_json.get("seconds")),
-        "qabi_version": report_json.get("qabi_version"),
-        "images": _images(report_json, runs),
-        "builds": _builds(report_json),
-        "runs": runs,
-        "matrix": _matrix(runs),
+        "report": view,
+        "verdict": view.verdict,
+        "fail_on": view.fail_on,
+        "generated": _when(runset.generated),
+        "seconds": _duration(runset.seconds),
+        "qabi_version": runset.qabi_version if runset.qabi_version is not None or not runset.details
+        else _qabi_version(),
+        "builds": _builds(view.runs),
+        "matrix": _matrix(view.runs),
+        "opened": set().union(*(_open_groups(r) for r in view.runs)),
         "categories": [(c.name, c.title) for c in registry().values()],
-        "severities": SEVERITY_ORDER,
+        "severities": SEVERITIES,
         "hex_columns": [f"{i:02x}" for i in range(HEX_ROW)],
-        "title": f"qabi: {verdict.upper()}" + (f" — {title_where}" if title_where else ""),
-        "has_details": any("details" in r for r in report_json["runs"]),
+        "title": f"qabi: {view.verdict.upper()}" + (f" — {title_where}" if title_where else ""),
     }
     return _environment().get_template("report.html.j2").render(**context)
 
 
-def _atomic_write(path: Path, text: str, what: str) -> None:
-    """Write via a temporary file in the same folder and rename: readers never see half a report.
-    Mode 0644, not mkstemp's 0600: reports are meant to be read by others."""
-    tmp: Path | None = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        tmp = Path(name)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(text.encode("utf-8"))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as exc:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-        raise QabiError(f"cannot write {what} {path}: {exc.strerror or exc}") from None
+def _qabi_version() -> str:
+    from harness import __version__
+
+    return __version__
 
 
-def write_html(report_json: Mapping[str, Any], path: Path | str) -> Path:
+def write_html(report: RunSet | Mapping[str, Any], path: Path | str) -> Path:
     """Render and write the HTML report atomically; the path written."""
     target = Path(path)
-    _atomic_write(target, render_html(report_json), "HTML report")
+    write_report_file(target, render_html(report), "HTML report")
     return target
 
 
@@ -599,17 +401,17 @@ def write_reports(runset: RunSet, directory: Path | str, *,
                   fingerprints: Sequence[FingerprintPair | None] | None = None, seconds: float | None = None,
                   run_seconds: Sequence[float | None] | None = None,
                   generated: datetime | str | None = None) -> tuple[Path, Path]:
-    """Write DIRECTORY/qabi.json (with the optional detail fields) and DIRECTORY/index.html
-    rendered from that JSON, both atomically; returns their paths.
+    """Write DIRECTORY/qabi.json (with the optional detail fields) and DIRECTORY/index.html, both
+    atomically, from the same RunSet; returns their paths.
 
-    `fingerprints` (one (old, new) pair per run), `seconds`, `run_seconds` and `generated` add the
-    optional fields that the page shows (config hex views, image hash, timing); see `to_json`."""
-    data = to_json(runset, details=True, fingerprints=fingerprints, seconds=seconds, run_seconds=run_seconds,
-                   generated=generated)
+    `fingerprints` (one (old, new) pair per run), `seconds`, `run_seconds` and `generated` add
+    facts that the page shows (config hex views, image hash, timing); see `with_facts`."""
+    full = with_facts(runset, fingerprints=fingerprints, seconds=seconds, run_seconds=run_seconds,
+                      generated=generated or datetime.now(UTC))
+    data = to_json(full, details=True)
     validate_report(data)
-    html = render_html(data)
     folder = Path(directory)
     json_path, html_path = folder / "qabi.json", folder / "index.html"
-    _atomic_write(json_path, json.dumps(data, indent=2, ensure_ascii=False) + "\n", "JSON report")
-    _atomic_write(html_path, html, "HTML report")
+    write_report_file(json_path, json_text(data), "JSON report")
+    write_html(full, html_path)
     return json_path, html_path

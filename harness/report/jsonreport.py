@@ -9,33 +9,63 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from harness.drift.model import Comparison, Severity
+from harness.cache import atomic_write_bytes
+from harness.categories import names
+from harness.drift.model import Change, Comparison, Drift, Severity
+from harness.drift.waivers import Waiver
 from harness.errors import QabiError
 from harness.report.model import Run, RunSet, as_runset
 
 SCHEMA_PATH = Path(__file__).with_name("qabi-report.schema.json")
 REPORT_SCHEMA_VERSION = 1
 _DRIFT_KEYS = ("category", "subject", "path", "old", "new", "severity", "waived")
-# Optional fields (schema: additive, absent from the default output; `to_json(details=True, ...)`
-# adds them so that the HTML report can be re-rendered from the JSON file alone).
-_OPTIONAL_TOP_KEYS = ("fail_on", "qabi_version", "generated", "seconds", "image")
-_OPTIONAL_RUN_KEYS = ("categories", "details", "stale_waivers", "config", "image", "seconds")
+_STALE_KEYS = ("category", "subject", "path", "old", "new", "reason", "line", "source")
 
 # One run's fingerprints (old, new), either possibly None when it did not load.
 FingerprintPair = tuple[Mapping[str, Any] | None, Mapping[str, Any] | None]
 
 
-def _run_json(run: Run) -> dict[str, Any]:
-    drifts = run.comparison.drifts if run.comparison is not None and run.status == "compared" else ()
-    return {
+def _run_json(run: Run, details: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {
         "machine": run.machine,
         "guest": run.guest,
         "old": dict(run.old),
         "new": dict(run.new),
         "status": run.status,
         "reason": run.reason if run.status != "compared" else None,
-        "drifts": [{k: v for k, v in d.as_dict().items() if k in _DRIFT_KEYS} for d in drifts],
+        "drifts": [{k: v for k, v in d.as_dict().items() if k in _DRIFT_KEYS} for d in run.drifts],
     }
+    comparison = run.comparison
+    if details and comparison is not None and run.status == "compared":
+        out["categories"] = list(comparison.categories)
+        out["details"] = [{"key": d.key, "change": d.change, "detail": d.detail or None} for d in comparison.drifts]
+        out["stale_waivers"] = [{k: w.as_dict()[k] for k in _STALE_KEYS} for w in comparison.stale_waivers]
+    if run.seconds is not None:
+        out["seconds"] = round(float(run.seconds), 3)
+    if run.image is not None:
+        out["image"] = {"old": run.image.get("old"), "new": run.image.get("new")}
+    if run.config:
+        out["config"] = {key: {"old": sides.get("old"), "new": sides.get("new")} for key, sides in run.config.items()}
+    return out
+
+
+def with_facts(runset: RunSet, *, fingerprints: Sequence[FingerprintPair | None] | None = None,
+               seconds: float | None = None, run_seconds: Sequence[float | None] | None = None,
+               generated: datetime | str | None = None) -> RunSet:
+    """`runset` with the optional facts that reports show: per run, the facts of its fingerprints
+    (`Run.with_fingerprints`; one (old, new) pair or None per run, in run order) and its wall
+    time (`run_seconds`); the whole check's wall time and when the report was made."""
+    runs = list(runset.runs)
+    for i, pair in enumerate(list(fingerprints or ())[:len(runs)]):
+        if pair is not None:
+            runs[i] = runs[i].with_fingerprints(*pair)
+    for i, secs in enumerate(list(run_seconds or ())[:len(runs)]):
+        if secs is not None:
+            runs[i] = replace(runs[i], seconds=float(secs))
+    if generated is not None:
+        runset = replace(runset, generated=generated if isinstance(generated, str)
+                         else generated.isoformat(timespec="seconds"))
+    return replace(runset, runs=tuple(runs), seconds=float(seconds) if seconds is not None else runset.seconds)
 
 
 def to_json(result: RunSet | Run | Comparison, fail_on: Severity = "warn", *, details: bool = False,
@@ -44,101 +74,93 @@ def to_json(result: RunSet | Run | Comparison, fail_on: Severity = "warn", *, de
             generated: datetime | str | None = None) -> dict[str, Any]:
     """The report as a JSON-ready dict; `fail_on` is used only when `result` is not a RunSet.
 
-    The keyword arguments add the schema's optional fields (none by default):
-    `details` — top-level "fail_on", "qabi_version", "generated" (now, unless `generated` says
-    otherwise), per compared run "categories", "stale_waivers" and "details" (one
-    {"key", "change", "detail"} per drift, same order as "drifts": the unified ASL diff, the
-    changed config bytes); `fingerprints` — one (old, new) pair per run, in run order: the
-    reference image hash (top-level "image", per run "image") and, per drifted PCI device, its
-    old/new config space in hex (run "config"); `seconds` — the whole check's wall time;
-    `run_seconds` — one per run; `generated` — when the report was made."""
-    runset = as_runset(result, fail_on)
-    if fingerprints is not None or run_seconds is not None:
-        runset = _with_extras(runset, fingerprints, run_seconds)
-    runs = [_run_json(run) for run in runset.runs]
+    The schema's optional fields come from the RunSet's facts (timing, images, config hex: see
+    Run and RunSet) and, with `details`, top-level "fail_on", "qabi_version" (this qabi's unless
+    the RunSet says), "generated" (now unless the RunSet says) and per compared run
+    "categories", "stale_waivers" and "details" (one {"key", "change", "detail"} per drift, same
+    order as "drifts": the unified ASL diff, the changed config bytes). The keyword arguments
+    `fingerprints`, `seconds`, `run_seconds` and `generated` add facts first (`with_facts`)."""
+    runset = with_facts(as_runset(result, fail_on), fingerprints=fingerprints, seconds=seconds,
+                        run_seconds=run_seconds, generated=generated)
+    runs = [_run_json(run, details) for run in runset.runs]
     data: dict[str, Any] = {"schema": REPORT_SCHEMA_VERSION, "verdict": runset.verdict, "runs": runs}
     if details:
         from harness import __version__
 
         data["fail_on"] = runset.fail_on
-        data["qabi_version"] = __version__
-        for run, out in zip(runset.runs, runs, strict=True):
-            _add_details(run, out)
-    if details or generated is not None:
-        when = generated if generated is not None else datetime.now(UTC)
-        data["generated"] = when if isinstance(when, str) else when.isoformat(timespec="seconds")
-    if seconds is not None:
-        data["seconds"] = round(float(seconds), 3)
-    images: set[str] = set()
-    for run, out in zip(runset.runs, runs, strict=True):
-        if run.seconds is not None:
-            out["seconds"] = round(float(run.seconds), 3)
-        if run.image:
-            out["image"] = dict(run.image)
-            images |= {i for i in run.image.values() if i}
-        if run.config:
-            out["config"] = {k: dict(v) for k, v in run.config.items()}
+        data["qabi_version"] = runset.qabi_version or __version__
+    if details or runset.generated is not None:
+        data["generated"] = runset.generated or datetime.now(UTC).isoformat(timespec="seconds")
+    if runset.seconds is not None:
+        data["seconds"] = round(float(runset.seconds), 3)
+    images = {i for run in runset.runs if run.image for i in run.image.values() if i}
     if len(images) == 1:
         data["image"] = images.pop()
     return data
 
 
-def _with_extras(runset: RunSet, fingerprints: Sequence[FingerprintPair | None] | None,
-                 run_seconds: Sequence[float | None] | None) -> RunSet:
-    runs = list(runset.runs)
-    for i, run in enumerate(runs):
-        if fingerprints is not None and i < len(fingerprints) and fingerprints[i] is not None:
-            run = with_fingerprint_facts(run, fingerprints[i])  # type: ignore[arg-type]
-        if run_seconds is not None and i < len(run_seconds) and run_seconds[i] is not None:
-            run = replace(run, seconds=run_seconds[i])
-        runs[i] = run
-    return replace(runset, runs=tuple(runs))
+# -- reading a report back --------------------------------------------------------------------------
+
+def runset_from_json(data: Mapping[str, Any]) -> RunSet:
+    """The RunSet a JSON report was written from (validated first): runs, drifts with their
+    details, stale waivers, compared categories and facts, so that `to_json` of it gives `data`
+    back (`details=` whether `data` has "fail_on"). A report without "fail_on" gets the fail-on
+    threshold that gives its verdict. QabiError when `data` breaks the contract or its verdict
+    does not follow from its runs."""
+    validate_report(data)
+    details = "fail_on" in data
+    runs = tuple(_run_from_json(run, details) for run in data["runs"])
+    seconds = data.get("seconds")
+    base = RunSet(runs, data.get("fail_on", "warn"), seconds=float(seconds) if seconds is not None else None,
+                  generated=data.get("generated"), qabi_version=data.get("qabi_version"), details=details)
+    if not details:
+        base = next((r for r in (replace(base, fail_on=f) for f in _INFER_ORDER) if r.verdict == data["verdict"]),
+                    base)
+    if base.verdict != data["verdict"]:
+        raise QabiError(f"report verdict {data['verdict']!r} does not follow from its runs "
+                        f"(they give {base.verdict!r} at fail-on {base.fail_on})")
+    return base
 
 
-def _add_details(run: Run, out: dict[str, Any]) -> None:
-    comparison = run.comparison
-    if comparison is None or run.status != "compared":
-        return
-    out["categories"] = list(comparison.categories)
-    out["details"] = [{"key": d.key, "change": d.change, "detail": d.detail or None} for d in comparison.drifts]
-    out["stale_waivers"] = [{k: v for k, v in w.as_dict().items() if k in ("category", "subject", "path", "old",
-                                                                          "new", "reason", "line", "source")}
-                            for w in comparison.stale_waivers]
+# Older reports do not say which threshold made their verdict: the usual one first.
+_INFER_ORDER: tuple[Severity, ...] = ("warn", "info", "break")
 
 
-def _image_of(fingerprint: Mapping[str, Any] | None) -> str | None:
-    source = fingerprint.get("source") if isinstance(fingerprint, Mapping) else None
-    image = source.get("image") if isinstance(source, Mapping) else None
-    return image if isinstance(image, str) and image else None
+def _run_from_json(run: Mapping[str, Any], details: bool) -> Run:
+    comparison = None
+    if run["status"] == "compared":
+        extras = run.get("details") or [{} for _ in run["drifts"]]
+        drifts = tuple(_drift_from_json(d, x) for d, x in zip(run["drifts"], extras, strict=True))
+        given = run.get("categories")
+        categories = tuple(given) if isinstance(given, list) else names()
+        stale = tuple(_waiver_from_json(w) for w in run.get("stale_waivers") or ())
+        comparison = Comparison(drifts, stale, categories)
+    seconds = run.get("seconds")
+    image = run.get("image")
+    return Run(machine=run["machine"], guest=run["guest"], old=dict(run["old"]), new=dict(run["new"]),
+               status=run["status"], reason=run["reason"], comparison=comparison,
+               seconds=float(seconds) if seconds is not None else None,
+               image=dict(image) if image is not None else None,
+               config={key: dict(sides) for key, sides in (run.get("config") or {}).items()})
 
 
-def _config_of(fingerprint: Mapping[str, Any] | None, key: str) -> str | None:
-    pci = fingerprint.get("pci") if isinstance(fingerprint, Mapping) else None
-    entry = pci.get(key) if isinstance(pci, Mapping) else None
-    config = entry.get("config_hex") if isinstance(entry, Mapping) else None
-    return config if isinstance(config, str) and config else None
+def _drift_from_json(drift: Mapping[str, Any], extra: Mapping[str, Any]) -> Drift:
+    old, new = drift["old"], drift["new"]
+    change: Change = extra.get("change") or ("added" if old is None else "removed" if new is None else "changed")
+    return Drift(category=drift["category"], subject=drift["subject"], path=drift["path"], old=old, new=new,
+                 severity=drift["severity"], waived=drift["waived"], detail=extra.get("detail"), change=change,
+                 key=extra.get("key") or "")
 
 
-def with_fingerprint_facts(run: Run, pair: FingerprintPair) -> Run:
-    """`run` with what the full report shows from its fingerprints: the image hashes that booted
-    ("image") and, per drifted PCI device, its old/new config space in hex ("config")."""
-    old_fp, new_fp = pair
-    old_image, new_image = _image_of(old_fp), _image_of(new_fp)
-    image = {"old": old_image, "new": new_image} if old_image or new_image else None
-    config: dict[str, dict[str, str | None]] = {}
-    if run.comparison is not None and run.status == "compared":
-        for drift in run.comparison.drifts:
-            if drift.category == "pci" and drift.key and drift.key not in config:
-                old_hex, new_hex = _config_of(old_fp, drift.key), _config_of(new_fp, drift.key)
-                if old_hex or new_hex:
-                    config[drift.key] = {"old": old_hex, "new": new_hex}
-    return replace(run, image=image, config=config or None)
+def _waiver_from_json(waiver: Mapping[str, Any]) -> Waiver:
+    line = waiver.get("line")
+    return Waiver(category=str(waiver.get("category") or "*"), subject=str(waiver.get("subject") or "*"),
+                  reason=str(waiver["reason"]), path=str(waiver.get("path") or "*"), old=waiver.get("old"),
+                  new=waiver.get("new"), line=line if isinstance(line, int) else None, source=waiver.get("source"))
 
 
 def report_schema() -> dict[str, Any]:
     """The report's JSON Schema, with the category enum taken from the category registry."""
-    from harness.categories import names
-
     data: dict[str, Any] = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
     data["$defs"]["category"] = {"enum": list(names())}
     return data
@@ -171,15 +193,21 @@ def write_json(result: RunSet, path: Path | str, *, details: bool = False) -> No
 
     data = to_json(result, details=details)
     validate_report(data)
-    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    text = json_text(data)
     if str(path) == "-":
         sys.stdout.write(text)
         return
-    target = Path(path)
+    write_report_file(Path(path), text, "JSON report")
+
+
+def json_text(data: Mapping[str, Any]) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def write_report_file(path: Path, text: str, what: str) -> None:
+    """Write a report file atomically (readers never see half a report), readable by others
+    (0644: reports are meant to be read); QabiError naming `what` when it cannot be written."""
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(target)
+        atomic_write_bytes(path, text.encode("utf-8"), mode=0o644)
     except OSError as exc:
-        raise QabiError(f"cannot write JSON report {target}: {exc.strerror}") from None
+        raise QabiError(f"cannot write {what} {path}: {exc.strerror or exc}") from None

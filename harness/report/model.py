@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from harness.drift.model import Comparison, Severity, severity_rank
+from harness.drift.model import Comparison, Drift, Severity, severity_rank
 
 RunStatus = Literal["compared", "unsupported", "error"]
 Outcome = Literal["unchanged", "drift", "unsupported", "error"]
@@ -28,14 +28,33 @@ def _source(fingerprint: Mapping[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _image(fingerprint: Mapping[str, Any] | None) -> str | None:
+    source = fingerprint.get("source") if isinstance(fingerprint, Mapping) else None
+    image = source.get("image") if isinstance(source, Mapping) else None
+    return image if isinstance(image, str) and image else None
+
+
+def _config_hex(fingerprint: Mapping[str, Any] | None, key: str) -> str | None:
+    pci = fingerprint.get("pci") if isinstance(fingerprint, Mapping) else None
+    entry = pci.get(key) if isinstance(pci, Mapping) else None
+    config = entry.get("config_hex") if isinstance(entry, Mapping) else None
+    return config if isinstance(config, str) and config else None
+
+
+# {"old": value, "new": value}: a fact of the run on each side.
+Sides = Mapping[str, str | None]
+
+
 @dataclass(frozen=True)
 class Run:
     """One comparison: a machine type and guest profile, booted under the old and the new build.
 
     `status` is "compared" (then `comparison` is set), "unsupported" (a build cannot run this
     profile or machine type; `reason` says why) or "error" (could not decide; `reason`).
-    `seconds`, `image` and `config` are what the full report shows beside the drifts (see
-    `harness.report.jsonreport.with_fingerprint_facts`)."""
+
+    Optional facts that reports show when known: `seconds` (wall time of the run), `image` (the
+    reference image hash booted on each side) and `config` (per drifted PCI device key, its
+    config space in hex on each side); `with_fingerprints` takes the last two from fingerprints."""
 
     machine: str
     guest: str
@@ -44,9 +63,9 @@ class Run:
     status: RunStatus = "compared"
     reason: str | None = None
     comparison: Comparison | None = None
-    seconds: float | None = None                            # wall time of this run
-    image: Mapping[str, str | None] | None = None          # {"old", "new"}: what booted (image hashes)
-    config: Mapping[str, Mapping[str, str | None]] | None = None   # drifted PCI key -> {"old","new"} hex
+    seconds: float | None = None
+    image: Sides | None = None
+    config: Mapping[str, Sides] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.status not in RUN_STATUSES:
@@ -72,6 +91,24 @@ class Run:
                    guest=_pair(_source(o, "guest"), _source(n, "guest")),
                    old=provenance(o), new=provenance(n), status=status, reason=reason)
 
+    def with_fingerprints(self, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> Run:
+        """This run with the facts its fingerprints hold: the image hashes and, per drifted PCI
+        device, its config space on each side."""
+        old_image, new_image = _image(old), _image(new)
+        config: dict[str, Sides] = {}
+        for drift in self.drifts:
+            if drift.category == "pci" and drift.key and drift.key not in config:
+                old_hex, new_hex = _config_hex(old, drift.key), _config_hex(new, drift.key)
+                if old_hex or new_hex:
+                    config[drift.key] = {"old": old_hex, "new": new_hex}
+        return replace(self, image={"old": old_image, "new": new_image} if old_image or new_image else None,
+                       config=config)
+
+    @property
+    def drifts(self) -> tuple[Drift, ...]:
+        """The drifts of a compared run (none for an unsupported or error run)."""
+        return self.comparison.drifts if self.comparison is not None and self.status == "compared" else ()
+
     @property
     def name(self) -> str:
         return f"{self.machine}, guest {self.guest}"
@@ -96,10 +133,20 @@ def _pair(old: str | None, new: str | None) -> str:
 @dataclass(frozen=True)
 class RunSet:
     """All runs of one check, and the overall verdict: error if any run errored (or nothing was
-    compared at all), drift if any run has unwaived drift at `fail_on` or above, else unchanged."""
+    compared at all), drift if any run has unwaived drift at `fail_on` or above, else unchanged.
+
+    `seconds` (the whole check's wall time), `generated` (ISO 8601) and `qabi_version` (the qabi
+    that made it, when read back from a report) are shown when known. `details` is False for a
+    RunSet read back from a JSON report written without its detail fields: its drifts then have
+    no keys or longer text, its stale waivers and compared categories are unknown, and its
+    `fail_on` was inferred from the verdict."""
 
     runs: tuple[Run, ...]
     fail_on: Severity = "warn"
+    seconds: float | None = None
+    generated: str | None = None
+    qabi_version: str | None = None
+    details: bool = True
 
     def __post_init__(self) -> None:
         severity_rank(self.fail_on)

@@ -1,12 +1,34 @@
-"""Terminal report: by run, then by subject (most severe first), then ONE verdict line."""
+"""Terminal report: by run, then by subject (most severe first), then ONE verdict line.
+
+Guest text (SMBIOS strings, ASL, error reasons) never reaches the terminal raw: every line is
+passed through `escape_controls`, so an ESC or OSC sequence in a guest string shows as `\\x1b`.
+"""
 
 from __future__ import annotations
 
+import re
+
 from harness.drift.model import Comparison, Severity
 from harness.report.model import Run, RunSet, as_runset
-from harness.report.view import RunView, describe_build, drift_line_label, run_views, verdict_line
+from harness.report.view import (
+    RunView,
+    describe_build,
+    drift_line_label,
+    report_view,
+    waiver_match,
+    waiver_where,
+)
 
 DETAIL_LINES = 60
+# C0 and C1 control characters and DEL; a tab is kept in report lines (ASL diffs may carry it).
+_CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def escape_controls(text: str, keep: str = "\t") -> str:
+    r"""`text` with every C0/C1 control character (and DEL) except those in `keep` written as
+    `\xNN`: safe to print to a terminal. Error messages keep "\n" and "\t"; a report line keeps
+    only the tab (a newline inside one line is guest text)."""
+    return _CONTROLS.sub(lambda m: m.group() if m.group() in keep else f"\\x{ord(m.group()):02x}", text)
 
 
 def _indent(text: str, prefix: str, limit: int = DETAIL_LINES) -> list[str]:
@@ -41,16 +63,16 @@ def _run_text(view: RunView) -> list[str]:
     if view.stale_waivers:
         out.append("   stale waivers (matched nothing):")
         for waiver in view.stale_waivers:
-            out.append(f"      {waiver.where}: {waiver.describe()} — {waiver.reason}")
+            out.append(f"      {waiver_where(waiver)}: {waiver_match(waiver)} — {waiver.reason}")
     return out
 
 
 def render_text(result: RunSet | Run | Comparison, fail_on: Severity = "warn") -> str:
     """The whole terminal report; `fail_on` is used only when `result` is not a RunSet."""
-    runset = as_runset(result, fail_on)
+    report = report_view(as_runset(result, fail_on))
     lines: list[str] = []
-    for view in run_views(runset):
+    for view in report.runs:
         lines += _run_text(view)
         lines.append("")
-    lines.append(verdict_line(runset))
-    return "\n".join(lines) + "\n"
+    lines.append(f"verdict: {report.verdict.upper()} — {report.summary}")
+    return "\n".join(escape_controls(line) for line in lines) + "\n"
