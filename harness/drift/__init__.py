@@ -6,19 +6,28 @@
     comparison.verdict("warn")   # "unchanged" | "drift"
     comparison.only("pci")       # one category (one pytest item per category)
 
-Severity comes from ONE table, `POLICY` (policy.py); the per-category rules are in the module
-of each category (pci, cpuid, acpi, smbios, e820).
+Severity comes from ONE table, `POLICY` (policy.py); guest impact (Windows/Linux: none, driver,
+device, activation) from ONE table, `IMPACT` (impact.py):
+
+    drift.impact                 # Impact(windows, linux, why); drift.impact.as_dict()
+    drift.group                  # the same id on drifts that are the same change on several subjects
+    groups(comparison.drifts)    # [DriftGroup(id, members)]: .representative, .subjects
+    run_impact(comparison.drifts)  # {"windows": {"level", "components"}, "linux": {...}}, unwaived only
+
+The per-category rules are in the module of each category (pci, cpuid, acpi, smbios, e820).
 """
 
 from __future__ import annotations
 
 from harness.drift.engine import check_fingerprint, compare, load_fingerprint
+from harness.drift.impact import IMPACT, LEVELS, DriftGroup, Impact, ImpactRule, groups, impact_for, run_impact
 from harness.drift.model import CATEGORIES, SEVERITIES, Comparison, Drift, Severity, Verdict, at_least
 from harness.drift.policy import POLICY, PolicyRule, policy_markdown, rule_for, severity_for
 from harness.drift.waivers import DEFAULT_WAIVERS, Waiver, Waivers, load_waivers, parse_waivers
 
 __all__ = [
-    "CATEGORIES", "DEFAULT_WAIVERS", "POLICY", "SEVERITIES", "Comparison", "Drift", "PolicyRule", "Severity",
+    "CATEGORIES", "DEFAULT_WAIVERS", "IMPACT", "LEVELS", "POLICY", "DriftGroup", "Impact", "ImpactRule",
+    "groups", "impact_for", "run_impact", "SEVERITIES", "Comparison", "Drift", "PolicyRule", "Severity",
     "Verdict", "Waiver", "Waivers", "at_least", "check_fingerprint", "compare", "load_fingerprint",
     "load_waivers", "parse_waivers", "policy_markdown", "rule_for", "severity_for",
 ]
