@@ -20,14 +20,47 @@ The per-category rules are in the module of each category (pci, cpuid, acpi, smb
 from __future__ import annotations
 
 from harness.drift.engine import check_fingerprint, compare, load_fingerprint
-from harness.drift.impact import IMPACT, LEVELS, DriftGroup, Impact, ImpactRule, groups, impact_for, run_impact
+from harness.drift.impact import (
+    IMPACT,
+    LEVELS,
+    DriftGroup,
+    Impact,
+    ImpactRule,
+    groups,
+    impact_for,
+    run_impact,
+)
 from harness.drift.model import CATEGORIES, SEVERITIES, Comparison, Drift, Severity, Verdict, at_least
 from harness.drift.policy import POLICY, PolicyRule, policy_markdown, rule_for, severity_for
 from harness.drift.waivers import DEFAULT_WAIVERS, Waiver, Waivers, load_waivers, parse_waivers
 
 __all__ = [
-    "CATEGORIES", "DEFAULT_WAIVERS", "IMPACT", "LEVELS", "POLICY", "DriftGroup", "Impact", "ImpactRule",
-    "groups", "impact_for", "run_impact", "SEVERITIES", "Comparison", "Drift", "PolicyRule", "Severity",
-    "Verdict", "Waiver", "Waivers", "at_least", "check_fingerprint", "compare", "load_fingerprint",
-    "load_waivers", "parse_waivers", "policy_markdown", "rule_for", "severity_for",
+    "CATEGORIES",
+    "DEFAULT_WAIVERS",
+    "IMPACT",
+    "LEVELS",
+    "POLICY",
+    "SEVERITIES",
+    "Comparison",
+    "Drift",
+    "DriftGroup",
+    "Impact",
+    "ImpactRule",
+    "PolicyRule",
+    "Severity",
+    "Verdict",
+    "Waiver",
+    "Waivers",
+    "at_least",
+    "check_fingerprint",
+    "compare",
+    "groups",
+    "impact_for",
+    "load_fingerprint",
+    "load_waivers",
+    "parse_waivers",
+    "policy_markdown",
+    "rule_for",
+    "run_impact",
+    "severity_for",
 ]

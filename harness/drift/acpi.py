@@ -33,18 +33,25 @@ def _device_summary(device: dict[str, Any]) -> str:
     return "device"
 
 
+def _enumerated_by_type(device: Mapping[str, Any]) -> bool:
+    """`Processor` and `ThermalZone` objects: the OS enumerates them by object type (Linux LNXCPU,
+    LNXTHERM; Windows processor devices), without a _HID."""
+    asl = device.get("asl")
+    return isinstance(asl, str) and asl.lstrip().startswith(("Processor", "ThermalZone"))
+
+
 def identity_facet(devices: Mapping[str, Any], path: str, subtree: bool = False) -> str:
     """How a guest identifies the namespace device at `path` (and, with `subtree`, its
     descendants, as folded into one added/removed drift): "hid" when any of them has a _HID or
-    _CID (a device the OS enumerates and binds a driver to), "adr" when it has only _ADR (the
-    ACPI companion of a bus device, e.g. a PCI function), "bare" when it has neither; "" when
-    `path` is not in `devices`. The policy and the impact table both key on it."""
+    _CID or is a Processor/ThermalZone object (a device the OS enumerates), "adr" when it has
+    only _ADR (the ACPI companion of a bus device, e.g. a PCI function), "bare" when it has
+    neither; "" when `path` is not in `devices`. The policy and the impact table both key on it."""
     if path not in devices:
         return ""
     prefix = path + "."
     nodes = [devices[p] for p in devices if p == path or (subtree and p.startswith(prefix))]
     nodes = [n for n in nodes if isinstance(n, dict)]
-    if any(n.get("hid") is not None or n.get("cid") is not None for n in nodes):
+    if any(n.get("hid") is not None or n.get("cid") is not None or _enumerated_by_type(n) for n in nodes):
         return "hid"
     own = devices[path] if isinstance(devices[path], dict) else {}
     return "adr" if own.get("adr") is not None else "bare"

@@ -401,14 +401,15 @@ def _changed_lines(old: str, new: str) -> list[str]:
 def change_signature(drift: Drift) -> str:
     """What makes two drifts the same change: category, path, kind, severity, waiver, impact, and
     old → new — for multi-line text (ASL) the changed lines only, with the subject's own name
-    taken out."""
+    and slot number taken out. The subject is not part of it (nor its entry, except a CPUID
+    leaf: the same register bit of two leaves is two features)."""
     if isinstance(drift.old, str) and isinstance(drift.new, str) and ("\n" in drift.old or "\n" in drift.new):
         values: Any = [_anonymous(line, drift) for line in _changed_lines(drift.old, drift.new)]
     else:
         values = [_anonymous(json.dumps(v, sort_keys=True, default=str), drift) for v in (drift.old, drift.new)]
     impact = drift.impact.as_dict() if drift.impact is not None else None
-    return json.dumps([drift.category, entry_of(drift) if drift.category != "acpi" else "acpi",
-                       drift.path, drift.change, drift.severity, drift.waived, impact, values],
+    leaf = entry_of(drift) if drift.category == "cpuid" else ""  # a register bit means nothing without its leaf
+    return json.dumps([drift.category, leaf, drift.path, drift.change, drift.severity, drift.waived, impact, values],
                       sort_keys=True, default=str)
 
 
