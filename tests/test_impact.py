@@ -202,6 +202,23 @@ def test_every_row_on_real_captured_bytes(name):
         assert impact_for(d, facet_of(d, old, new)) == d.impact
 
 
+def test_device_or_activation_impact_is_break():
+    """The other direction of "break means some guest reacts": a drift on which a device appears
+    or Windows activation sees a changed component is never below break."""
+    for name, (make, _path) in sorted(CASES.items()):
+        for d in compare(*make()).drifts:
+            assert d.impact is not None
+            if {d.impact.windows, d.impact.linux} & {"device", "activation"}:
+                assert d.severity == "break", (name, d.subject, d.path, d.severity)
+
+
+def test_impact_markdown_has_one_line_per_row():
+    from harness.drift import impact_markdown
+
+    lines = impact_markdown().splitlines()
+    assert len(lines) == len(IMPACT) + 2 and all(f"`{r.name}`" in lines[i + 2] for i, r in enumerate(IMPACT))
+
+
 def test_unknown_category_gets_the_conservative_row():
     drift = Drift("vmstate", "vmstate virtio-net", "version_id", 1, 2, "warn", key="virtio-net")
     assert impact_for(drift).as_dict() == {"windows": "driver", "linux": "driver",

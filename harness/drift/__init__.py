@@ -28,6 +28,7 @@ from harness.drift.impact import (
     ImpactRule,
     groups,
     impact_for,
+    impact_markdown,
     run_impact,
 )
 from harness.drift.model import CATEGORIES, SEVERITIES, Comparison, Drift, Severity, Verdict, at_least
@@ -56,6 +57,7 @@ __all__ = [
     "compare",
     "groups",
     "impact_for",
+    "impact_markdown",
     "load_fingerprint",
     "load_waivers",
     "parse_waivers",

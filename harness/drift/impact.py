@@ -299,6 +299,17 @@ IMPACT: tuple[ImpactRule, ...] = (
 )
 
 
+def impact_markdown() -> str:
+    """The impact table as Markdown, for the README's "How to read a drift" (generated)."""
+    lines = ["| row | category | entry | path | facet | Windows | Linux | why | source |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in IMPACT:
+        code = [r.name, r.category, r.entry, r.path or '""', r.facet, r.windows, r.linux]
+        cells = [f"`{c}`" for c in code] + [r.why, r.source]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def rule_for(category: str, entry: str, path: str, facet: str = "") -> ImpactRule:
     """The first row of IMPACT that matches."""
     for rule in IMPACT:
