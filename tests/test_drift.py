@@ -29,6 +29,7 @@ from harness.drift import (
     rule_for,
     severity_for,
 )
+from harness.drift.impact import facet_of
 from harness.errors import QabiError
 
 
@@ -228,11 +229,12 @@ def test_pci_bar_added_is_one_drift_not_a_shift(base):
     assert (drift.path, drift.change, drift.severity) == (f"bars[{free}]", "added", "break")
 
 
-def test_pci_rom_size_is_break(base):
+def test_pci_rom_size_is_warn(base):
+    """Was break: only the firmware runs an option ROM, no guest driver reacts (policy row doc)."""
     new = _edit(base)
     _, entry = pci_with_caps(new)
     entry["rom_size"] = 1 << 20
-    assert (one(base, new).path, one(base, new).severity) == ("rom_size", "break")
+    assert (one(base, new).path, one(base, new).severity) == ("rom_size", "warn")
 
 
 def test_pci_interrupt_pin_is_warn(base):
@@ -494,7 +496,7 @@ def test_hid_change_is_one_break_not_also_an_asl_change(base):
         f"acpi DSDT {path}", "hid", hid, "QABI0001", "break")
 
 
-@pytest.mark.parametrize("field", ["cid", "uid", "adr"])
+@pytest.mark.parametrize("field", ["cid", "uid"])
 def test_other_identity_names_are_break(base, field):
     new = _edit(base)
     devices = new["acpi"]["DSDT"]["devices"]
@@ -502,6 +504,18 @@ def test_other_identity_names_are_break(base, field):
     devices[path][field] = "QABI0001"
     drift = one(base, new)
     assert (drift.subject, drift.path, drift.severity) == (f"acpi DSDT {path}", field, "break")
+
+
+def test_adr_is_warn_on_a_companion_and_info_on_a_device_with_a_hid(base):
+    """Was break: _ADR identifies only nodes without _HID (policy rows `adr`)."""
+    devices = base["acpi"]["DSDT"]["devices"]
+    for has_hid, severity in ((False, "warn"), (True, "info")):
+        path = next(p for p, d in sorted(devices.items())
+                    if (d.get("hid") is not None) == has_hid and (has_hid or d.get("adr") is not None))
+        new = _edit(base)
+        new["acpi"]["DSDT"]["devices"][path]["adr"] = "0x00990000"
+        drift = one(base, new)
+        assert (drift.subject, drift.path, drift.severity) == (f"acpi DSDT {path}", "adr", severity)
 
 
 def _remove_device(table: dict[str, Any], path: str) -> list[str]:
@@ -702,12 +716,12 @@ def test_range_inserted_is_one_drift_not_a_shift(base):
 def test_every_policy_row_decides_its_example(rule):
     category = rule.category if rule.category != "*" else "future-category"
     entry, path = rule.example
-    assert rule_for(category, entry, path) is rule, f"an earlier row shadows {rule}"
+    assert rule_for(category, entry, path, rule.example_facet) is rule, f"an earlier row shadows {rule}"
     assert rule.doc and rule.severity in ("break", "warn", "info")
 
 
 def test_policy_rows_are_distinct():
-    keys = [(r.category, r.entry, r.path) for r in policy_rows()]
+    keys = [(r.category, r.entry, r.path, r.facet) for r in policy_rows()]
     assert len(keys) == len(set(keys))
 
 
@@ -778,7 +792,7 @@ def test_real_captures_compare_cleanly(old, new):
     pairs = [(d.subject, d.path) for d in drifts]
     assert len(pairs) == len(set(pairs))
     for d in drifts:
-        assert d.severity == severity_for(d.category, _policy_entry(d), d.path)
+        assert d.severity == severity_for(d.category, _policy_entry(d), d.path, facet_of(d, a, b))
         assert d.subject.startswith(d.category)
 
 

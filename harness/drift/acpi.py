@@ -12,6 +12,7 @@ every indexed device that changed is one `asl` drift on the table.
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Mapping
 from typing import Any
 
 from harness.drift.asl import device_own_text, split_table, unified
@@ -31,6 +32,30 @@ def _device_summary(device: dict[str, Any]) -> str:
         if device.get(key) is not None:
             return f"{name} {plain(device[key])}"
     return "device"
+
+
+def _enumerated_by_type(device: Mapping[str, Any]) -> bool:
+    """`Processor` and `ThermalZone` objects: the OS enumerates them by object type (Linux LNXCPU,
+    LNXTHERM; Windows processor devices), without a _HID."""
+    asl = device.get("asl")
+    return isinstance(asl, str) and asl.lstrip().startswith(("Processor", "ThermalZone"))
+
+
+def identity_facet(devices: Mapping[str, Any], path: str, subtree: bool = False) -> str:
+    """How a guest identifies the namespace device at `path` (and, with `subtree`, its
+    descendants, as folded into one added/removed drift): "hid" when any of them has a _HID or
+    _CID or is a Processor/ThermalZone object (a device the OS enumerates), "adr" when it has
+    only _ADR (the ACPI companion of a bus device, e.g. a PCI function), "bare" when it has
+    neither; "" when `path` is not in `devices`. The policy and the impact table both key on it."""
+    if path not in devices:
+        return ""
+    prefix = path + "."
+    nodes = [devices[p] for p in devices if p == path or (subtree and p.startswith(prefix))]
+    nodes = [n for n in nodes if isinstance(n, dict)]
+    if any(n.get("hid") is not None or n.get("cid") is not None or _enumerated_by_type(n) for n in nodes):
+        return "hid"
+    own = devices[path] if isinstance(devices[path], dict) else {}
+    return "adr" if own.get("adr") is not None else "bare"
 
 
 def _fold(paths: set[str]) -> dict[str, list[str]]:
@@ -60,15 +85,17 @@ def _compare_devices(table: str, old: dict[str, Any], new: dict[str, Any],
             device = (new if added else old)[path]
             detail = ("with child devices: " + ", ".join(sorted(children))) if children else None
             drifts.append(presence_drift(CATEGORY, table, f"acpi {table} {path}", _device_summary(device), added,
-                                         path="(device)", key=f"{table} {path}", detail=detail))
+                                         path="(device)", key=f"{table} {path}", detail=detail,
+                                         facet=identity_facet(new if added else old, path, subtree=True)))
     for path in sorted(old.keys() & new.keys()):
         o, n = old[path] or {}, new[path] or {}
         subject = f"acpi {table} {path}"
         where = f"{table} {path}"
+        facet = "hid" if "hid" in (identity_facet(old, path), identity_facet(new, path)) else identity_facet(new, path)
         for name in IDENTITY:
             if plain(o.get(name)) != plain(n.get(name)):
                 drifts.append(make_drift(CATEGORY, table, subject, name, plain(o.get(name)), plain(n.get(name)),
-                                         key=where))
+                                         key=where, facet=facet))
         has_asl = isinstance(o.get("asl"), str) and isinstance(n.get("asl"), str)
         if _same_text(path, o, n, old, new, old_ext, new_ext):
             a = b = ""

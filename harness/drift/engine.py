@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from harness.categories import get, names
+from harness.drift.impact import assess
 from harness.drift.model import Comparison, Drift
 from harness.drift.waivers import Waivers
 from harness.errors import QabiError
@@ -41,7 +42,8 @@ def check_fingerprint(fp: Any, side: str, categories: Iterable[str] | None = Non
 
 def compare(old: dict[str, Any], new: dict[str, Any], waivers: Waivers | None = None, *,
             categories: Iterable[str] | None = None) -> Comparison:
-    """Every guest-visible difference between two fingerprints, most severe first.
+    """Every guest-visible difference between two fingerprints, most severe first, each with its
+    guest impact and group id (set after the waivers: a group never mixes waived and unwaived).
 
     `categories` restricts the comparison (default: every registered one); only those need to be present.
     Raises QabiError for a fingerprint that is not schema 1 or lacks a compared category."""
@@ -64,6 +66,7 @@ def compare(old: dict[str, Any], new: dict[str, Any], waivers: Waivers | None = 
     stale: list[Any] = []
     if waivers is not None:
         drifts, stale = waivers.apply(drifts, cats)
+    drifts = assess(drifts, old, new)
     drifts.sort(key=Drift.sort_key)
     return Comparison(drifts=tuple(drifts), stale_waivers=tuple(stale), categories=cats,
                       waivers_source=waivers.source if waivers is not None else None)

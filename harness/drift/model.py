@@ -8,6 +8,7 @@ from difflib import SequenceMatcher
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
+    from harness.drift.impact import Impact
     from harness.drift.waivers import Waiver
 
 Severity = Literal["break", "warn", "info"]
@@ -47,7 +48,9 @@ class Drift:
     the whole thing was added or removed), `old`/`new` JSON values (None when absent).
     `key` is the entry's identity key in the fingerprint (`0000:00:05.0`, `DSDT`, `1/0`,
     `0x00000001/0x0`) so a report can link to it; `detail` is optional longer text (a unified
-    ASL diff, the changed config bytes).
+    ASL diff, the changed config bytes). `impact` is what Windows and Linux do about it and
+    `group` the id shared by drifts that are the same change on several subjects (both set by
+    `compare()`: harness/drift/impact.py).
     """
 
     category: str
@@ -60,6 +63,8 @@ class Drift:
     detail: str | None = None
     change: Change = "changed"
     key: str = ""
+    impact: Impact | None = None
+    group: str | None = None
 
     def sort_key(self) -> tuple[int, str, str]:
         return (severity_rank(self.severity), self.subject, self.path)
@@ -81,7 +86,8 @@ class Drift:
     def as_dict(self) -> dict[str, Any]:
         return {"category": self.category, "subject": self.subject, "path": self.path,
                 "old": self.old, "new": self.new, "severity": self.severity, "waived": self.waived,
-                "change": self.change, "key": self.key, "detail": self.detail}
+                "change": self.change, "key": self.key, "detail": self.detail,
+                "impact": self.impact.as_dict() if self.impact is not None else None, "group": self.group}
 
 
 def _multiline(value: Any) -> bool:
