@@ -19,24 +19,16 @@ from typing import Any
 from harness import __version__
 from harness.cache import atomic_write_bytes, sha256_file
 from harness.errors import CaptureError, QabiError, UnsupportedError
-from harness.guest import build_reference_image
-from harness.guest.image import REFERENCE_DIR
-from harness.guest.profile import GuestProfile, check_supported, machine_family, qemu_args
-from harness.guest.user_image import GuestImage, open_guest_image
+from harness.guest.profile import GuestProfile, check_supported, machine_family
+from harness.guest.user_image import open_guest_image
 from harness.qemu import QemuBuild
 from harness.qemu.process import private_dir
-from harness.transport import serial, ssh
+from harness.transport.base import Session, get_transport
 from harness.transport.framing import write_raw
+from harness.transport.launch import check_accel, qemu_argv
 
 MANIFEST = "manifest.json"
 DEFAULT_TIMEOUT = 180.0
-ACCELS = ("tcg", "kvm")
-# What `-accel` gets. TCG runs single-threaded (one host thread round-robins the vCPUs): the
-# hardware the guest sees is the same either way, and on a 2-core host a 2-vCPU guest booted
-# 15% faster (4.57 s -> 3.90 s median, windows profile) and two concurrent captures no longer
-# fight over both cores; that is what lets `pytest -n 2` beat a serial run.
-ACCEL_ARGS = {"tcg": "tcg,thread=single", "kvm": "kvm"}
-TRANSPORTS = ("serial", "ssh")
 
 
 @dataclass(frozen=True)
@@ -55,8 +47,7 @@ class GuestAccess:
     ssh_host_keys: Path | None = None
 
     def __post_init__(self) -> None:
-        if self.transport not in TRANSPORTS:
-            raise QabiError(f"unknown transport '{self.transport}' (use {' or '.join(TRANSPORTS)})")
+        get_transport(self.transport)
         ssh_opts = [name for name, value in (("--ssh-user", self.ssh_user), ("--ssh-key", self.ssh_key),
                                              ("--ssh-host-key", self.ssh_host_keys)) if value]
         if self.guest_image is None:
@@ -94,6 +85,21 @@ class GuestAccess:
 
 
 SERIAL = GuestAccess()
+
+
+@dataclass(frozen=True)
+class CapturePlan:
+    """One capture to make: a build, a profile, a machine type (as asked and resolved), the
+    accelerator, the timeout and how the guest is reached (`plan_capture` checks them)."""
+
+    build: QemuBuild
+    profile: GuestProfile
+    asked: str
+    machine: str                     # the resolved, versioned machine type
+    accel: str = "tcg"
+    timeout: float = DEFAULT_TIMEOUT
+    access: GuestAccess = SERIAL
+    reference: Path | None = None    # the reference guest's recipe dir (default guests/reference)
 
 
 @dataclass(frozen=True)
@@ -159,95 +165,66 @@ def _prepare_out(out: Path) -> None:
         shutil.rmtree(out) if out.is_dir() else out.unlink()
 
 
-def capture(build: QemuBuild, profile: GuestProfile, machine: str, out: Path, accel: str = "tcg",
-            timeout: float = DEFAULT_TIMEOUT, extra_args: tuple[str, ...] = (),
-            reference: Path | None = None, access: GuestAccess = SERIAL) -> Capture:
-    """Boot, probe, verify and write a complete capture to `out`, or raise (leaving no manifest)."""
-    if accel not in ACCELS:
-        raise QabiError(f"unknown accelerator '{accel}' (use {' or '.join(ACCELS)})")
+def plan_capture(build: QemuBuild, profile: GuestProfile, machine: str, accel: str = "tcg",
+                 timeout: float = DEFAULT_TIMEOUT, access: GuestAccess = SERIAL,
+                 reference: Path | None = None) -> CapturePlan:
+    """Everything one capture needs, checked once: the machine type resolved on `build`, the
+    profile's devices present on it, the accelerator and the transport known."""
+    check_accel(accel)
+    transport = get_transport(access.transport)
     resolved = resolve_machine(build, machine)
     check_supported(profile, resolved, frozenset(build.info().devices))
-    if access.transport == "ssh" and not profile.nics_for(resolved):
-        raise UnsupportedError(f"profile '{profile.name}' has no NIC, so the ssh transport cannot reach it "
-                               "(use --transport serial)")
-    user_image = open_guest_image(access.guest_image) if access.guest_image is not None else None
-    image = build_reference_image(reference) if user_image is None else None
+    if transport.needs_nic and not profile.nics_for(resolved):
+        raise UnsupportedError(f"profile '{profile.name}' has no NIC, so the {transport.name} transport cannot "
+                               "reach it (use --transport serial)")
+    return CapturePlan(build, profile, machine, resolved, accel, timeout, access, reference)
+
+
+def capture(plan: CapturePlan, out: Path) -> Capture:
+    """Boot, probe, verify and write a complete capture to `out`, or raise (leaving no manifest)."""
+    transport = get_transport(plan.access.transport)
     out = out.resolve()
     _prepare_out(out)
     staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "raw").mkdir(parents=True)
     started = time.time()
-    transport_info: dict[str, Any] = {}
+    console_log = out / "console.log"   # where a person will look if this fails
     try:
         with private_dir() as work:
-            hostfwd = ssh.HOSTFWD if access.transport == "ssh" else None
-            boot_disk = (user_image.path, user_image.format) if user_image else None
-            hw = qemu_args(profile, resolved, work, hostfwd=hostfwd, boot_disk=boot_disk)
-            if image is not None:
-                cmdline = image.cmdline_for(access.transport)
-                boot = ["-kernel", str(image.kernel), "-initrd", str(image.initramfs), "-append", cmdline]
-            else:
-                boot = []
-            argv = build.argv() + [
-                "-no-user-config", "-nodefaults", "-display", "none", "-no-reboot", "-accel", ACCEL_ARGS[accel],
-                *hw, *boot, "-qmp", f"unix:{work / 'qmp.sock'},server=on,wait=off", *extra_args]
-            # the console log is written where a person will look if this fails: OUT/console.log
-            if access.transport == "serial":
-                result: serial.SerialResult | ssh.SshResult = serial.run(
-                    argv, build.environ(), work, out / "console.log", timeout)
-            else:
-                login = _login(access, image, reference)
-                probe = ((reference or REFERENCE_DIR) / "probe.sh").read_bytes()
-                result = ssh.run(argv, build.environ(), work, out / "console.log", timeout, login, probe)
-                transport_info = {"user": login.user, "host_key": result.host_key, "upload": result.upload,
-                                  "shutdown": result.shutdown}
+            setup = transport.setup(plan, work, console_log)
+            argv = qemu_argv(plan, work, setup)
+            result = transport.run(Session(argv, plan.build.environ(), work, console_log, plan.timeout, setup))
             files = write_raw(result.records, staging / "raw")
-        if user_image is not None and open_guest_image(user_image.path).sha256 != user_image.sha256:
-            raise CaptureError(f"guest image {user_image.path} changed while it was captured")
     except BaseException as exc:
         _fail(staging, out, exc)
         raise
-    os.replace(out / "console.log", staging / "console.log")
+    os.replace(console_log, staging / "console.log")
     out.rmdir()
+    profile, resolved = plan.profile, plan.machine
     manifest = {
         "complete": True,
         "qabi_version": __version__,
-        "build": build.provenance(),
+        "build": plan.build.provenance(),
         "profile": {"name": profile.name, "source": Path(profile.source).name, "cpu": profile.cpu,
                     "memory_mib": profile.memory_mib, "smp": dict(profile.smp), "uuid": profile.uuid,
                     "devices": profile.drivers_for(resolved)},
-        "machine": {"asked": machine, "resolved": resolved, "family": machine_family(resolved)},
-        "accel": accel,
+        "machine": {"asked": plan.asked, "resolved": resolved, "family": machine_family(resolved)},
+        "accel": plan.accel,
         "argv": _portable_argv(argv),
-        "image": _image_json(image, user_image, access),
-        "transport": access.transport,
+        "image": setup.image,
+        "transport": transport.name,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "timings": result.timings,
         "probe": result.info,
         "files": {f"raw/{rel}": digest for rel, digest in sorted(files.items())},
         "console_sha256": sha256_file(staging / "console.log"),
     }
-    if transport_info:
-        manifest["ssh"] = transport_info
+    if result.details:
+        manifest[transport.name] = result.details
     atomic_write_bytes(staging / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     os.rename(staging, out)
     return Capture(out, manifest)
-
-
-def _login(access: GuestAccess, image: Any, reference: Path | None) -> ssh.SshLogin:
-    if image is not None:  # the reference guest: its own pinned host key and the cache's client key
-        return ssh.SshLogin("root", image.client_key, (image.host_key,), probe_env=(("QABI_PROBE_BATCH", "1"),),
-                            shutdown="poweroff -f", ready_marker="@@QABI-SSH-READY")
-    assert access.ssh_key is not None
-    pinned = ssh.read_host_keys(access.ssh_host_keys) if access.ssh_host_keys else ()
-    return ssh.SshLogin(access.user, access.ssh_key, pinned, shutdown="poweroff")
-
-
-def _image_json(image: Any, user_image: GuestImage | None, access: GuestAccess) -> dict[str, Any]:
-    if user_image is not None:
-        return user_image.as_json()
-    return {"sha256": image.sha256, "cmdline": image.cmdline_for(access.transport), "kernel": image.kernel_version}
 
 
 def _portable_argv(argv: list[str]) -> list[str]:

@@ -3,6 +3,7 @@ serial console or, with dropbear, over SSH)."""
 
 from harness.guest.image import (
     KERNEL_CMDLINE,
+    REFERENCE_DIR,
     SSH_READY,
     TRANSPORTS,
     ImageError,
@@ -11,5 +12,5 @@ from harness.guest.image import (
     client_key,
 )
 
-__all__ = ["KERNEL_CMDLINE", "SSH_READY", "TRANSPORTS", "ImageError", "ReferenceImage", "build_reference_image",
+__all__ = ["KERNEL_CMDLINE", "REFERENCE_DIR", "SSH_READY", "TRANSPORTS", "ImageError", "ReferenceImage", "build_reference_image",
            "client_key"]

@@ -132,69 +132,7 @@ def check_supported(profile: GuestProfile, machine: str, devices: set[str] | fro
             raise UnsupportedError(f"unsupported on this build: {driver}")
 
 
-RTC_BASE = "2020-01-01T00:00:00"
-AUDIODEV_ID = "qabi-snd"
-
-
-def qemu_args(profile: GuestProfile, machine: str, workdir: Path, hostfwd: str | None = None,
-              boot_disk: tuple[Path, str] | None = None) -> list[str]:
-    """The hardware part of QEMU's argv for `profile` on `machine`; blank disks go in `workdir`.
-
-    `hostfwd` is added to the first NIC's user-mode backend (the SSH transport). `boot_disk`
-    (path, format) backs the first disk instead of a blank one, always with snapshot=on: the
-    guest's writes go to a temporary overlay, never to that file. Neither changes what the guest
-    sees of its hardware.
-    """
-    smp = ",".join(f"{k}={v}" for k, v in profile.smp)
-    args = ["-machine", machine, "-cpu", profile.cpu, "-m", str(profile.memory_mib), "-smp", smp,
-            "-uuid", profile.uuid, "-rtc", f"base={RTC_BASE},clock=vm"]
-    devices = profile.devices_for(machine)
-    if any(d.audio for d in devices):
-        args += ["-audiodev", f"none,id={AUDIODEV_ID}"]
-    first_nic = next((d for d in devices if d.mac), None)
-    first_disk = next((d for d in devices if d.disk), None)
-    if boot_disk is not None and first_disk is None:
-        raise QabiError(f"profile '{profile.name}' has no disk to attach the guest image to")
-    for index, dev in enumerate(devices):
-        opts = [dev.driver]
-        if dev.id:
-            opts.append(f"id={dev.id}")
-        if dev.bus:
-            opts.append(f"bus={dev.bus}")
-        if dev.addr:
-            opts.append(f"addr={dev.addr}")
-        if dev.mac:
-            fwd = f",hostfwd={hostfwd}" if hostfwd and dev is first_nic else ""
-            args += ["-netdev", f"user,id=qabinet{index},restrict=on{fwd}"]
-            opts += [f"netdev=qabinet{index}", f"mac={dev.mac}"]
-        if dev.disk and boot_disk is not None and dev is first_disk:
-            path, fmt = boot_disk
-            args += ["-drive", f"if=none,id=qabidisk{index},file={_drive_path(path)},format={fmt},snapshot=on"]
-            opts.append(f"drive=qabidisk{index}")
-        elif dev.disk:
-            image = workdir / f"disk{index}.img"
-            with open(image, "wb") as handle:
-                handle.truncate(_size(dev.disk))
-            args += ["-drive", f"if=none,id=qabidisk{index},file={image},format=raw,cache=unsafe"]
-            opts.append(f"drive=qabidisk{index}")
-        if dev.cdrom:
-            args += ["-drive", f"if=none,id=qabicd{index},media=cdrom"]
-            opts.append(f"drive=qabicd{index}")
-        if dev.audio:
-            opts.append(f"audiodev={AUDIODEV_ID}")
-        opts += [f"{k}={v}" for k, v in dev.props]
-        args += ["-device", ",".join(opts)]
-    return args
-
-
-def _drive_path(path: Path) -> str:
-    text = str(path.resolve())
-    if "," in text:
-        raise QabiError(f"guest image path {text} contains a comma, which QEMU's -drive cannot take")
-    return text
-
-
-def _size(text: str) -> int:
+def disk_size(text: str) -> int:
     match = re.fullmatch(r"(\d+)([KMG]?)", text.strip().upper())
     if not match:
         raise QabiError(f"bad disk size '{text}' (use e.g. 1M)")

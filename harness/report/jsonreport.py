@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,8 @@ def to_json(result: RunSet | Run | Comparison, fail_on: Severity = "warn", *, de
     old/new config space in hex (run "config"); `seconds` — the whole check's wall time;
     `run_seconds` — one per run; `generated` — when the report was made."""
     runset = as_runset(result, fail_on)
+    if fingerprints is not None or run_seconds is not None:
+        runset = _with_extras(runset, fingerprints, run_seconds)
     runs = [_run_json(run) for run in runset.runs]
     data: dict[str, Any] = {"schema": REPORT_SCHEMA_VERSION, "verdict": runset.verdict, "runs": runs}
     if details:
@@ -66,18 +69,30 @@ def to_json(result: RunSet | Run | Comparison, fail_on: Severity = "warn", *, de
         data["generated"] = when if isinstance(when, str) else when.isoformat(timespec="seconds")
     if seconds is not None:
         data["seconds"] = round(float(seconds), 3)
-    if run_seconds is not None:
-        for out, secs in zip(runs, run_seconds, strict=False):
-            if secs is not None:
-                out["seconds"] = round(float(secs), 3)
-    if fingerprints is not None:
-        images: set[str] = set()
-        for run, out, pair in zip(runset.runs, runs, fingerprints, strict=False):
-            if pair is not None:
-                images |= _add_fingerprint_facts(run, out, pair)
-        if len(images) == 1:
-            data["image"] = images.pop()
+    images: set[str] = set()
+    for run, out in zip(runset.runs, runs, strict=True):
+        if run.seconds is not None:
+            out["seconds"] = round(float(run.seconds), 3)
+        if run.image:
+            out["image"] = dict(run.image)
+            images |= {i for i in run.image.values() if i}
+        if run.config:
+            out["config"] = {k: dict(v) for k, v in run.config.items()}
+    if len(images) == 1:
+        data["image"] = images.pop()
     return data
+
+
+def _with_extras(runset: RunSet, fingerprints: Sequence[FingerprintPair | None] | None,
+                 run_seconds: Sequence[float | None] | None) -> RunSet:
+    runs = list(runset.runs)
+    for i, run in enumerate(runs):
+        if fingerprints is not None and i < len(fingerprints) and fingerprints[i] is not None:
+            run = with_fingerprint_facts(run, fingerprints[i])  # type: ignore[arg-type]
+        if run_seconds is not None and i < len(run_seconds) and run_seconds[i] is not None:
+            run = replace(run, seconds=run_seconds[i])
+        runs[i] = run
+    return replace(runset, runs=tuple(runs))
 
 
 def _add_details(run: Run, out: dict[str, Any]) -> None:
@@ -104,22 +119,20 @@ def _config_of(fingerprint: Mapping[str, Any] | None, key: str) -> str | None:
     return config if isinstance(config, str) and config else None
 
 
-def _add_fingerprint_facts(run: Run, out: dict[str, Any], pair: FingerprintPair) -> set[str]:
-    """Run "image" and "config" from the run's fingerprints; the image hashes seen."""
+def with_fingerprint_facts(run: Run, pair: FingerprintPair) -> Run:
+    """`run` with what the full report shows from its fingerprints: the image hashes that booted
+    ("image") and, per drifted PCI device, its old/new config space in hex ("config")."""
     old_fp, new_fp = pair
     old_image, new_image = _image_of(old_fp), _image_of(new_fp)
-    if old_image or new_image:
-        out["image"] = {"old": old_image, "new": new_image}
+    image = {"old": old_image, "new": new_image} if old_image or new_image else None
+    config: dict[str, dict[str, str | None]] = {}
     if run.comparison is not None and run.status == "compared":
-        config: dict[str, dict[str, str | None]] = {}
         for drift in run.comparison.drifts:
             if drift.category == "pci" and drift.key and drift.key not in config:
                 old_hex, new_hex = _config_of(old_fp, drift.key), _config_of(new_fp, drift.key)
                 if old_hex or new_hex:
                     config[drift.key] = {"old": old_hex, "new": new_hex}
-        if config:
-            out["config"] = config
-    return {i for i in (old_image, new_image) if i}
+    return replace(run, image=image, config=config or None)
 
 
 def report_schema() -> dict[str, Any]:

@@ -33,7 +33,9 @@ class Run:
     """One comparison: a machine type and guest profile, booted under the old and the new build.
 
     `status` is "compared" (then `comparison` is set), "unsupported" (a build cannot run this
-    profile or machine type; `reason` says why) or "error" (could not decide; `reason`)."""
+    profile or machine type; `reason` says why) or "error" (could not decide; `reason`).
+    `seconds`, `image` and `config` are what the full report shows beside the drifts (see
+    `harness.report.jsonreport.with_fingerprint_facts`)."""
 
     machine: str
     guest: str
@@ -42,6 +44,9 @@ class Run:
     status: RunStatus = "compared"
     reason: str | None = None
     comparison: Comparison | None = None
+    seconds: float | None = None                            # wall time of this run
+    image: Mapping[str, str | None] | None = None          # {"old", "new"}: what booted (image hashes)
+    config: Mapping[str, Mapping[str, str | None]] | None = None   # drifted PCI key -> {"old","new"} hex
 
     def __post_init__(self) -> None:
         if self.status not in RUN_STATUSES:

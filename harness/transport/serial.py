@@ -10,33 +10,29 @@ import contextlib
 import re
 import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pexpect
 from pexpect import fdpexpect
 
 from harness.errors import CaptureError, UnsupportedError
+from harness.guest import build_reference_image
 from harness.qemu.process import spawn, wait_for
-from harness.transport.framing import Record, parse
+from harness.transport.base import Session, Setup, TransportResult
+from harness.transport.framing import parse
+
+if TYPE_CHECKING:
+    from harness.capture import CapturePlan
 
 BEGIN = re.compile(rb"@@QABI-BEGIN \d+\r?\n")
 TRAILER = re.compile(rb"@@QABI-TRAILER \d+\r?\n")
 MAX_CONSOLE = 64 << 20
+SOCKET = "serial.sock"
 _UNSUPPORTED = re.compile(
     r"'([^']+)' is not a valid device model name|Property '([^']+)' not found|"
     r"Parameter 'driver' expects a pluggable device type|can't apply global ([^ ]+)|"
     r"(?:Bus|bus) '([^']+)' not found")
-
-
-@dataclass(frozen=True)
-class SerialResult:
-    records: list[Record]
-    info: dict[str, str]
-    console: bytes
-    timings: dict[str, float]
-    qemu_stderr: str
 
 
 def early_exit_error(stderr: str, console_log: Path) -> Exception:
@@ -75,21 +71,38 @@ def _connect(sock_path: Path, proc: Any, timeout: float) -> socket.socket | None
             raise
 
 
-def run(argv: list[str], env: dict[str, str], workdir: Path, console_log: Path, timeout: float) -> SerialResult:
-    """Run `argv` (without a serial option) and return the verified probe records.
+class SerialTransport:
+    """The reference guest's probe writes framed records on ttyS0, a unix socket on the host."""
+
+    name = "serial"
+    needs_nic = False
+
+    def setup(self, plan: CapturePlan, workdir: Path, console_log: Path) -> Setup:
+        image = build_reference_image(plan.reference)
+        cmdline = image.cmdline_for(self.name)
+        return Setup(args=("-kernel", str(image.kernel), "-initrd", str(image.initramfs), "-append", cmdline,
+                           "-chardev", f"socket,id=qabicon,path={workdir / SOCKET},server=on,wait=on",
+                           "-serial", "chardev:qabicon"),
+                     image={"sha256": image.sha256, "cmdline": cmdline, "kernel": image.kernel_version})
+
+    def run(self, session: Session) -> TransportResult:
+        return run(session.argv, session.env, session.workdir, session.console_log, session.timeout)
+
+
+def run(argv: list[str], env: dict[str, str], workdir: Path, console_log: Path, timeout: float) -> TransportResult:
+    """Run `argv` (whose serial port is the socket WORKDIR/serial.sock) and return the verified
+    probe records.
 
     `console_log` receives everything the console printed, whatever happens.
     """
-    sock_path = workdir / "serial.sock"
+    sock_path = workdir / SOCKET
     stderr_path = workdir / "qemu.stderr"
-    full = argv + ["-chardev", f"socket,id=qabicon,path={sock_path},server=on,wait=on",
-                   "-serial", "chardev:qabicon"]
     started = time.monotonic()
     deadline = started + timeout
     timings: dict[str, float] = {}
     console = b""
     try:
-        with spawn(full, env, stderr_path=stderr_path) as proc:
+        with spawn(argv, env, stderr_path=stderr_path) as proc:
             if not wait_for(lambda: sock_path.exists() or proc.poll() is not None, min(timeout, 60)):
                 raise CaptureError(f"QEMU did not open its serial socket within {min(timeout, 60):.0f}s")
             if proc.poll() is not None:
@@ -130,7 +143,6 @@ def run(argv: list[str], env: dict[str, str], workdir: Path, console_log: Path, 
                 with contextlib.suppress(OSError):
                     conn.close()
             timings["total"] = round(time.monotonic() - started, 3)
-            stderr = stderr_path.read_text(errors="replace") if stderr_path.exists() else ""
     finally:
         console_log.parent.mkdir(parents=True, exist_ok=True)
         console_log.write_bytes(console)
@@ -144,4 +156,7 @@ def run(argv: list[str], env: dict[str, str], workdir: Path, console_log: Path, 
         first = output.skipped[0]
         raise CaptureError(f"the probe could not read {len(output.skipped)} file(s), e.g. {first.path}: "
                            f"{first.reason} (console log: {console_log})")
-    return SerialResult(list(output.records), dict(output.info), console, timings, stderr)
+    return TransportResult(list(output.records), dict(output.info), timings)
+
+
+TRANSPORT = SerialTransport()

@@ -23,8 +23,9 @@ import re
 import secrets
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import paramiko
 
@@ -34,9 +35,15 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 logging.getLogger("paramiko").propagate = False
 
 from harness.errors import CaptureError, QabiError
+from harness.guest import REFERENCE_DIR, build_reference_image
+from harness.guest.user_image import open_guest_image
 from harness.qemu.process import spawn, wait_for
-from harness.transport.framing import Record, parse
+from harness.transport.base import Session, Setup, TransportResult
+from harness.transport.framing import parse
 from harness.transport.serial import early_exit_error
+
+if TYPE_CHECKING:
+    from harness.capture import CapturePlan
 
 GUEST_PORT = 22
 HOSTFWD = f"tcp:127.0.0.1:0-:{GUEST_PORT}"
@@ -63,17 +70,45 @@ class SshLogin:
         return "" if self.user == "root" else "sudo -n "
 
 
-@dataclass(frozen=True)
-class SshResult:
-    records: list[Record]
-    info: dict[str, str]
-    timings: dict[str, float]
-    qemu_stderr: str
-    host_key: str                         # the key the guest offered (one of the pinned ones)
-    upload: str                           # "sftp" or "exec" (no SFTP subsystem in the guest)
-    shutdown: str                         # "clean" or "forced"
-    stderr: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
+def _probe(plan: CapturePlan) -> bytes:
+    return ((plan.reference or REFERENCE_DIR) / "probe.sh").read_bytes()
+
+
+class SshTransport:
+    """The reference guest in network mode, or the user's own image (`--guest-image`), probed over SSH."""
+
+    name = "ssh"
+    needs_nic = True
+
+    def setup(self, plan: CapturePlan, workdir: Path, console_log: Path) -> Setup:
+        access = plan.access
+        console_log.parent.mkdir(parents=True, exist_ok=True)
+        console_log.unlink(missing_ok=True)
+        console = ("-chardev", f"file,id=qabicon,path={console_log}", "-serial", "chardev:qabicon")
+        if access.guest_image is not None:
+            assert access.ssh_key is not None
+            user_image = open_guest_image(access.guest_image)
+            pinned = read_host_keys(access.ssh_host_keys) if access.ssh_host_keys else ()
+            login = SshLogin(access.user, access.ssh_key, pinned, shutdown="poweroff")
+            return Setup(args=console, hostfwd=HOSTFWD, boot_disk=(user_image.path, user_image.format),
+                         image=user_image.as_json(), state=(login, _probe(plan), user_image))
+        image = build_reference_image(plan.reference)
+        cmdline = image.cmdline_for(self.name)
+        # the reference guest: its own pinned host key and the cache's client key
+        login = SshLogin("root", image.client_key, (image.host_key,), probe_env=(("QABI_PROBE_BATCH", "1"),),
+                         shutdown="poweroff -f", ready_marker="@@QABI-SSH-READY")
+        return Setup(args=("-kernel", str(image.kernel), "-initrd", str(image.initramfs), "-append", cmdline,
+                           *console),
+                     hostfwd=HOSTFWD, image={"sha256": image.sha256, "cmdline": cmdline,
+                                             "kernel": image.kernel_version},
+                     state=(login, _probe(plan), None))
+
+    def run(self, session: Session) -> TransportResult:
+        login, probe, user_image = session.setup.state
+        result = run(session.argv, session.env, session.workdir, session.console_log, session.timeout, login, probe)
+        if user_image is not None and open_guest_image(user_image.path).sha256 != user_image.sha256:
+            raise CaptureError(f"guest image {user_image.path} changed while it was captured")
+        return result
 
 
 # -- keys ---------------------------------------------------------------------------------------
@@ -133,21 +168,18 @@ class _RefuseUnpinned(paramiko.MissingHostKeyPolicy):
 
 # -- the run -----------------------------------------------------------------------------------
 def run(argv: list[str], env: dict[str, str], workdir: Path, console_log: Path, timeout: float,
-        login: SshLogin, probe: bytes) -> SshResult:
-    """Run `argv` (with `-qmp unix:WORKDIR/qmp.sock,...` and a NIC whose netdev has HOSTFWD), probe over SSH.
-
-    `console_log` receives the guest's serial output as it happens, whatever happens.
+        login: SshLogin, probe: bytes) -> TransportResult:
+    """Run `argv` (with `-qmp unix:WORKDIR/qmp.sock,...`, the serial port to the file `console_log`
+    and a NIC whose netdev has HOSTFWD), probe over SSH.
     """
+
     pinned = [parse_public_key(line) for line in login.host_keys]
     pkey = load_private_key(login.key)
     stderr_path = workdir / "qemu.stderr"
-    console_log.parent.mkdir(parents=True, exist_ok=True)
-    console_log.unlink(missing_ok=True)
-    full = argv + ["-chardev", f"file,id=qabicon,path={console_log}", "-serial", "chardev:qabicon"]
     started = time.monotonic()
     deadline = started + timeout
     timings: dict[str, float] = {}
-    with spawn(full, env, stderr_path=stderr_path) as proc:
+    with spawn(argv, env, stderr_path=stderr_path) as proc:
         def stderr() -> str:
             return stderr_path.read_text(errors="replace") if stderr_path.exists() else ""
 
@@ -172,7 +204,6 @@ def run(argv: list[str], env: dict[str, str], workdir: Path, console_log: Path, 
         finally:
             client.close()
         timings["total"] = round(time.monotonic() - started, 3)
-        qemu_stderr = stderr()
     try:
         output = parse(text)
     except CaptureError as exc:
@@ -182,8 +213,8 @@ def run(argv: list[str], env: dict[str, str], workdir: Path, console_log: Path, 
         first = output.skipped[0]
         raise CaptureError(f"the probe could not read {len(output.skipped)} file(s), e.g. {first.path}: "
                            f"{first.reason} (console log: {console_log})")
-    return SshResult(list(output.records), dict(output.info), timings, qemu_stderr, offered, upload, shutdown,
-                     err)
+    return TransportResult(list(output.records), dict(output.info), timings,
+                           details={"user": login.user, "host_key": offered, "upload": upload, "shutdown": shutdown})
 
 
 def _guest_said(console_log: Path) -> str:
@@ -393,3 +424,6 @@ def _shutdown(client: paramiko.SSHClient, login: SshLogin, proc: object) -> str:
     if wait_for(lambda: proc.poll() is not None, SHUTDOWN_WAIT):  # type: ignore[attr-defined]
         return "clean"
     return "forced"  # spawn() kills the process group on the way out
+
+
+TRANSPORT = SshTransport()

@@ -1,0 +1,101 @@
+"""The launcher: the one place that assembles QEMU's whole command line for a capture.
+
+    argv = qemu_argv(plan, workdir, setup)
+
+= the build's prefix (loader, binary, -L firmware dirs) + fixed options (no user config, no
+default devices, no display, no reboot) + the accelerator + the profile's hardware on the machine
+type + what the transport set up (boot, console, control channel) + a private QMP socket.
+Every value that comes from a profile is a separate argv item; nothing goes through a shell.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from harness.errors import QabiError
+from harness.guest.profile import GuestProfile, disk_size
+
+if TYPE_CHECKING:
+    from harness.capture import CapturePlan
+    from harness.transport.base import Setup
+
+ACCELS = ("tcg", "kvm")
+# TCG runs single-threaded: the guest sees the same hardware, and two concurrent captures on a
+# 2-core host no longer fight over both cores (docs/measurements.md).
+ACCEL_ARGS = {"tcg": "tcg,thread=single", "kvm": "kvm"}
+RTC_BASE = "2020-01-01T00:00:00"
+AUDIODEV_ID = "qabi-snd"
+QMP_SOCKET = "qmp.sock"
+
+
+def check_accel(accel: str) -> str:
+    if accel not in ACCELS:
+        raise QabiError(f"unknown accelerator '{accel}' (use {' or '.join(ACCELS)})")
+    return accel
+
+
+def qemu_argv(plan: CapturePlan, workdir: Path, setup: Setup) -> list[str]:
+    """The whole argv of one capture's QEMU."""
+    return [*plan.build.argv(), "-no-user-config", "-nodefaults", "-display", "none", "-no-reboot",
+            "-accel", ACCEL_ARGS[check_accel(plan.accel)],
+            *hardware_args(plan.profile, plan.machine, workdir, setup.hostfwd, setup.boot_disk),
+            *setup.args, "-qmp", f"unix:{workdir / QMP_SOCKET},server=on,wait=off"]
+
+
+def hardware_args(profile: GuestProfile, machine: str, workdir: Path, hostfwd: str | None = None,
+                  boot_disk: tuple[Path, str] | None = None) -> list[str]:
+    """The hardware part of the argv for `profile` on `machine`; blank disks go in `workdir`.
+
+    `hostfwd` is added to the first NIC's user-mode backend (the SSH transport). `boot_disk`
+    (path, format) backs the first disk instead of a blank one, always with snapshot=on: the
+    guest's writes go to a temporary overlay, never to that file. Neither changes what the guest
+    sees of its hardware.
+    """
+    smp = ",".join(f"{k}={v}" for k, v in profile.smp)
+    args = ["-machine", machine, "-cpu", profile.cpu, "-m", str(profile.memory_mib), "-smp", smp,
+            "-uuid", profile.uuid, "-rtc", f"base={RTC_BASE},clock=vm"]
+    devices = profile.devices_for(machine)
+    if any(d.audio for d in devices):
+        args += ["-audiodev", f"none,id={AUDIODEV_ID}"]
+    first_nic = next((d for d in devices if d.mac), None)
+    first_disk = next((d for d in devices if d.disk), None)
+    if boot_disk is not None and first_disk is None:
+        raise QabiError(f"profile '{profile.name}' has no disk to attach the guest image to")
+    for index, dev in enumerate(devices):
+        opts = [dev.driver]
+        if dev.id:
+            opts.append(f"id={dev.id}")
+        if dev.bus:
+            opts.append(f"bus={dev.bus}")
+        if dev.addr:
+            opts.append(f"addr={dev.addr}")
+        if dev.mac:
+            fwd = f",hostfwd={hostfwd}" if hostfwd and dev is first_nic else ""
+            args += ["-netdev", f"user,id=qabinet{index},restrict=on{fwd}"]
+            opts += [f"netdev=qabinet{index}", f"mac={dev.mac}"]
+        if dev.disk and boot_disk is not None and dev is first_disk:
+            path, fmt = boot_disk
+            args += ["-drive", f"if=none,id=qabidisk{index},file={_drive_path(path)},format={fmt},snapshot=on"]
+            opts.append(f"drive=qabidisk{index}")
+        elif dev.disk:
+            image = workdir / f"disk{index}.img"
+            with open(image, "wb") as handle:
+                handle.truncate(disk_size(dev.disk))
+            args += ["-drive", f"if=none,id=qabidisk{index},file={image},format=raw,cache=unsafe"]
+            opts.append(f"drive=qabidisk{index}")
+        if dev.cdrom:
+            args += ["-drive", f"if=none,id=qabicd{index},media=cdrom"]
+            opts.append(f"drive=qabicd{index}")
+        if dev.audio:
+            opts.append(f"audiodev={AUDIODEV_ID}")
+        opts += [f"{k}={v}" for k, v in dev.props]
+        args += ["-device", ",".join(opts)]
+    return args
+
+
+def _drive_path(path: Path) -> str:
+    text = str(path.resolve())
+    if "," in text:
+        raise QabiError(f"guest image path {text} contains a comma, which QEMU's -drive cannot take")
+    return text
