@@ -703,7 +703,7 @@ def run(argv: list[str], env: dict[str, str], workdir: Path, console_log: Path, 
                     if time.monotonic() > deadline:
                         raise CaptureError(f"QEMU never connected to its qtest socket within {timeout:.0f}s") from None
             with contextlib.closing(conn):
-                qt = Qtest(conn, deadline, alive)
+                qt = Qtest(conn, deadline + 10, alive)    # replies: a grace beyond the wait
                 while qt.readl(RESULT) != MARKER:
                     if time.monotonic() > deadline:
                         raise CaptureError(f"the reference payload never signalled completion within "
