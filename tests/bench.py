@@ -98,6 +98,29 @@ def bench_ssh(spec: str, machine: str, runs: int) -> None:
               f"(ssh: logged in after {statistics.median(ready):4.2f} s)")
 
 
+def bench_firmware(spec: str, runs: int) -> None:
+    """Firmware against serial capture wall time: median of `runs`, each profile, both families."""
+    from harness.capture import SERIAL, GuestAccess, capture, plan_capture
+    from harness.guest.profile import load_profile, profile_names
+    from harness.qemu import resolve
+
+    build = resolve(spec)
+    work = Path(tempfile.mkdtemp(prefix="qabi-bench-fw-"))
+    firmware = GuestAccess(transport="firmware")
+    for machine in ("pc-i440fx-7.2", "pc-q35-7.2"):
+        for guest in profile_names():
+            walls: dict[str, list[float]] = {"firmware": [], "serial": []}
+            for i in range(runs):
+                for name, access in (("firmware", firmware), ("serial", SERIAL)):
+                    plan = plan_capture(build, load_profile(guest), machine, access=access)
+                    started = time.monotonic()
+                    capture(plan, work / f"{machine}-{guest}-{name}-{i}")
+                    walls[name].append(time.monotonic() - started)
+            fw, serial = statistics.median(walls["firmware"]), statistics.median(walls["serial"])
+            print(f"firmware {spec} {machine:<14} {guest:<13} firmware median {fw:5.2f} s, serial median "
+                  f"{serial:5.2f} s over {runs} (ratio {fw / serial:4.2f})")
+
+
 def bench_decode(captures: list[Path]) -> None:
     from harness.fingerprint import fingerprint_capture
 
@@ -119,12 +142,17 @@ def main() -> None:
     parser.add_argument("--spec", default="debian:bookworm")
     parser.add_argument("--machine", default="pc-q35-7.2")
     parser.add_argument("--skip-provision", action="store_true")
+    parser.add_argument("--firmware-only", action="store_true", help="only the firmware vs serial figures")
     args = parser.parse_args()
+    if args.firmware_only:
+        bench_firmware(args.spec, args.runs)
+        return
     if not args.skip_provision:
         bench_provision("debian:bullseye=1:5.2+dfsg-11+deb11u3")
     captures = bench_capture(args.spec, args.machine, args.runs)
     bench_decode(captures)
     bench_ssh(args.spec, args.machine, args.runs)
+    bench_firmware(args.spec, args.runs)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from typing import Any
 from harness.categories import get, names
 from harness.drift.impact import assess
 from harness.drift.model import Comparison, Drift
+from harness.drift.pci_state import comparing
 from harness.drift.waivers import Waivers
 from harness.errors import QabiError
 from harness.fingerprint import load_fingerprint  # noqa: F401 - re-exported by harness.drift
@@ -57,7 +58,8 @@ def compare(old: dict[str, Any], new: dict[str, Any], waivers: Waivers | None = 
     drifts: list[Drift] = []
     for category in cats:
         try:
-            drifts += get(category).compare(old[category], new[category])
+            with comparing(old, new):
+                drifts += get(category).compare(old[category], new[category])
         except QabiError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -12,7 +12,9 @@ use, with the driver or the rule that writes it. Anything not listed still count
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from harness.drift.diffing import to_int
@@ -70,9 +72,41 @@ _DEVICE: dict[tuple[int, int], list[tuple[int, int]]] = {
 }
 
 
+# Transports whose PCI config space is read before any OS driver ran: both sides read there are
+# compared bit for bit (no driver-state filter).
+HANDOFF_TRANSPORTS = frozenset({"firmware"})
+_SIDES: ContextVar[tuple[str, str]] = ContextVar("qabi_pci_sides", default=("serial", "serial"))
+
+
+def transport_of(fingerprint: dict[str, Any]) -> str:
+    """The transport a fingerprint was captured with (fingerprints older than the field: serial)."""
+    source = fingerprint.get("source") if isinstance(fingerprint, dict) else None
+    value = source.get("transport") if isinstance(source, dict) else None
+    return value if isinstance(value, str) and value else "serial"
+
+
+@contextmanager
+def comparing(old: dict[str, Any], new: dict[str, Any]) -> Iterator[None]:
+    """Within the block, runtime_mask knows which transports the compared fingerprints came from."""
+    token = _SIDES.set((transport_of(old), transport_of(new)))
+    try:
+        yield
+    finally:
+        _SIDES.reset(token)
+
+
+def driver_state_filtered() -> bool:
+    """False when both compared sides were read at the firmware hand-off (nothing to filter)."""
+    return not all(side in HANDOFF_TRANSPORTS for side in _SIDES.get())
+
+
 def runtime_mask(entries: Iterable[dict[str, Any]]) -> dict[int, int]:
-    """Config offset -> bits drivers program, for the functions described by `entries` (old and new)."""
+    """Config offset -> bits drivers program, for the functions described by `entries` (old and new).
+
+    Empty when both sides were captured at the firmware hand-off (see `comparing`)."""
     mask: dict[int, int] = {}
+    if not driver_state_filtered():
+        return mask
 
     def add(offset: int, bits: int) -> None:
         mask[offset] = mask.get(offset, 0) | bits

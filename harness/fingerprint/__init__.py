@@ -32,7 +32,8 @@ def fingerprint_capture(capture: Capture | Path | str, categories: tuple[str, ..
         "schema": SCHEMA_VERSION,
         "source": {"capture": str(capture.path), "build": m["build"], "machine": m["machine"]["asked"],
                    "machine_resolved": m["machine"]["resolved"], "guest": m["profile"]["name"],
-                   "profile": m["profile"], "image": m["image"]["sha256"], "accel": m["accel"]},
+                   "profile": m["profile"], "image": m["image"]["sha256"], "accel": m["accel"],
+                   "transport": m.get("transport", "serial")},
     }
     for category in names() if categories is None else categories:
         out[category] = get(category).decode(capture.raw)

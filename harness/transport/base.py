@@ -75,9 +75,9 @@ _TABLE: dict[str, Transport] = {}
 
 
 def _builtins() -> None:
-    from harness.transport import serial, ssh
+    from harness.transport import firmware, serial, ssh
 
-    for transport in (serial.TRANSPORT, ssh.TRANSPORT):
+    for transport in (serial.TRANSPORT, ssh.TRANSPORT, firmware.TRANSPORT):
         _TABLE.setdefault(transport.name, transport)
 
 
