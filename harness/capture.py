@@ -19,8 +19,7 @@ from typing import Any
 from harness import __version__
 from harness.cache import atomic_write_bytes, sha256_file
 from harness.errors import CaptureError, QabiError, UnsupportedError
-from harness.guest import build_reference_image
-from harness.guest.image import REFERENCE_DIR
+from harness.guest import REFERENCE_DIR, build_reference_image
 from harness.guest.profile import GuestProfile, check_supported, machine_family, qemu_args
 from harness.guest.user_image import GuestImage, open_guest_image
 from harness.qemu import QemuBuild
