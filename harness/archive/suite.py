@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.archive.sources import SUITES, check_suite, keyring, mirrors
-from harness.archive.version import matches, newest
+from harness.archive.version import matches, matches_name, newest
 from harness.cache import atomic_write_bytes, cache_dir, file_lock
 from harness.errors import ArchiveError, VerificationError
 from harness.tools import require
@@ -135,11 +135,12 @@ class Suite:
         return [line.split("|")[1].strip() for line in out.splitlines() if line.count("|") >= 2]
 
     def newest_in_series(self, name: str, version: str) -> tuple[str, str]:
-        """The newest (package, version) whose name matches the glob `name` and whose version matches
-        the glob `version` (a series such as `linux-image-6.1.0-*-amd64` / `6.1.*`)."""
-        prefix = re.split(r"[*?\[]", name, maxsplit=1)[0]
+        """The newest (package, version) in the series `name` / `version`, e.g.
+        `linux-image-6.1.0-*-amd64` / `6.1.*` (see harness.archive.version: `*` is a number in a
+        name and any text in a version)."""
+        prefix = name.split("*", 1)[0]
         names = self._apt("apt-cache", "pkgnames", prefix).split() if prefix != name else [name]
-        found = [(n, v) for n in sorted(set(names)) if matches(name, n)
+        found = [(n, v) for n in sorted(set(names)) if matches_name(name, n)
                  for v in sorted(set(self.versions(n))) if matches(version, v)]
         if not found:
             raise ArchiveError(f"suite {self.suite} has no package {name} with a version in {version}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import re
 
@@ -68,6 +67,13 @@ def newest(versions: list[str]) -> str:
     return max(versions, key=functools.cmp_to_key(compare_versions))
 
 
-def matches(pattern: str, text: str) -> bool:
-    """Whether `text` is in the series `pattern` (shell glob: `*`, `?`, `[...]`; no glob = exact)."""
-    return fnmatch.fnmatchcase(text, pattern)
+def matches(pattern: str, text: str, star: str = ".*") -> bool:
+    """Whether `text` is in the series `pattern`, where each `*` matches the regular expression
+    `star` (any text by default) and everything else is literal; no `*` means exactly `text`."""
+    return re.fullmatch(star.join(re.escape(part) for part in pattern.split("*")), text) is not None
+
+
+def matches_name(pattern: str, name: str) -> bool:
+    """Whether the package `name` is in the series `pattern`, where `*` is a number (an ABI number:
+    `linux-image-6.1.0-*-amd64` matches linux-image-6.1.0-57-amd64, not the -cloud- flavour)."""
+    return matches(pattern, name, "[0-9]+")

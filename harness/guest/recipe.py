@@ -1,8 +1,9 @@
 """The reference guest's recipe: guests/reference/ (packages.toml, init, probe.sh).
 
 packages.toml names each package the image is built from by a series, not an exact version:
-`name` and `version` are shell globs (`linux-image-6.1.0-*-amd64`, `6.1.*`); the build takes the
-newest version in the series that the suite's signed index has (a glob-free value is exact).
+`name` and `version` are patterns (`linux-image-6.1.0-*-amd64`, `6.1.*`; `*` is a number in a name
+and any text in a version); the build takes the newest version in the series that the suite's
+signed index has (a value without `*` is exact).
 Debian removes superseded versions at each point release, so an exact pin would rot.
 """
 
@@ -29,7 +30,7 @@ class ImageError(QabiError):
 
 @dataclass(frozen=True)
 class PackageSpec:
-    """One package series of the recipe: `name` and `version` are globs over the suite's index."""
+    """One package series of the recipe: `name` and `version` are patterns over the suite's index."""
 
     role: str
     name: str
