@@ -53,7 +53,6 @@ BUILDER_VERSION = 3
 TRANSPORTS = ("serial", "ssh")
 SSH_CMDLINE_WORD = "qabi.transport=ssh"
 SSH_READY = "@@QABI-SSH-READY"        # printed on ttyS0 once dropbear listens on port 22
-SSH_ERROR = "@@QABI-SSH-ERROR"        # printed on ttyS0 (then poweroff) if dropbear fails
 
 # busybox applets /init and /probe.sh run (each becomes /bin/NAME -> busybox)
 APPLETS = ("base64", "cat", "cp", "dd", "dmesg", "insmod", "ip", "mkdir", "mount", "od", "poweroff", "rm",

@@ -12,19 +12,12 @@ from harness.guest.recipe import ImageError
 
 # The kernel command line the launcher passes with this image. Only options that change what
 # the kernel prints or how fast it boots under TCG, never how it programs the hardware the probe
-# reads (no pci=, acpi=, noapic, nosmp, mem=...):
-#   nokaslr                  the decompressor skips relocating the kernel (~0.1 s)
-#   edd=off                  no BIOS disk probing in the real-mode setup code
-#   cryptomgr.notests        no crypto self-tests at boot (~0.7 s)
-#   ipv6.disable=1           the IPv6 stack is not initialised
-#   lpj=10000000             no delay-loop calibration on each secondary vCPU (~0.1 s per vCPU
-#                            when the CPU model lacks constant_tsc); udelay() uses the TSC and is
-#                            merely scaled if the host's TSC is not 2.5 GHz
-#   initcall_blacklist=...   skip initcalls that only feed tracing, TCP congestion control, keyrings
-#                            and module-signature certificates (~0.4 s together). The modules then
-#                            load unverified (taints the kernel; signatures are not enforced).
-# mitigations=off was measured too: no difference under TCG (the alternatives patching it would
-# avoid costs the same either way), so it is left out.
+# reads (no pci=, acpi=, noapic, nosmp, mem=...): nokaslr (no relocation by the decompressor),
+# edd=off (no BIOS disk probing), cryptomgr.notests (no crypto self-tests), ipv6.disable=1,
+# lpj=10000000 (no delay-loop calibration per vCPU; udelay() uses the TSC), and an
+# initcall_blacklist of initcalls that only feed tracing, TCP congestion control, keyrings and
+# module-signature certificates (modules then load unverified, which taints the kernel). What each
+# saves is in docs/measurements.md.
 INITCALL_BLACKLIST = (
     "init_kprobe_trace", "init_blk_tracer", "init_graph_tracefs", "init_trace_printk_function_export",
     "cubictcp_register", "crypto_kdf108_init", "load_system_certificate_list", "init_encrypted",

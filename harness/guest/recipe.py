@@ -61,12 +61,6 @@ class Recipe:
     files: dict[str, bytes]          # recipe file name -> bytes (packages.toml, init, probe.sh)
     nic_modules: tuple[str, ...] = ()
 
-    def package(self, role: str) -> PackageSpec:
-        for pkg in self.packages:
-            if pkg.role == role:
-                return pkg
-        raise ImageError(f"{self.directory / 'packages.toml'}: no package with role '{role}'")
-
 
 def _module_list(data: dict[str, Any], key: str, where: Path) -> tuple[str, ...]:
     modules = data.get("modules", {}).get(key, [])

@@ -15,7 +15,7 @@ from typing import Any
 
 from harness import archive
 from harness.cache import cache_dir, file_lock, sha256_file, staging_dir, write_json
-from harness.errors import BuildError, QabiError, VerificationError
+from harness.errors import BuildError, VerificationError
 from harness.qemu.process import private_dir, spawn
 from harness.tools import require
 
@@ -329,12 +329,3 @@ def query_info(build: QemuBuild) -> BuildInfo:
     write_json(cached, {"version": text, "package": version.get("package", ""),
                                  "machines": machine_list, "devices": devices})
     return BuildInfo(text, tuple(machine_list), tuple(devices))
-
-
-def check_build_runs(build: QemuBuild) -> None:
-    try:
-        build.info()
-    except QabiError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise BuildError(f"{build.spec}: {exc}") from None
