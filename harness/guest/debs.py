@@ -32,7 +32,7 @@ def resolve_packages(recipe: Recipe, refresh: bool = False) -> tuple[PackageRef,
     suite.ensure_index(refresh)
     specs = [[p.role, p.name, p.version] for p in recipe.packages]
     key = hashlib.sha256(json.dumps(["series-1", recipe.suite, specs, _index_digest(suite)]).encode()).hexdigest()
-    cached = cache_dir("images", "resolved") / f"{key}.json"
+    cached = cache_dir("series") / f"{key}.json"
     try:
         return tuple(PackageRef(**p) for p in json.loads(cached.read_text()))
     except (OSError, ValueError, TypeError):
