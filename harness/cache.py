@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -50,21 +51,27 @@ def staging_dir(final: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
-    """Write via a temporary sibling and rename: readers see the old file or the whole new one.
-    The file gets `mode` if given (else mkstemp's 0600)."""
+def atomic_write_bytes(path: Path, data: bytes | str, mode: int = 0o644) -> None:
+    """Write `data` to `path` through a temporary sibling renamed onto it: readers see the old file or
+    the whole new one, never a part. The file is created 0600 and set to `mode` before the rename, so
+    a private file (mode 0o600) is never readable by others, even for a moment. The project's one
+    atomic file write."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            if mode is not None:
-                os.fchmod(handle.fileno(), mode)
+            handle.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def write_json(path: Path, data: object, mode: int = 0o644) -> None:
+    """`data` as sorted, indented JSON, written atomically."""
+    atomic_write_bytes(path, json.dumps(data, indent=2, sort_keys=True) + "\n", mode)
 
 
 def sha256_file(path: Path) -> str:

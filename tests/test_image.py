@@ -20,30 +20,17 @@ import pytest
 from conftest import REPO
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from harness.archive import unpack
+from harness.archive.version import matches, matches_name
 from harness.guest import KERNEL_CMDLINE, SSH_READY, ReferenceImage, build_reference_image, client_key
-from harness.guest.image import (
-    APPLETS,
-    DROPBEAR_PATH,
-    LIBRARY_ROLE,
-    REQUIRED_KERNEL_CONFIG,
-    SFTP_SERVER_PATH,
-    SFTPSERVER_PATH,
-    ImageError,
-    _Entry,
-    _extract,
-    _fetch,
-    check_kernel_config,
-    client_public_key,
-    dropbear_host_key,
-    elf_dynamic,
-    load_recipe,
-    modinfo,
-    openssh_public_line,
-    read_cpio,
-    resolve_libraries,
-    split_initramfs,
-    write_cpio,
-)
+from harness.guest.cpio import CpioEntry, read_cpio, split_initramfs, write_cpio
+from harness.guest.debs import fetch_packages, resolve_packages
+from harness.guest.elf import elf_dynamic, modinfo
+from harness.guest.image import APPLETS, DROPBEAR_PATH, SFTP_SERVER_PATH, SFTPSERVER_PATH, image_key
+from harness.guest.kernel import REQUIRED_KERNEL_CONFIG, check_kernel_config
+from harness.guest.libraries import resolve_libraries
+from harness.guest.recipe import LIBRARY_ROLE, ImageError, PackageRef, load_recipe
+from harness.guest.sshkeys import client_public_key, dropbear_host_key, openssh_public_line
 from harness.transport.framing import parse
 
 RECIPE = REPO / "guests" / "reference"
@@ -51,11 +38,11 @@ QEMU = shutil.which("qemu-system-x86_64")
 
 
 # -- the cpio writer (no network) ---------------------------------------------------------------
-def _entries() -> list[_Entry]:
+def _entries() -> list[CpioEntry]:
     d, f = stat.S_IFDIR | 0o755, stat.S_IFREG | 0o644
-    return [_Entry("tmp", d), _Entry("bin", d), _Entry("bin/busybox", f | 0o111, b"\x7fELF..."),
-            _Entry("bin/sh", stat.S_IFLNK | 0o777, b"busybox"), _Entry("init", f, b"#!/bin/sh\n"),
-            _Entry("dev", d), _Entry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1))]
+    return [CpioEntry("tmp", d), CpioEntry("bin", d), CpioEntry("bin/busybox", f | 0o111, b"\x7fELF..."),
+            CpioEntry("bin/sh", stat.S_IFLNK | 0o777, b"busybox"), CpioEntry("init", f, b"#!/bin/sh\n"),
+            CpioEntry("dev", d), CpioEntry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1))]
 
 
 def test_cpio_is_sorted_deterministic_newc():
@@ -80,21 +67,21 @@ def test_cpio_is_sorted_deterministic_newc():
 
 def test_cpio_refuses_orphans_and_duplicates():
     with pytest.raises(ImageError, match="no parent directory"):
-        write_cpio([_Entry("bin/sh", stat.S_IFREG | 0o644, b"")])
+        write_cpio([CpioEntry("bin/sh", stat.S_IFREG | 0o644, b"")])
     with pytest.raises(ImageError, match="duplicate"):
-        write_cpio([_Entry("init", stat.S_IFREG, b""), _Entry("init", stat.S_IFREG, b"")])
+        write_cpio([CpioEntry("init", stat.S_IFREG, b""), CpioEntry("init", stat.S_IFREG, b"")])
 
 
 def test_second_cpio_builds_on_the_first():
     """The per-build archive holds only files whose directories the first archive made."""
-    secret = [_Entry("root/.ssh/authorized_keys", stat.S_IFREG | 0o600, b"ssh-ed25519 AAAA\n")]
+    secret = [CpioEntry("root/.ssh/authorized_keys", stat.S_IFREG | 0o600, b"ssh-ed25519 AAAA\n")]
     with pytest.raises(ImageError, match="no parent directory"):
         write_cpio(secret)
     data = write_cpio(secret, existing={"root", "root/.ssh"}, first_ino=8)
     assert read_cpio(data) == [("root/.ssh/authorized_keys", stat.S_IFREG | 0o600, b"ssh-ed25519 AAAA\n")]
     assert int(data[6:14], 16) == 8
     with pytest.raises(ImageError, match="duplicate"):
-        write_cpio([_Entry("root", stat.S_IFDIR | 0o700)], existing={"root"})
+        write_cpio([CpioEntry("root", stat.S_IFDIR | 0o700)], existing={"root"})
 
 
 def _elf_with_modinfo(info: bytes) -> bytes:
@@ -180,7 +167,7 @@ def test_library_resolver_follows_symlinks_and_names_what_is_missing(tmp_path):
     assert sorted(entries) == ["lib/x86_64-linux-gnu/ld.so", "lib/x86_64-linux-gnu/libfoo.so.1",
                                "lib/x86_64-linux-gnu/libfoo.so.1.2", "lib64/ld-linux-x86-64.so.2",
                                "usr/lib/x86_64-linux-gnu/libbar.so.2"]
-    assert entries["lib64/ld-linux-x86-64.so.2"] == _Entry("lib64/ld-linux-x86-64.so.2", stat.S_IFLNK | 0o777,
+    assert entries["lib64/ld-linux-x86-64.so.2"] == CpioEntry("lib64/ld-linux-x86-64.so.2", stat.S_IFLNK | 0o777,
                                                            b"/lib/x86_64-linux-gnu/ld.so")
     assert entries["lib/x86_64-linux-gnu/libfoo.so.1.2"].mode == stat.S_IFREG | 0o644
     assert entries["usr/lib/x86_64-linux-gnu/libbar.so.2"].data == _elf(["libfoo.so.1"])
@@ -210,8 +197,13 @@ def test_recipe_is_validated(tmp_path):
     assert {p.role for p in recipe.packages} == {"kernel", "busybox", "dropbear", "sftp-server", LIBRARY_ROLE}
     assert recipe.nic_modules == ("virtio_pci", "virtio_net", "e1000", "e1000e", "8139cp")
     assert recipe.modules == (*recipe.nic_modules, "cpuid")
-    assert len(recipe.key) == 64 and recipe.key == load_recipe(RECIPE).key
-    assert recipe.image_key("ssh-ed25519 AAAA1") != recipe.image_key("ssh-ed25519 AAAA2")
+    assert all("*" in p.version for p in recipe.packages)          # series, not exact pins
+    refs = (PackageRef("kernel", "k", "1"),)
+    assert len(image_key(recipe, refs, "ssh-ed25519 AAAA1")) == 64
+    assert image_key(recipe, refs, "ssh-ed25519 AAAA1") == image_key(load_recipe(RECIPE), refs, "ssh-ed25519 AAAA1")
+    assert image_key(recipe, refs, "ssh-ed25519 AAAA1") != image_key(recipe, refs, "ssh-ed25519 AAAA2")
+    assert image_key(recipe, refs, "ssh-ed25519 AAAA1") != image_key(recipe, (PackageRef("kernel", "k", "2"),),
+                                                                   "ssh-ed25519 AAAA1")
 
 
 def test_cmdline_for_each_transport():
@@ -281,12 +273,12 @@ def image() -> ReferenceImage:
 def unpacked(tmp_path_factory) -> Path:
     """The recipe's dropbear, sftp-server and library packages, each unpacked into ROOT/<name>."""
     recipe = load_recipe(RECIPE)
-    refs, debs = _fetch(recipe)
+    refs, debs = fetch_packages(recipe, resolve_packages(recipe))
     root = tmp_path_factory.mktemp("packages")
     by_file = {path.name: path for paths in debs.values() for path in paths}
     for ref in refs:
         if ref.role in ("dropbear", "sftp-server", LIBRARY_ROLE):
-            _extract(by_file[ref.filename.rpartition("/")[2]], root / ref.name)
+            unpack([by_file[ref.filename.rpartition("/")[2]]], root / ref.name, relink=False)
     return root
 
 
@@ -421,14 +413,19 @@ def test_image_contents(image):
     assert image.sha256 == hashlib.sha256(image.kernel.read_bytes() + initramfs[:image.initramfs_base_size]
                                           ).hexdigest()
     assert image.initramfs_sha256 == hashlib.sha256(initramfs).hexdigest()
-    assert image.kernel_version == "6.1.0-50-amd64"
-    pinned = [(p.role, p.name, p.version) for p in recipe.packages]
-    assert [(p.role, p.name, p.version) for p in image.packages] == pinned
-    assert pinned[0] == ("kernel", "linux-image-6.1.0-50-amd64", "6.1.176-1")
+    # every package is the newest of its series in the index, recorded exactly in image.json
+    assert list(image.packages) == [
+        PackageRef(r.role, r.name, r.version, p.filename, p.sha256)
+        for r, p in zip(resolve_packages(recipe), image.packages, strict=True)]
+    for spec, pkg in zip(recipe.packages, image.packages, strict=True):
+        assert matches_name(spec.name, pkg.name) and matches(spec.version, pkg.version)
+    assert image.packages[0].name == f"linux-image-{image.kernel_version}"
+    assert image.kernel_version.startswith("6.1.0-") and image.kernel_version.endswith("-amd64")
     assert all(len(p.sha256) == 64 for p in image.packages)
     assert image.cmdline == KERNEL_CMDLINE and image.cmdline_for("serial") == KERNEL_CMDLINE
     assert image.client_key == client_key()
     meta = json.loads((image.kernel.parent / "image.json").read_text())
+    assert [(p["name"], p["version"]) for p in meta["packages"]] == [(p.name, p.version) for p in image.packages]
     assert meta["host_key"] == image.host_key and meta["initramfs_base_size"] == image.initramfs_base_size
 
 

@@ -156,7 +156,7 @@ def test_firmware_from_swaps_only_the_firmware():
 
 
 def test_mirror_is_read_from_host_apt_sources(monkeypatch):
-    from harness.qemu import archive
+    from harness.archive import sources as archive
 
     monkeypatch.delenv("QABI_DEBIAN_MIRROR", raising=False)
     monkeypatch.delenv("QABI_DEBIAN_SECURITY_MIRROR", raising=False)

@@ -1,16 +1,16 @@
 """Guests: the built-in reference image (kernel + busybox initramfs running the probe, over the
-serial console or, with dropbear, over SSH)."""
+serial console or, with dropbear, over SSH), guest profiles and bring-your-own images.
 
-from harness.guest.image import (
-    KERNEL_CMDLINE,
-    REFERENCE_DIR,
-    SSH_READY,
-    TRANSPORTS,
-    ImageError,
-    ReferenceImage,
-    build_reference_image,
-    client_key,
-)
+The reference image's modules, by concern: recipe (guests/reference/, package series), debs
+(resolving and fetching them through harness.archive), kernel (command line, config, modules),
+elf (the ELF reader), libraries (shared-library closure), cpio (the archive writer), sshkeys
+(host and client keys) and image (the build, its cache and the ReferenceImage record).
+"""
 
-__all__ = ["KERNEL_CMDLINE", "REFERENCE_DIR", "SSH_READY", "TRANSPORTS", "ImageError", "ReferenceImage", "build_reference_image",
-           "client_key"]
+from harness.guest.image import SSH_READY, TRANSPORTS, ReferenceImage, build_reference_image
+from harness.guest.kernel import KERNEL_CMDLINE
+from harness.guest.recipe import REFERENCE_DIR, ImageError
+from harness.guest.sshkeys import client_key
+
+__all__ = ["KERNEL_CMDLINE", "REFERENCE_DIR", "SSH_READY", "TRANSPORTS", "ImageError", "ReferenceImage",
+           "build_reference_image", "client_key"]

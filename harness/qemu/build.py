@@ -13,9 +13,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from harness.cache import cache_dir, file_lock, sha256_file, staging_dir
-from harness.errors import BuildError, QabiError, VerificationError
-from harness.qemu import archive
+from harness import archive
+from harness.cache import cache_dir, file_lock, sha256_file, staging_dir, write_json
+from harness.errors import BuildError, VerificationError
 from harness.qemu.process import private_dir, spawn
 from harness.tools import require
 
@@ -226,8 +226,8 @@ def provision(suite: str, version: str | None, refresh: bool = False, offline: b
                     "packages": [f.as_dict() for f in files],
                     "provisioned_seconds": round(time.monotonic() - started, 2),
                 }
-                archive.record_json(tmp / PREFIX_MANIFEST, manifest)
-    archive.record_json(_pointer(suite), {"suite": suite, "version": version})
+                write_json(tmp / PREFIX_MANIFEST, manifest)
+    write_json(_pointer(suite), {"suite": suite, "version": version})
     return prefix
 
 
@@ -326,15 +326,6 @@ def query_info(build: QemuBuild) -> BuildInfo:
         ({"name": m["name"], "alias": m.get("alias"), "default": bool(m.get("is-default")),
           "deprecated": bool(m.get("deprecated"))} for m in machines), key=lambda m: m["name"])
     devices = sorted(t["name"] for t in types)
-    archive.record_json(cached, {"version": text, "package": version.get("package", ""),
+    write_json(cached, {"version": text, "package": version.get("package", ""),
                                  "machines": machine_list, "devices": devices})
     return BuildInfo(text, tuple(machine_list), tuple(devices))
-
-
-def check_build_runs(build: QemuBuild) -> None:
-    try:
-        build.info()
-    except QabiError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise BuildError(f"{build.spec}: {exc}") from None

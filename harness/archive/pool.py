@@ -1,0 +1,84 @@
+"""The shared pool of verified .debs in the cache, and unpacking them into a prefix."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from harness.archive.suite import PackageFile
+from harness.cache import atomic_write_bytes, cache_dir, sha256_file
+from harness.errors import ArchiveError, VerificationError
+from harness.tools import require
+
+DOWNLOAD_TIMEOUT = 120
+
+
+def _pool() -> Path:
+    return cache_dir("debs")
+
+
+def verify_deb(path: Path, pkg: PackageFile) -> None:
+    digest = sha256_file(path)
+    if digest != pkg.sha256:
+        raise VerificationError(
+            f"checksum mismatch for {path}: the signed index says sha256 {pkg.sha256}, the file has "
+            f"{digest} (delete it to download it again)")
+
+
+def download(packages: list[PackageFile]) -> list[Path]:
+    """Return the verified .deb of every package, downloading the ones the pool lacks."""
+    pool = _pool()
+
+    def one(pkg: PackageFile) -> Path:
+        dest = pool / pkg.filename
+        if dest.exists():
+            verify_deb(dest, pkg)
+        else:
+            try:
+                with urllib.request.urlopen(pkg.uri, timeout=DOWNLOAD_TIMEOUT) as resp:
+                    data = resp.read(pkg.size + 1)
+            except (urllib.error.URLError, OSError, TimeoutError) as exc:
+                raise ArchiveError(f"cannot download {pkg.uri}: {exc}") from None
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != pkg.sha256:
+                raise VerificationError(f"checksum mismatch for {pkg.uri}: the signed index says sha256 "
+                                        f"{pkg.sha256}, the download has {digest}")
+            atomic_write_bytes(dest, data)
+        return dest
+
+    with ThreadPoolExecutor(max_workers=4) as pool_exec:
+        return list(pool_exec.map(one, packages))
+
+
+def unpack(debs: list[Path], dest: Path, relink: bool = True) -> None:
+    """Unpack every .deb into `dest`; with `relink`, make absolute symlinks point inside it."""
+    dpkg_deb = require("dpkg-deb")
+
+    def one(deb: Path) -> None:
+        done = subprocess.run(check=False, args=[dpkg_deb, "-x", str(deb), str(dest)], capture_output=True, text=True,
+                              timeout=300, stdin=subprocess.DEVNULL)
+        if done.returncode != 0:
+            raise ArchiveError(f"cannot unpack {deb.name}: {done.stderr.strip()}")
+
+    # dpkg-deb -x of two packages sharing a directory is safe; files never overlap in a closure
+    with ThreadPoolExecutor(max_workers=4) as pool_exec:
+        list(pool_exec.map(one, debs))
+    if relink:
+        relink_absolute_symlinks(dest)
+
+
+def relink_absolute_symlinks(root: Path) -> None:
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            link = os.path.join(dirpath, name)
+            if os.path.islink(link):
+                target = os.readlink(link)
+                if target.startswith("/"):
+                    inside = os.path.join(str(root), target.lstrip("/"))
+                    os.unlink(link)
+                    os.symlink(os.path.relpath(inside, dirpath), link)
