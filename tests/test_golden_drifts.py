@@ -38,7 +38,7 @@ def test_same_drifts_as_recorded(now: dict[str, list[dict[str, object]]]) -> Non
     golden = json.loads(GOLDEN.read_text())
     for name, drifts in golden.items():
         assert len(now[name]) == len(drifts), name
-        key = lambda d: (d["category"], d["subject"], d["path"], json.dumps(d["old"]))  # noqa: E731
+        key = lambda d: (d["category"], d["subject"], d["path"], json.dumps(d["old"]))
         for was, got in zip(sorted(drifts, key=key), sorted(now[name], key=key), strict=True):
             if was["severity"] != got["severity"]:
                 assert (was["category"], was["path"], was["severity"], got["severity"]) in RESEVERED, (name, was)
