@@ -21,7 +21,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from harness.cache import cache_dir, file_lock, sha256_file, staging_dir
+from harness.cache import cache_dir, file_lock, read_json, sha256_file, staging_dir
 from harness.capture import MANIFEST, load_capture
 from harness.errors import QabiError
 
@@ -45,7 +45,9 @@ def is_baseline_dir(path: Path) -> bool:
 
 
 def baseline_provenance(path: Path) -> dict[str, Any]:
-    data = json.loads((path / BUILD_JSON).read_text())
+    data = read_json(path / BUILD_JSON, "a baseline's build record")
+    if not isinstance(data.get("build"), dict):
+        raise QabiError(f"{path / BUILD_JSON}: not a baseline's build record (no 'build' object)")
     return dict(data["build"])
 
 

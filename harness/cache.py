@@ -3,34 +3,83 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+from harness.errors import QabiError
 
 
 def cache_root() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     root = Path(base) / "qabi"
-    root.mkdir(parents=True, exist_ok=True)
+    _mkdir(root)
     return root
 
 
 def cache_dir(*parts: str) -> Path:
     path = cache_root().joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
+    _mkdir(path)
     return path
+
+
+def _mkdir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK):
+            raise PermissionError(errno.EACCES, "not writable", str(path))
+    except OSError as exc:
+        raise cache_error(path, exc) from None
+
+
+def cache_error(path: Path | str, exc: OSError) -> QabiError:
+    """A cache that cannot be written (read-only, full, not ours) as one line that says what to do."""
+    return QabiError(f"the cache {path} cannot be written ({exc.strerror or exc}); free space, or point "
+                     "XDG_CACHE_HOME at a writable directory")
+
+
+def sweep_stale(parent: Path, prefix: str = ".") -> None:
+    """Remove the staging dirs (`PREFIX…partial-PID…`) that processes which are gone left in `parent`
+    (a SIGKILL or a power cut gives no chance to clean up)."""
+    with contextlib.suppress(OSError):
+        for entry in parent.iterdir():
+            found = _PARTIAL.fullmatch(entry.name)
+            if found and entry.name.startswith(prefix) and not _alive(int(found.group(1))):
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+_PARTIAL = re.compile(r"\..*\.partial-(\d+)(?:-.*)?")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """An exclusive advisory lock held for the duration of the block."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise cache_error(path, exc) from None
+    with handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
             yield
@@ -40,9 +89,11 @@ def file_lock(path: Path) -> Iterator[None]:
 
 @contextlib.contextmanager
 def staging_dir(final: Path) -> Iterator[Path]:
-    """A temporary sibling of `final`, renamed onto it only if the block succeeds."""
+    """A temporary sibling of `final`, renamed onto it only if the block succeeds. Its name carries
+    the PID (`.NAME.partial-PID-…`), so that a later run sweeps it if this process dies first."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    sweep_stale(final.parent, f".{final.name}.")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-{os.getpid()}-", dir=final.parent))
     try:
         yield tmp
         os.rename(tmp, final)
@@ -55,23 +106,53 @@ def atomic_write_bytes(path: Path, data: bytes | str, mode: int = 0o644) -> None
     """Write `data` to `path` through a temporary sibling renamed onto it: readers see the old file or
     the whole new one, never a part. The file is created 0600 and set to `mode` before the rename, so
     a private file (mode 0o600) is never readable by others, even for a moment. The project's one
-    atomic file write."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    atomic file write. A failure (a directory in the way, a full or read-only disk) is a QabiError
+    naming `path`, and leaves nothing behind."""
+    if path.is_dir():
+        raise QabiError(f"{path} is a directory; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise QabiError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data.encode() if isinstance(data, str) else data)
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise QabiError(f"cannot write {path}: {exc.strerror or exc}") from None
         raise
 
 
 def write_json(path: Path, data: object, mode: int = 0o644) -> None:
     """`data` as sorted, indented JSON, written atomically."""
     atomic_write_bytes(path, json.dumps(data, indent=2, sort_keys=True) + "\n", mode)
+
+
+def read_json(path: Path, what: str, kind: type = dict) -> Any:
+    """A JSON file that must hold a `kind` (dict by default): a missing, unreadable, invalid, too
+    deeply nested or wrongly shaped file is a QabiError naming it and `what` it should be."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise QabiError(f"{path}: no such file ({what})") from None
+    except OSError as exc:
+        raise QabiError(f"cannot read {path} ({what}): {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise QabiError(f"{path}: not {what} (not UTF-8 text)") from None
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise QabiError(f"{path}: not {what} (JSON nested too deeply)") from None
+    except ValueError as exc:
+        raise QabiError(f"{path}: not {what} (invalid JSON: {exc})") from None
+    if not isinstance(data, kind):
+        raise QabiError(f"{path}: not {what} (a JSON {type(data).__name__}, expected a {kind.__name__})")
+    return data
 
 
 def sha256_file(path: Path) -> str:

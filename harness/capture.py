@@ -7,9 +7,11 @@ without it is a failed or partial capture and is never compared.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import __version__
-from harness.cache import atomic_write_bytes, sha256_file
+from harness.cache import atomic_write_bytes, read_json, sha256_file, sweep_stale
 from harness.errors import CaptureError, QabiError, UnsupportedError
 from harness.guest.profile import GuestProfile, check_supported, machine_family
 from harness.guest.user_image import open_guest_image
@@ -136,13 +138,14 @@ def load_capture(path: Path, verify: bool = True) -> Capture:
     if not (path / MANIFEST).is_file():
         raise CaptureError(f"{path}: not a capture (no {MANIFEST})")
     try:
-        manifest = json.loads((path / MANIFEST).read_text())
-    except ValueError as exc:
-        raise CaptureError(f"{path / MANIFEST}: not valid JSON: {exc}") from None
-    if not manifest.get("complete"):
-        raise CaptureError(f"{path}: incomplete capture: {manifest.get('error', 'no reason recorded')}")
+        manifest = read_json(path / MANIFEST, "a capture manifest")
+    except QabiError as exc:
+        raise CaptureError(str(exc)) from None
+    if manifest.get("complete") is not True:
+        raise CaptureError(f"{path}: incomplete capture: {str(manifest.get('error', 'no reason recorded'))[:200]}")
+    check_manifest(path, manifest)
     if verify:
-        files = manifest.get("files", {})
+        files = manifest["files"]
         on_disk = {str(p.relative_to(path)) for p in (path / "raw").rglob("*") if p.is_file()}
         missing = set(files) - on_disk
         if missing:
@@ -156,13 +159,59 @@ def load_capture(path: Path, verify: bool = True) -> Capture:
     return Capture(path, manifest)
 
 
+FAILED = "FAILED"
+FAILED_SIGNATURE = "qabi failed capture v1"   # first line of FAILED: this directory is qabi's own
+_FAILED_CONTENTS = {"console.log", FAILED}
+
+
+def is_failed_capture(out: Path) -> bool:
+    """`out` is a directory that qabi's failure path left: a FAILED marker with qabi's signature and
+    nothing but its console log beside it."""
+    try:
+        entries = {p.name for p in out.iterdir()}
+        with open(out / FAILED, encoding="utf-8", errors="replace") as handle:
+            first = handle.readline(200).rstrip("\n")
+    except OSError:
+        return False
+    return first == FAILED_SIGNATURE and entries <= _FAILED_CONTENTS
+
+
+# what a complete manifest must hold, and of which JSON type (the decoders and reports read these)
+_MANIFEST_SHAPE: dict[str, type] = {"build": dict, "profile": dict, "machine": dict, "image": dict, "accel": str,
+                                    "files": dict}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def check_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """CaptureError unless `manifest` has the keys and shapes a capture's readers rely on."""
+    for key, kind in _MANIFEST_SHAPE.items():
+        if not isinstance(manifest.get(key), kind):
+            raise CaptureError(f"{path}: {MANIFEST} has no valid {key!r} (a JSON {kind.__name__})")
+    for key, sub in (("machine", "asked"), ("machine", "resolved"), ("profile", "name"), ("image", "sha256")):
+        if not isinstance(manifest[key].get(sub), str):
+            raise CaptureError(f"{path}: {MANIFEST} has no valid {key}.{sub}")
+    for rel, digest in manifest["files"].items():
+        parts = rel.split("/")
+        if parts[0] != "raw" or len(parts) < 2 or any(p in ("", ".", "..") for p in parts) \
+                or not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            raise CaptureError(f"{path}: {MANIFEST} lists a bad file entry {rel[:80]!r}")
+
+
 def _prepare_out(out: Path) -> None:
-    if out.exists():
-        if is_complete(out):
-            raise QabiError(f"{out} already holds a complete capture; refusing to overwrite it")
-        if out.is_dir() and any(p.name not in ("console.log", "FAILED", "raw") for p in out.iterdir()):
-            raise QabiError(f"{out} exists and is not a capture directory; refusing to overwrite it")
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    """`out` free for a new capture: missing, an empty directory, or qabi's own failed capture
+    (replaced). Anything else, a user's file or directory, is never touched."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if out.is_symlink() or not out.is_dir():
+        raise QabiError(f"{out} exists and is not a directory; refusing to overwrite it")
+    if is_complete(out):
+        raise QabiError(f"{out} already holds a complete capture; refusing to overwrite it")
+    if not any(out.iterdir()):
+        return
+    if not is_failed_capture(out):
+        raise QabiError(f"{out} exists and is not qabi's own failed capture; refusing to overwrite it "
+                        "(choose an empty or new directory)")
+    shutil.rmtree(out)
 
 
 def plan_capture(build: QemuBuild, profile: GuestProfile, machine: str, accel: str = "tcg",
@@ -185,22 +234,39 @@ def capture(plan: CapturePlan, out: Path) -> Capture:
     transport = get_transport(plan.access.transport)
     out = out.resolve()
     _prepare_out(out)
+    sweep_stale(out.parent, f".{out.name}.partial-")
     staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "raw").mkdir(parents=True)
+    try:
+        return _capture(plan, transport, out, staging)
+    except OSError as exc:   # ENOSPC, EROFS, a name too long…: no partial raw is left (see _fail)
+        where = exc.filename or out
+        raise CaptureError(f"cannot write the capture: {where}: {exc.strerror or exc}") from None
+
+
+def _capture(plan: CapturePlan, transport: Any, out: Path, staging: Path) -> Capture:
     started = time.time()
     console_log = out / "console.log"   # where a person will look if this fails
     try:
+        shutil.rmtree(staging, ignore_errors=True)
+        (staging / "raw").mkdir(parents=True)
         with private_dir() as work:
             setup = transport.setup(plan, work, console_log)
             argv = qemu_argv(plan, work, setup)
             result = transport.run(Session(argv, plan.build.environ(), work, console_log, plan.timeout, setup))
             files = write_raw(result.records, staging / "raw")
+        os.replace(console_log, staging / "console.log")
+        out.rmdir()
+        manifest = _manifest(plan, transport, argv, setup, result, files, staging, started)
+        atomic_write_bytes(staging / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+        os.rename(staging, out)
     except BaseException as exc:
         _fail(staging, out, exc)
         raise
-    os.replace(console_log, staging / "console.log")
-    out.rmdir()
+    return Capture(out, manifest)
+
+
+def _manifest(plan: CapturePlan, transport: Any, argv: list[str], setup: Any, result: Any,
+              files: dict[str, str], staging: Path, started: float) -> dict[str, Any]:
     profile, resolved = plan.profile, plan.machine
     manifest = {
         "complete": True,
@@ -222,9 +288,7 @@ def capture(plan: CapturePlan, out: Path) -> Capture:
     }
     if result.details:
         manifest[transport.name] = result.details
-    atomic_write_bytes(staging / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
-    os.rename(staging, out)
-    return Capture(out, manifest)
+    return manifest
 
 
 def _portable_argv(argv: list[str]) -> list[str]:
@@ -239,7 +303,11 @@ def _portable_argv(argv: list[str]) -> list[str]:
 
 
 def _fail(staging: Path, out: Path, exc: BaseException) -> None:
-    """Keep the console log of a failed capture at `out`, marked FAILED, with no manifest."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "FAILED").write_text(f"{type(exc).__name__}: {exc}\n")
+    """Remove the staging dir (no partial raw is left) and keep the console log of a failed capture
+    at `out`, marked FAILED with qabi's signature (so a later capture may replace it), no manifest.
+    Best effort: on a full or read-only disk the marker may be missing, never the original error."""
     shutil.rmtree(staging, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        out.mkdir(parents=True, exist_ok=True)
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:2000]
+        (out / FAILED).write_text(f"{FAILED_SIGNATURE}\n{reason}\n")

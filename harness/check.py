@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import __version__
-from harness.cache import cache_dir, file_lock
+from harness.cache import cache_dir, file_lock, sweep_stale
 from harness.capture import (
     DEFAULT_TIMEOUT,
     SERIAL,
@@ -30,12 +30,13 @@ from harness.capture import (
     is_complete,
     load_capture,
     plan_capture,
+    resolve_machine,
 )
 from harness.drift import DEFAULT_WAIVERS, Waivers, compare, load_waivers
 from harness.drift.model import Severity, severity_rank
-from harness.errors import QabiError, UnsupportedError
+from harness.errors import CaptureError, QabiError, UnsupportedError
 from harness.guest import build_reference_image
-from harness.guest.profile import GuestProfile, load_profile, profile_names
+from harness.guest.profile import GuestProfile, close_devices, load_profile, profile_names
 from harness.qemu import QemuBuild, resolve
 from harness.report import Run, RunSet, RunStatus
 from harness.transport.launch import check_accel
@@ -122,13 +123,32 @@ def captured(plan: CapturePlan, reuse: bool = True) -> Capture:
     """A complete, verified capture for `plan` in the capture cache: reused when one with identical
     inputs is there (unless `reuse` is False: then it is made afresh and replaces it, so the next
     run can reuse it). One capture at a time per key."""
-    folder = cache_dir("captures") / f"{plan.machine}_{plan.profile.name}_{capture_key(plan)}"
+    captures = cache_dir("captures")
+    _sweep_once(captures)
+    folder = captures / f"{plan.machine}_{plan.profile.name}_{capture_key(plan)}"
     with file_lock(folder.with_name(folder.name + ".lock")):
-        if is_complete(folder):
-            if reuse:
+        if is_complete(folder) and reuse:
+            try:
                 return load_capture(folder)  # verified before it is used
-            shutil.rmtree(folder)
+            except CaptureError:
+                pass  # corrupted in the cache (a bad disk, a hand edit): made afresh below, once
+        if folder.exists():
+            try:
+                shutil.rmtree(folder)
+            except OSError as exc:
+                raise CaptureError(f"cannot replace the cached capture {folder}: {exc.strerror}; "
+                                   "remove that directory by hand") from None
         return capture(plan, folder)
+
+
+_SWEPT: set[Path] = set()
+
+
+def _sweep_once(folder: Path) -> None:
+    """Staging dirs that dead processes left in the capture cache go, once per process."""
+    if folder not in _SWEPT:
+        _SWEPT.add(folder)
+        sweep_stale(folder)
 
 
 @dataclass(frozen=True)
@@ -194,8 +214,19 @@ class Check:
         caps: list[Capture] = []
         try:
             profile = load_profile(guest)
-            for side in (self.old, self.new):
-                caps.append(self._side_capture(side, profile, machine))
+            lost = self._lost_devices(profile, machine)
+            if lost:
+                if self.old.build is None:
+                    caps.append(self._side_capture(self.old, profile, machine))  # the baseline has this run
+                return replace(self._device_drift(machine, guest, lost), seconds=round(time.monotonic() - started, 3))
+            caps.append(self._side_capture(self.old, profile, machine))
+            try:
+                caps.append(self._side_capture(self.new, profile, machine))
+            except UnsupportedError as exc:
+                # the old build ran this profile, the new one refuses it: the guest loses hardware
+                what = str(exc).removeprefix("unsupported on this build: ")
+                run = self._device_drift(machine, guest, {what: "QEMU refused it when the profile was started"})
+                return replace(run, seconds=round(time.monotonic() - started, 3))
             old_fp, new_fp = (fingerprint_capture(c) for c in caps)
             run = Run(machine=machine, guest=guest, old=old_fp["source"]["build"], new=new_fp["source"]["build"],
                       comparison=compare(old_fp, new_fp, self.waivers)).with_fingerprints(old_fp, new_fp)
@@ -204,6 +235,48 @@ class Check:
         except QabiError as exc:
             run = self._failed(machine, guest, "error", str(exc))
         return replace(run, seconds=round(time.monotonic() - started, 3))
+
+    def _lost_devices(self, profile: GuestProfile, machine: str) -> dict[str, str]:
+        """The profile's drivers that the old side has and the new build lacks ({driver: why}).
+
+        A driver neither side has is a profile error (QabiError, with close matches); one only
+        the old build lacks makes the run unsupported (nothing to compare it with)."""
+        def lacking(side: Side) -> tuple[set[str], list[str]]:
+            if side.build is None:   # a baseline ran the profile when it was recorded
+                return set(), []
+            resolved = resolve_machine(side.build, machine)
+            devices = side.build.info().devices
+            return set(profile.drivers_for(resolved)) - set(devices), list(devices)
+
+        old_lacks, old_devices = lacking(self.old)
+        new_lacks, new_devices = lacking(self.new)
+        neither = sorted(old_lacks & new_lacks)
+        if neither:
+            raise QabiError(f"profile '{profile.name}': device '{neither[0]}' is on neither build "
+                            f"({self.old.spec}, {self.new.spec}){close_devices(neither[0], new_devices + old_devices)}")
+        if old_lacks:
+            first = min(old_lacks)
+            raise UnsupportedError(f"the old build {self.old.spec} has no device '{first}' (the new one has): "
+                                   "this run is not compared")
+        return {d: f"{self.old.spec} has it, {self.new.spec} has not" for d in sorted(new_lacks)}
+
+    def _device_drift(self, machine: str, guest: str, lost: dict[str, str]) -> Run:
+        """A compared run whose only drifts are profile devices the new build cannot provide:
+        each a `break` (the guest loses that hardware), never a skip."""
+        from harness.drift.impact import Impact
+        from harness.drift.model import Comparison, Drift
+
+        drifts = [Drift(category="pci", subject=f"profile device {device}", path="(device)",
+                        old=f"present on {self.old.spec}", new=f"missing on {self.new.spec}: {why}",
+                        severity="break", change="removed",
+                        impact=Impact("device", "device", "the guest loses a device it had: its driver has nothing to bind"))
+                  for device, why in lost.items()]
+        if self.waivers is not None:
+            drifts, _stale = self.waivers.apply(drifts, ("pci",))
+        comparison = Comparison(drifts=tuple(drifts), categories=("pci",),
+                                waivers_source=self.waivers.source if self.waivers is not None else None)
+        return Run(machine=machine, guest=guest, old=_safe_provenance(self.old), new=_safe_provenance(self.new),
+                   comparison=comparison)
 
     def _failed(self, machine: str, guest: str, status: RunStatus, reason: str) -> Run:
         return Run(machine=machine, guest=guest, old=_safe_provenance(self.old), new=_safe_provenance(self.new),

@@ -133,7 +133,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
         new_fp = load_fingerprint(args.new)
         run = Run.from_fingerprints(old_fp, new_fp, compare(old_fp, new_fp, waivers))
     except QabiError as exc:
-        print(f"qabi: error: {exc}", file=sys.stderr)
+        _error(str(exc))
         run = Run.failed(str(exc), old_fp, new_fp)
     runset = RunSet((run,), fail_on=args.fail_on)
     if args.json:
@@ -240,6 +240,12 @@ def cmd_check(args: argparse.Namespace) -> int:
                          args.firmware_from, args.jobs)
     runset = run_check(request, progress if sys.stderr.isatty() else None)
     sys.stdout.write(render_text(runset))
+    if runset.exit_code == 2:   # could not decide: say why on stderr too (bisect scripts read it)
+        from harness.report.view import verdict_line
+
+        failed = next((r for r in runset.runs if r.status != "compared"), None)
+        reason = f"{failed.name}: {failed.status}: {failed.reason}" if failed else verdict_line(runset)
+        _error(f"could not decide: {reason}")
     if args.json:
         write_json(runset, args.json, details=True)
     if args.report:
@@ -360,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from harness.qemu.process import install_signal_handlers, kill_all
+    from harness.qemu.process import Terminated, install_signal_handlers, kill_all
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -368,13 +374,30 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except QabiError as exc:
-        print(f"qabi: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _error(str(exc), exc.exit_code)
     except KeyboardInterrupt:
-        print("qabi: interrupted", file=sys.stderr)
-        return 2
+        return _error("interrupted")
+    except Terminated as exc:
+        return _error(f"stopped by {exc}")
+    # the last line of defence: every failure is exit 2 with one line, never 1, never a traceback
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _error(f"{where}{exc.strerror or exc}")
+    except RecursionError:
+        return _error("input nested too deeply")
+    except (ValueError, UnicodeError, MemoryError) as exc:
+        return _error(f"{type(exc).__name__}: {exc}")
     finally:
         kill_all()
+
+
+def _error(message: str, code: int = 2) -> int:
+    """One line on stderr, control characters escaped (guest text can be in it)."""
+    from harness.report.text import escape_controls
+
+    first = " ".join(message.split("\n")) if message else "unknown error"
+    print(f"qabi: error: {escape_controls(first, keep='')}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -157,7 +157,8 @@ def test_missing_property_is_unsupported(tmp_path):
 
 
 def test_qemu_exiting_early_shows_its_stderr(tmp_path):
-    profile = _profile(tmp_path, "").read_text().replace("memory = 256", "memory = 64000000")
+    # a topology QEMU refuses at start (the profile schema bounds memory and vCPU counts)
+    profile = _profile(tmp_path, "").read_text().replace("smp = { cpus = 1 }", "smp = { cpus = 2, maxcpus = 1 }")
     (tmp_path / "huge.toml").write_text(profile)
     done = run_qabi("capture", "--qemu", "debian:bookworm", "--machine", "pc-q35-7.2", "--guest",
                     str(tmp_path / "huge.toml"), "-o", str(tmp_path / "x"))

@@ -75,7 +75,7 @@ def test_verdict_follows_fail_on(pair):
 
 def test_waived_drifts_carry_their_reason(pair):
     old, new = pair
-    waivers = '[[waiver]]\ncategory = "*"\nsubject = "*"\nreason = "all accepted"\n'
+    waivers = '[[waiver]]\ncategory = "*"\nsubject = "*"\nreason = "all accepted"\nscope = "all"\n'
     data = to_json(_runset(old, new, waivers=waivers))
     validate_report(data)
     assert data["verdict"] == "unchanged"
@@ -88,7 +88,8 @@ def test_error_and_unsupported_runs():
     unsupported = Run(machine="pc-i440fx-2.0", guest="windows", status="unsupported",
                       reason="QEMU 5.2 has no device 'virtio-sound-pci'")
     errored = Run.failed("capture incomplete: raw/dev/cpu/0/cpuid missing", base_fingerprint())
-    assert to_json(RunSet((compared, unsupported)))["verdict"] == "unchanged"
+    # a run that was not compared never lets the verdict be "unchanged"
+    assert to_json(RunSet((compared, unsupported)))["verdict"] == "error"
     data = to_json(RunSet((compared, unsupported, errored)))
     validate_report(data)
     assert data["verdict"] == "error"

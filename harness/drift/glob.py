@@ -54,6 +54,24 @@ def _closing_brace(pattern: str, start: int) -> int | None:
     return None
 
 
+def glob_problem(pattern: str) -> str | None:
+    """Why `pattern` is not a well-formed glob (an unbalanced brace), or None."""
+    depth = 0
+    for c in pattern:
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth < 0:
+                return "a '}' without its '{'"
+    return "a '{' without its '}'" if depth else None
+
+
+def matches_everything(pattern: str) -> bool:
+    """`pattern` is only stars (`*`, `**`…): it matches any text."""
+    return bool(pattern) and not pattern.strip("*")
+
+
 @lru_cache(maxsize=1024)
 def compile_glob(pattern: str) -> re.Pattern[str]:
     """The compiled, anchored regular expression for `pattern`."""

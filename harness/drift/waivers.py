@@ -7,9 +7,11 @@
     old      = "0x0"                                  # optional: exact value, compared as strings
     new      = "0x1"                                  # optional
     reason   = "virtio-rng gained MSI-X in 7.2.0; accepted for our fleet"   # required
+    scope    = "all"                                  # required only by a catch-all waiver (every
+                                                      # glob '*', no old/new): it waives everything
 
 Glob syntax: `*` any run of characters, `?` one character, `{a,b}` alternatives, everything
-else (square brackets included) literal. Waived drifts stay in the comparison with
+else (square brackets included) literal; unbalanced braces are refused. Waived drifts stay in the comparison with
 `waived=reason`; waivers that match nothing are reported as stale.
 """
 
@@ -23,13 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from harness.categories import names
-from harness.drift.glob import glob_match
+from harness.drift.glob import glob_match, glob_problem, matches_everything
 from harness.drift.model import Drift, value_text
 from harness.errors import QabiError
 
 DEFAULT_WAIVERS = Path("fingerprints") / "waivers.toml"
 
-_KEYS = {"category", "subject", "path", "old", "new", "reason"}
+_KEYS = {"category", "subject", "path", "old", "new", "reason", "scope"}
 _REQUIRED = ("category", "subject", "reason")
 _TABLE_HEADER = re.compile(r"^\s*\[\[\s*waiver\s*\]\]")
 _TOML_LINE = re.compile(r"\(at line (\d+), column (\d+)\)")
@@ -139,6 +141,18 @@ def parse_waivers(text: str, source: str = "<waivers>") -> Waivers:
         for key in ("category", "subject", "path", "reason"):
             if key in entry and (not isinstance(entry[key], str) or not entry[key].strip()):
                 raise QabiError(f"{where}: {key!r} must be a non-empty string")
+        for key in ("category", "subject", "path"):
+            problem = glob_problem(entry.get(key, "*"))
+            if problem:
+                raise QabiError(f"{where}: {key} glob {entry[key][:80]!r} has {problem}")
+        scope = entry.get("scope")
+        if scope is not None and scope != "all":
+            raise QabiError(f"{where}: scope must be \"all\" (or left out), not {scope!r}")
+        catch_all = (all(matches_everything(entry.get(k, "*")) for k in ("category", "subject", "path"))
+                     and entry.get("old") is None and entry.get("new") is None)
+        if catch_all and scope != "all":
+            raise QabiError(f"{where}: this waiver matches every drift (category, subject and path all '*', no "
+                            "old/new): write scope = \"all\" if that is really meant")
         if not any(glob_match(entry["category"], c) for c in names()):
             raise QabiError(f"{where}: category {entry['category']!r} matches none of {', '.join(names())}")
         values: dict[str, str | None] = {}

@@ -7,11 +7,10 @@ be recomputed from a capture.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.errors import DecodeError, QabiError
+from harness.errors import DecodeError
 
 if TYPE_CHECKING:
     from harness.capture import Capture
@@ -46,20 +45,9 @@ def load_fingerprint(path: Path | str) -> dict[str, Any]:
     p = Path(path)
     if p.is_dir():
         return fingerprint_capture(p)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise QabiError(f"{p}: no such fingerprint file or capture directory") from None
-    except OSError as exc:
-        raise QabiError(f"cannot read {p}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise QabiError(f"{p}: not a fingerprint (not UTF-8 JSON)") from None
-    try:
-        data: Any = json.loads(text)
-    except ValueError as exc:
-        raise QabiError(f"{p}: not a fingerprint (invalid JSON: {exc})") from None
-    if not isinstance(data, dict):
-        raise QabiError(f"{p}: not a fingerprint (not a JSON object)")
+    from harness.cache import read_json
+
+    data: Any = read_json(p, "a fingerprint")
     source = data.setdefault("source", {})
     if isinstance(source, dict):
         source.setdefault("capture", str(p))

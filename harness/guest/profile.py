@@ -7,8 +7,10 @@ disk serials, RTC) is fixed here or by the launcher.
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,55 +71,161 @@ def _fail(path: Path, message: str) -> QabiError:
     return QabiError(f"{path}: {message}")
 
 
-def _device(path: Path, index: int, raw: dict[str, Any]) -> Device:
+# -- the schema: every key known, every value of a bounded shape that cannot reach a host file or
+# another QEMU option (profile files are hostile input: they may come from anyone) -------------------
+_TOP_KEYS = {"name", "description", "cpu", "memory", "smp", "uuid", "device"}
+_SMP_KEYS = ("cpus", "sockets", "dies", "clusters", "cores", "threads", "maxcpus")
+MAX_VCPUS = 288
+MEMORY_MIB = (16, 1 << 20)                     # 16 MiB .. 1 TiB
+DISK_BYTES = (512, 1 << 40)                    # 512 bytes .. 1 TiB (blank sparse files)
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")          # goes into cache paths
+DRIVER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_CPU_FLAG = r"(?:[+-][A-Za-z0-9._-]+|[A-Za-z0-9._-]+=(?:on|off|\d+))"
+CPU = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,63}}(?:,{_CPU_FLAG}){{0,32}}")
+DEVICE_ID = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
+BUS = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}(?:\.\d{1,3})?")
+ADDR = re.compile(r"(?:0x)?[0-9a-fA-F]{1,2}(?:\.(?:0x)?[0-7])?")
+MAC = re.compile(r"[0-9a-f][02468ace](?::[0-9a-f]{2}){5}")     # lower case, unicast
+PROP_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+PROP_VALUE = re.compile(r"[A-Za-z0-9._:+-]{0,64}")
+# properties that name a host file or another QEMU object, or that the launcher sets itself
+_HOST_PROPS = {"romfile", "file", "filename", "path", "fd", "drive", "chardev", "netdev", "audiodev", "id",
+               "bus", "addr", "mac", "driver", "memdev", "rng", "iothread", "tpmdev", "backend", "fsdev", "spicevmc",
+               "logfile", "bootindex-file"}
+RESERVED_ID_PREFIX = "qabi"                     # ids the launcher gives its own objects
+
+
+def _str(path: Path, where: str, value: object, pattern: re.Pattern[str] | None = None) -> str:
+    if not isinstance(value, str):
+        raise _fail(path, f"{where} must be a string, not {type(value).__name__}")
+    if pattern is not None and not pattern.fullmatch(value):
+        raise _fail(path, f"{where} {value[:80]!r} is not valid (expected {pattern.pattern})")
+    return value
+
+
+def _int(path: Path, where: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(path, f"{where} must be an integer, not {type(value).__name__}")
+    if not low <= value <= high:
+        raise _fail(path, f"{where} = {value} is out of range ({low}..{high})")
+    return value
+
+
+def _device(path: Path, index: int, raw: object) -> Device:
+    where = f"device {index}"
+    if not isinstance(raw, dict):
+        raise _fail(path, f"{where} must be a table ([[device]])")
     unknown = set(raw) - _DEVICE_KEYS
     if unknown:
-        raise _fail(path, f"device {index}: unknown key(s) {', '.join(sorted(unknown))}")
-    if not isinstance(raw.get("driver"), str):
-        raise _fail(path, f"device {index}: 'driver' (a string) is required")
-    families = tuple(raw.get("families", FAMILIES))
-    if not set(families) <= set(FAMILIES):
-        raise _fail(path, f"device {index}: families must be among {', '.join(FAMILIES)}")
+        raise _fail(path, f"{where}: unknown key(s) {', '.join(sorted(unknown))} "
+                          f"(known: {', '.join(sorted(_DEVICE_KEYS))})")
+    if "driver" not in raw:
+        raise _fail(path, f"{where}: 'driver' (a string) is required")
+    driver = _str(path, f"{where}: driver", raw["driver"], DRIVER)
+    families_raw = raw.get("families", list(FAMILIES))
+    if not isinstance(families_raw, list) or not families_raw or not set(families_raw) <= set(FAMILIES):
+        raise _fail(path, f"{where}: families must be a non-empty list among {', '.join(FAMILIES)}")
+    dev_id = _str(path, f"{where}: id", raw["id"], DEVICE_ID) if "id" in raw else None
+    if dev_id and dev_id.lower().startswith(RESERVED_ID_PREFIX):
+        raise _fail(path, f"{where}: id {dev_id!r}: ids starting with '{RESERVED_ID_PREFIX}' are qabi's own")
     props = raw.get("props", {})
     if not isinstance(props, dict):
-        raise _fail(path, f"device {index}: 'props' must be a table")
+        raise _fail(path, f"{where}: 'props' must be a table")
+    disk = _str(path, f"{where}: disk", raw["disk"]) if "disk" in raw else None
+    if disk is not None:
+        size = disk_size(disk)
+        if not DISK_BYTES[0] <= size <= DISK_BYTES[1] or size % 512:
+            raise _fail(path, f"{where}: disk size {disk!r} must be a multiple of 512 bytes, 512 bytes to 1T")
+    flags = {}
+    for key in ("cdrom", "audio"):
+        value = raw.get(key, False)
+        if not isinstance(value, bool):
+            raise _fail(path, f"{where}: {key} must be true or false")
+        flags[key] = value
     return Device(
-        driver=raw["driver"], id=raw.get("id"), addr=raw.get("addr"), bus=raw.get("bus"), families=families,
-        props=tuple((str(k), _prop(v)) for k, v in props.items()), mac=raw.get("mac"), disk=raw.get("disk"),
-        cdrom=bool(raw.get("cdrom", False)), audio=bool(raw.get("audio", False)))
+        driver=driver, id=dev_id,
+        addr=_str(path, f"{where}: addr", raw["addr"], ADDR) if "addr" in raw else None,
+        bus=_str(path, f"{where}: bus", raw["bus"], BUS) if "bus" in raw else None,
+        families=tuple(families_raw),
+        props=tuple(_prop(path, where, k, v) for k, v in props.items()),
+        mac=_str(path, f"{where}: mac", raw["mac"], MAC) if "mac" in raw else None,
+        disk=disk, cdrom=flags["cdrom"], audio=flags["audio"])
 
 
-def _prop(value: object) -> str:
+def _prop(path: Path, where: str, key: str, value: object) -> tuple[str, str]:
+    """One `props` entry as QEMU option text; a key naming a host file or another QEMU object, and a
+    value that could carry another option (`,`) or a path, are refused."""
+    _str(path, f"{where}: property name", key, PROP_KEY)
+    lowered = key.lower()
+    if lowered in _HOST_PROPS or any(word in lowered for word in ("file", "path", "dir")):
+        raise _fail(path, f"{where}: property {key!r} is not allowed in a profile (it names a host file or a "
+                          "QEMU object the launcher owns)")
     if isinstance(value, bool):
-        return "on" if value else "off"
-    return str(value)
+        return key, "on" if value else "off"
+    if isinstance(value, int):
+        return key, str(value)
+    return key, _str(path, f"{where}: property {key}", value, PROP_VALUE)
+
+
+def _name(path: Path, data: dict[str, Any]) -> str:
+    if "name" in data:
+        return _str(path, "name", data["name"], NAME)
+    if not NAME.fullmatch(path.stem):
+        raise _fail(path, f"the file name {path.stem[:80]!r} is not a valid profile name (expected {NAME.pattern}; "
+                          "or set name = ...)")
+    return path.stem
+
+
+def _smp(path: Path, raw: object) -> tuple[tuple[str, int], ...]:
+    if not isinstance(raw, dict):
+        raise _fail(path, f"smp must be a table such as {{ cpus = {raw if isinstance(raw, int) else 1} }}, "
+                          f"not {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(_SMP_KEYS))
+    if unknown:
+        raise _fail(path, f"smp: unknown key(s) {', '.join(unknown)} (known: {', '.join(_SMP_KEYS)})")
+    if "cpus" not in raw:
+        raise _fail(path, "smp: 'cpus' is required")
+    return tuple((k, _int(path, f"smp.{k}", v, 1, MAX_VCPUS)) for k, v in raw.items())
 
 
 def load_profile(name_or_path: str) -> GuestProfile:
-    """Load `guests/NAME.toml` (or a path to a profile file)."""
+    """Load `guests/NAME.toml` (or a path to a profile file), checked against a strict schema."""
     path = Path(name_or_path)
     if not name_or_path.endswith(".toml"):
+        if not NAME.fullmatch(name_or_path):
+            raise QabiError(f"bad guest profile name {name_or_path[:80]!r} (known: {', '.join(profile_names())})")
         path = GUESTS_DIR / f"{name_or_path}.toml"
     if not path.is_file():
-        raise QabiError(f"unknown guest profile '{name_or_path}' (known: {', '.join(profile_names())})")
+        raise QabiError(f"unknown guest profile '{name_or_path[:200]}' (known: {', '.join(profile_names())})")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise _fail(path, f"malformed TOML: {exc}") from None
-    try:
-        smp = data.get("smp", {"cpus": 1})
-        profile = GuestProfile(
-            name=str(data.get("name", path.stem)), description=str(data.get("description", "")),
-            cpu=str(data["cpu"]), memory_mib=int(data["memory"]),
-            smp=tuple((str(k), int(v)) for k, v in smp.items()), uuid=str(data["uuid"]),
-            devices=tuple(_device(path, i, d) for i, d in enumerate(data.get("device", []))),
-            source=str(path))
-    except KeyError as exc:
-        raise _fail(path, f"missing key {exc}") from None
-    except (TypeError, ValueError) as exc:
-        raise _fail(path, f"bad value: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _fail(path, f"cannot read the profile: {exc}") from None
+    unknown = sorted(set(data) - _TOP_KEYS)
+    if unknown:
+        raise _fail(path, f"unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(_TOP_KEYS))})")
+    for key in ("cpu", "memory", "uuid"):
+        if key not in data:
+            raise _fail(path, f"missing key '{key}'")
+    devices_raw = data.get("device", [])
+    if not isinstance(devices_raw, list):
+        raise _fail(path, "device must be an array of tables ([[device]])")
+    devices = tuple(_device(path, i, d) for i, d in enumerate(devices_raw))
+    for family in FAMILIES:
+        ids = [d.id for d in devices if d.id and family in d.families]
+        dup = next((i for i in ids if ids.count(i) > 1), None)
+        if dup:
+            raise _fail(path, f"device id {dup!r} is used twice on {family}")
+    profile = GuestProfile(
+        name=_name(path, data), description=_str(path, "description", data.get("description", "")),
+        cpu=_str(path, "cpu", data["cpu"], CPU),
+        memory_mib=_int(path, "memory (MiB)", data["memory"], *MEMORY_MIB),
+        smp=_smp(path, data.get("smp", {"cpus": 1})), uuid=_str(path, "uuid", data["uuid"]),
+        devices=devices, source=str(path))
     if not re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", profile.uuid):
-        raise _fail(path, f"uuid '{profile.uuid}' is not a lower-case UUID")
+        raise _fail(path, f"uuid '{profile.uuid[:80]}' is not a lower-case UUID")
     return profile
 
 
@@ -125,15 +233,22 @@ def profile_names() -> list[str]:
     return sorted(p.stem for p in GUESTS_DIR.glob("*.toml"))
 
 
+def close_devices(driver: str, devices: Iterable[str]) -> str:
+    """` (close: e1000, e1000e)` when `devices` has names close to `driver`, else ""."""
+    close = difflib.get_close_matches(driver, sorted(set(devices)), n=4, cutoff=0.75)
+    return f" (close: {', '.join(close)})" if close else ""
+
+
 def check_supported(profile: GuestProfile, machine: str, devices: set[str] | frozenset[str]) -> None:
-    """Raise UnsupportedError naming the first device of the profile that the build lacks."""
+    """Raise UnsupportedError naming the first device of the profile that the build lacks (with the
+    build's close device names: a typo shows its fix)."""
     for driver in profile.drivers_for(machine):
         if driver not in devices:
-            raise UnsupportedError(f"unsupported on this build: {driver}")
+            raise UnsupportedError(f"unsupported on this build: {driver}{close_devices(driver, devices)}")
 
 
 def disk_size(text: str) -> int:
-    match = re.fullmatch(r"(\d+)([KMG]?)", text.strip().upper())
+    match = re.fullmatch(r"(\d{1,16})([KMGT]?)", text.strip().upper())
     if not match:
         raise QabiError(f"bad disk size '{text}' (use e.g. 1M)")
-    return int(match.group(1)) * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[match.group(2)]
+    return int(match.group(1)) * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[match.group(2)]

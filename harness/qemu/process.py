@@ -28,13 +28,21 @@ def kill_all() -> None:
         _LIVE.discard(pid)
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: unwinds like Ctrl-C (every `finally` runs: QEMU killed, staging and
+    temporary run dirs removed), then the front door exits 2."""
+
+
 def _on_signal(signum: int, frame: object) -> None:
     kill_all()
-    signal.signal(signum, signal.SIG_DFL)
-    os.kill(os.getpid(), signum)
+    for sig in (signal.SIGTERM, signal.SIGHUP):   # a second signal must not interrupt the cleanup
+        with contextlib.suppress(ValueError):
+            signal.signal(sig, signal.SIG_IGN)
+    raise Terminated(signal.Signals(signum).name)
 
 
 def install_signal_handlers() -> None:
+    """SIGTERM and SIGHUP handled like SIGINT: kill QEMU, unwind with cleanup, exit 2."""
     for sig in (signal.SIGTERM, signal.SIGHUP):
         with contextlib.suppress(ValueError):
             signal.signal(sig, _on_signal)

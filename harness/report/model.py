@@ -133,7 +133,8 @@ def _pair(old: str | None, new: str | None) -> str:
 @dataclass(frozen=True)
 class RunSet:
     """All runs of one check, and the overall verdict: error if any run errored (or nothing was
-    compared at all), drift if any run has unwaived drift at `fail_on` or above, else unchanged.
+    compared at all), drift if any run has unwaived drift at `fail_on` or above, error if any run
+    was not compared (unsupported), else unchanged.
 
     `seconds` (the whole check's wall time), `generated` (ISO 8601) and `qabi_version` (the qabi
     that made it, when read back from a report) are shown when known. `details` is False for a
@@ -153,10 +154,14 @@ class RunSet:
 
     @property
     def verdict(self) -> ReportVerdict:
+        """error if a run errored or nothing was compared; drift if a compared run drifted; error
+        if a run was not compared (unsupported): a skipped run never lets the verdict be unchanged."""
         outcomes = [run.outcome(self.fail_on) for run in self.runs]
         if "error" in outcomes or "unchanged" not in outcomes and "drift" not in outcomes:
             return "error"
-        return "drift" if "drift" in outcomes else "unchanged"
+        if "drift" in outcomes:
+            return "drift"
+        return "error" if "unsupported" in outcomes else "unchanged"
 
     @property
     def exit_code(self) -> int:

@@ -178,11 +178,15 @@ def _summary(result: RunSet, views: tuple[RunView, ...]) -> str:
     if shown:
         parts.append("unwaived: " + ", ".join(shown))
     if totals["waived"]:
-        parts.append(f"{totals['waived']} waived")
+        # a waived break is never out of sight: each one is named in the verdict line
+        breaks = sorted({f"{d.subject} {d.path}".strip() for v in compared for d in v.run.drifts
+                         if d.waived is not None and d.severity == "break"})
+        named = f" (waived breaks: {', '.join(breaks)})" if breaks else ""
+        parts.append(f"{totals['waived']} waived{named}")
     if errors:
         parts.append(f"{_plural(errors, 'run')} could not be decided")
     if unsupported:
-        parts.append(f"{unsupported} unsupported")
+        parts.append(f"{unsupported} unsupported (not compared)")
     if not views:
         parts.append("nothing was compared")
     elif not compared and not errors:

@@ -76,6 +76,10 @@ class ProbeOutput:
     protocol: int = PROTOCOL
 
 
+NAME_MAX = 255      # bytes in one path component (Linux file systems)
+PATH_MAX = 1024     # bytes in a whole record path (raw/ and the capture dir come on top)
+
+
 def check_path(path: str) -> str:
     """`path` if it is an absolute guest path without empty, '.' or '..' components."""
     if not _PATH.fullmatch(path) or path == "/":
@@ -83,6 +87,10 @@ def check_path(path: str) -> str:
     parts = path[1:].split("/")
     if any(part in ("", ".", "..") for part in parts):
         raise CaptureError(f"bad record path {path[:80]!r} in probe output")
+    # a name the host file system cannot hold is refused here, not by an OSError while writing raw/
+    if any(len(part.encode()) > NAME_MAX for part in parts) or len(path.encode()) > PATH_MAX:
+        raise CaptureError(f"bad record path {path[:80]!r}…: a component over {NAME_MAX} bytes or the whole "
+                           f"over {PATH_MAX} bytes")
     return path
 
 

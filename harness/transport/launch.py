@@ -89,9 +89,15 @@ def hardware_args(profile: GuestProfile, machine: str, workdir: Path, hostfwd: s
             opts.append(f"drive=qabicd{index}")
         if dev.audio:
             opts.append(f"audiodev={AUDIODEV_ID}")
-        opts += [f"{k}={v}" for k, v in dev.props]
+        # the profile loader refuses commas already; escaping them too keeps a value one value
+        opts += [f"{k}={_opt(v)}" for k, v in dev.props]
         args += ["-device", ",".join(opts)]
     return args
+
+
+def _opt(value: str) -> str:
+    """A QEMU option value: `,` doubled, so that it can never start another option."""
+    return value.replace(",", ",,")
 
 
 def _drive_path(path: Path) -> str:
