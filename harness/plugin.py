@@ -152,7 +152,9 @@ def pytest_configure(config: pytest.Config) -> None:
         check = Check(run_request(config))
         cases = check.cases()
     except QabiError as exc:
-        pytest.exit(f"qabi: {exc}", returncode=2)
+        from harness.report.text import escape_controls
+
+        pytest.exit(f"qabi: {escape_controls(' '.join(str(exc).splitlines()), keep='')}", returncode=2)
     config.stash[_SESSION_KEY] = QabiSession(check, report)
     config.stash[_PARTS_KEY] = []
     config.stash[_CASES_KEY] = cases
@@ -193,7 +195,9 @@ def qabi_run(request: pytest.FixtureRequest, qabi_case: tuple[str, str, str]) ->
     if run.status == "unsupported":
         pytest.skip(f"{machine} {guest}: {run.reason}")
     if run.status == "error":
-        raise CaptureFailed(f"{machine} {guest}: could not decide: {run.reason}")
+        from harness.report.text import escape_controls
+
+        raise CaptureFailed(escape_controls(f"{machine} {guest}: could not decide: {run.reason}", keep=""))
     return run
 
 

@@ -28,6 +28,11 @@ if TYPE_CHECKING:
 BEGIN = re.compile(rb"@@QABI-BEGIN \d+\r?\n")
 TRAILER = re.compile(rb"@@QABI-TRAILER \d+\r?\n")
 MAX_CONSOLE = 64 << 20
+READ_CHUNK = 1 << 14
+# the markers are one short line: searching only the tail of what arrived keeps the matcher linear
+# (pexpect rescans its whole buffer otherwise); the window is larger than one read, so a marker split
+# across reads, or anywhere inside one read, is still seen
+SEARCH_WINDOW = 4 * READ_CHUNK
 SOCKET = "serial.sock"
 _UNSUPPORTED = re.compile(
     r"'([^']+)' is not a valid device model name|Property '([^']+)' not found|"
@@ -43,6 +48,23 @@ def early_exit_error(stderr: str, console_log: Path) -> Exception:
         return UnsupportedError(f"unsupported on this build: {what}")
     last = text.splitlines()[-1] if text else "no message"
     return CaptureError(f"QEMU exited early: {last} (console log: {console_log})")
+
+
+class BoundedConsole(fdpexpect.fdspawn):
+    """The console as pexpect reads it, refusing more than `limit` bytes as they arrive (a guest that
+    floods its console is stopped at the cap, not after it has filled the host's memory)."""
+
+    def __init__(self, fd: int, limit: int = MAX_CONSOLE, **kwargs: Any) -> None:
+        super().__init__(fd, maxread=READ_CHUNK, searchwindowsize=SEARCH_WINDOW, **kwargs)
+        self.limit = limit
+        self.total = 0
+
+    def read_nonblocking(self, size: int = 1, timeout: float | None = -1) -> bytes:
+        data: bytes = super().read_nonblocking(size, timeout)  # type: ignore[no-untyped-call]
+        self.total += len(data)
+        if self.total > self.limit:
+            raise CaptureError(f"console output exceeds {self.limit >> 20} MiB")
+        return data
 
 
 def _connect(sock_path: Path, proc: Any, timeout: float) -> socket.socket | None:
@@ -110,7 +132,7 @@ def run(argv: list[str], env: dict[str, str], workdir: Path, console_log: Path, 
             conn = _connect(sock_path, proc, min(timeout, 60))
             if conn is None:
                 raise early_exit_error(stderr_path.read_text(errors="replace"), console_log)
-            child = fdpexpect.fdspawn(conn.fileno(), timeout=timeout, maxread=1 << 16)
+            child = BoundedConsole(conn.fileno(), timeout=timeout)
             try:
                 index = child.expect([BEGIN, pexpect.EOF, pexpect.TIMEOUT],
                                      timeout=max(1.0, deadline - time.monotonic()))
@@ -127,8 +149,6 @@ def run(argv: list[str], env: dict[str, str], workdir: Path, console_log: Path, 
                 index = child.expect([TRAILER, pexpect.EOF, pexpect.TIMEOUT],
                                      timeout=max(1.0, deadline - time.monotonic()))
                 console += (child.before or b"") + (child.after if isinstance(child.after, bytes) else b"")
-                if len(console) > MAX_CONSOLE:
-                    raise CaptureError(f"console output exceeds {MAX_CONSOLE >> 20} MiB")
                 if index == 2:
                     raise CaptureError(f"timed out after {timeout:.0f}s while the probe was sending "
                                        f"(console log: {console_log})")

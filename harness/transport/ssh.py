@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 GUEST_PORT = 22
 HOSTFWD = f"tcp:127.0.0.1:0-:{GUEST_PORT}"
 MAX_OUTPUT = 64 << 20
+MAX_STDERR = 64 << 10           # the probe's stderr is only for messages: its last 64 KiB are kept
 CONNECT_ATTEMPT = 10.0          # seconds for one TCP connect + auth attempt
 BANNER_FIRST = 2.0              # the first wait for sshd's banner; doubled after each silent attempt
 SHUTDOWN_WAIT = 60.0            # a full distribution takes a while to power off under TCG
@@ -151,6 +152,23 @@ def load_private_key(path: Path) -> paramiko.PKey:
 
 def openssh_line(key: paramiko.PKey) -> str:
     return f"{key.get_name()} {key.get_base64()}"
+
+
+class KeyOnlyClient(paramiko.SSHClient):
+    """An SSH client that logs in with its one key and nothing else: no agent, no ~/.ssh keys, no
+    password, and no keyboard-interactive. A server that answers the key with partial success (it
+    wants a second method) is an authentication failure, never a prompt on the user's terminal."""
+
+    def _auth(self, username: str, password: str | None, pkey: paramiko.PKey | None,  # type: ignore[override]
+              *_args: object, **_kwargs: object) -> None:
+        transport = self._transport  # type: ignore[attr-defined]
+        if pkey is None or password is not None:
+            raise paramiko.AuthenticationException("qabi logs in with a key only")
+        remaining = transport.auth_publickey(username, pkey)
+        if remaining or not transport.is_authenticated():
+            raise paramiko.AuthenticationException(
+                "the server accepted the key only as a first step and asks for more "
+                f"({', '.join(remaining) or 'unknown'}); qabi logs in with the key alone")
 
 
 class _Unpinned(Exception):
@@ -296,7 +314,7 @@ def _connect(port: int, login: SshLogin, pkey: paramiko.PKey, pinned: list[param
         if remaining <= 0:
             raise CaptureError(f"the guest's sshd never answered within {timeout:.0f}s (last: {last}; "
                                f"console log: {console_log})")
-        client = paramiko.SSHClient()
+        client = KeyOnlyClient()
         for key in pinned:
             client.get_host_keys().add(host, key.get_name(), key)
         client.set_missing_host_key_policy(_RefuseUnpinned())
@@ -389,7 +407,7 @@ def _exec(client: paramiko.SSHClient, command: str, stdin: bytes, deadline: floa
             got = False
             with contextlib.suppress(socket.timeout):
                 while channel.recv_stderr_ready():
-                    err += channel.recv_stderr(1 << 16)
+                    err = _tail(err + channel.recv_stderr(1 << 16))
                 chunk = channel.recv(1 << 16)
                 got = True
                 if not chunk:
@@ -399,8 +417,8 @@ def _exec(client: paramiko.SSHClient, command: str, stdin: bytes, deadline: floa
                     raise CaptureError(f"probe output exceeds {MAX_OUTPUT >> 20} MiB")
             if not got and not transport.is_active():
                 break
-        while channel.recv_stderr_ready():
-            err += channel.recv_stderr(1 << 16)
+        while channel.recv_stderr_ready() and time.monotonic() < deadline:
+            err = _tail(err + channel.recv_stderr(1 << 16))
         status = channel.recv_exit_status() if transport.is_active() else -1
         if status == -1:  # the channel closed without an exit status: the connection went away
             raise CaptureError(f"the SSH connection dropped while the probe was sending "
@@ -408,6 +426,11 @@ def _exec(client: paramiko.SSHClient, command: str, stdin: bytes, deadline: floa
     except (paramiko.SSHException, OSError, EOFError) as exc:
         raise CaptureError(f"the SSH connection dropped while the probe was sending: {exc}") from None
     return status, bytes(out), err.decode(errors="replace")
+
+
+def _tail(buffer: bytearray) -> bytearray:
+    """`buffer` bounded to its last MAX_STDERR bytes (read as it arrives, never grown past that)."""
+    return buffer if len(buffer) <= MAX_STDERR else buffer[-MAX_STDERR:]
 
 
 def _shutdown(client: paramiko.SSHClient, login: SshLogin, proc: object) -> str:
