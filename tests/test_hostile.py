@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import DATA, REPO, run_qabi
 
 CAPTURE = DATA / "captures" / "qemu-10.0-pc-q35-5.2-minimal"
@@ -114,8 +113,8 @@ def _capture_copy(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("manifest,expected", [
     ("[]", "expected a dict"),
     ('{"complete": true}', "has no valid 'build'"),
-    ('{"complete": true, "build": {}, "profile": {"name": "x"}, "machine": {"asked": "a", "resolved": "b"}, '
-     '"image": {"sha256": "x"}, "accel": "tcg", "files": {"raw/../../etc/passwd": "00"}}', "bad file entry"),
+    (('{"complete": true, "build": {}, "profile": {"name": "x"}, "machine": {"asked": "a", "resolved": "b"}, '
+     '"image": {"sha256": "x"}, "accel": "tcg", "files": {"raw/../../etc/passwd": "00"}}'), "bad file entry"),
     ("[" * 100000 + "]" * 100000, "nested too deeply"),
 ], ids=["list", "no-keys", "path-escape", "deep"])
 def test_malformed_manifest_is_one_line_exit_2(tmp_path, manifest, expected):
