@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,14 +47,22 @@ def cache_error(path: Path | str, exc: OSError) -> QabiError:
                      "XDG_CACHE_HOME at a writable directory")
 
 
-def sweep_stale(parent: Path, prefix: str = ".") -> None:
+STALE_AFTER = 3600.0   # seconds untouched: a shared cache may be written from another PID namespace
+
+
+def sweep_stale(parent: Path, prefix: str = ".", older_than: float = STALE_AFTER) -> None:
     """Remove the staging dirs (`PREFIX…partial-PID…`) that processes which are gone left in `parent`
-    (a SIGKILL or a power cut gives no chance to clean up)."""
+    (a SIGKILL or a power cut gives no chance to clean up): the PID is not running here and the dir
+    has not been touched for `older_than` seconds."""
+    now = time.time()
     with contextlib.suppress(OSError):
         for entry in parent.iterdir():
             found = _PARTIAL.fullmatch(entry.name)
-            if found and entry.name.startswith(prefix) and not _alive(int(found.group(1))):
-                shutil.rmtree(entry, ignore_errors=True)
+            if not found or not entry.name.startswith(prefix) or _alive(int(found.group(1))):
+                continue
+            with contextlib.suppress(OSError):
+                if now - entry.lstat().st_mtime >= older_than:
+                    shutil.rmtree(entry, ignore_errors=True)
 
 
 _PARTIAL = re.compile(r"\..*\.partial-(\d+)(?:-.*)?")

@@ -489,10 +489,16 @@ def test_stale_staging_dirs_of_dead_processes_are_swept(tmp_path):
     live.mkdir()
     user = tmp_path / "partial-1"
     user.mkdir()
+    fresh = tmp_path / f".new.partial-{child.pid}"   # maybe another PID namespace's: left for an hour
+    fresh.mkdir()
+    hour_ago = time.time() - 3700
+    for old in (stale, live, user):
+        os.utime(old, (hour_ago, hour_ago))
     sweep_stale(tmp_path)
-    assert not stale.exists() and live.exists() and user.exists()
+    assert not stale.exists() and live.exists() and user.exists() and fresh.exists()
     image_stale = tmp_path / f".img.partial-{child.pid}-abc"
     image_stale.mkdir()
+    os.utime(image_stale, (hour_ago, hour_ago))
     with staging_dir(tmp_path / "img") as tmp:
         assert f".img.partial-{os.getpid()}-" in tmp.name
         (tmp / "x").write_text("x")
