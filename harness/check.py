@@ -180,7 +180,7 @@ class Check:
             from harness.baseline import baseline_capture
 
             assert side.baseline is not None
-            return load_capture(baseline_capture(side.baseline, machine, profile.name))
+            return baseline_capture(side.baseline, machine, profile.name)
         r = self.request
         plan = plan_capture(side.build, profile, machine, r.accel, r.timeout, r.access)
         return captured(plan, r.reuse)
