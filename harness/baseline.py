@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.cache import cache_dir, file_lock, read_json, sha256_file, staging_dir
-from harness.capture import MANIFEST, load_capture
+from harness.capture import MANIFEST, Capture, load_capture
 from harness.errors import QabiError
 
 BUILD_JSON = "build.json"
@@ -83,8 +83,8 @@ def record(capture_dir: Path, out_root: Path) -> Path:
     return dest
 
 
-def baseline_capture(path: Path, machine: str, profile: str) -> Path:
-    """The recorded capture of (machine, profile), unpacked and verified, as a capture directory."""
+def baseline_capture(path: Path, machine: str, profile: str) -> Capture:
+    """The recorded capture of (machine, profile), unpacked (once, into the cache) and verified."""
     src = path / machine / profile
     if not (src / MANIFEST).is_file() or not (src / RAW_TAR).is_file():
         recorded = ", ".join(f"{p.parent.name}/{p.name}" for p in sorted(path.glob("*/*")) if p.is_dir())
@@ -105,5 +105,4 @@ def baseline_capture(path: Path, machine: str, profile: str) -> Path:
                 except (lzma.LZMAError, tarfile.TarError, EOFError) as exc:
                     raise QabiError(f"{src / RAW_TAR}: corrupt baseline archive: {exc}") from None
                 shutil.copyfile(src / MANIFEST, tmp / MANIFEST)
-    load_capture(folder)
-    return folder
+    return load_capture(folder)

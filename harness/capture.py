@@ -22,7 +22,7 @@ from harness import __version__
 from harness.cache import atomic_write_bytes, read_json, sha256_file, sweep_stale
 from harness.errors import CaptureError, QabiError, UnsupportedError
 from harness.guest.profile import GuestProfile, check_supported, machine_family
-from harness.guest.user_image import open_guest_image
+from harness.guest.user_image import GuestImage, open_guest_image
 from harness.qemu import QemuBuild
 from harness.qemu.process import private_dir
 from harness.transport.base import Session, get_transport
@@ -76,13 +76,14 @@ class GuestAccess:
     def user(self) -> str:
         return self.ssh_user or "root"
 
-    def key_parts(self) -> dict[str, Any]:
-        """What of this access decides a capture's bytes (for cache keys)."""
+    def key_parts(self, image: GuestImage | None = None) -> dict[str, Any]:
+        """What of this access decides a capture's bytes (for cache keys); `image` is the opened
+        guest image, when there is one."""
         if self.transport == "serial":
             return {}
         parts: dict[str, Any] = {"transport": self.transport}
         if self.guest_image is not None:
-            parts["guest_image"] = open_guest_image(self.guest_image).sha256
+            parts["guest_image"] = (image or open_guest_image(self.guest_image)).sha256
         return parts
 
 
@@ -102,6 +103,7 @@ class CapturePlan:
     timeout: float = DEFAULT_TIMEOUT
     access: GuestAccess = SERIAL
     reference: Path | None = None    # the reference guest's recipe dir (default guests/reference)
+    user_image: GuestImage | None = None   # the opened (checked, hashed) --guest-image
 
 
 @dataclass(frozen=True)
@@ -220,13 +222,16 @@ def plan_capture(build: QemuBuild, profile: GuestProfile, machine: str, accel: s
     """Everything one capture needs, checked once: the machine type resolved on `build`, the
     profile's devices present on it, the accelerator and the transport known."""
     check_accel(accel)
+    if not 0 < timeout < float("inf"):
+        raise QabiError(f"--timeout must be a positive number of seconds, not {timeout}")
     transport = get_transport(access.transport)
     resolved = resolve_machine(build, machine)
     check_supported(profile, resolved, frozenset(build.info().devices))
     if transport.needs_nic and not profile.nics_for(resolved):
         raise UnsupportedError(f"profile '{profile.name}' has no NIC, so the {transport.name} transport cannot "
                                "reach it (use --transport serial)")
-    return CapturePlan(build, profile, machine, resolved, accel, timeout, access, reference)
+    user_image = open_guest_image(access.guest_image) if access.guest_image is not None else None
+    return CapturePlan(build, profile, machine, resolved, accel, timeout, access, reference, user_image)
 
 
 def capture(plan: CapturePlan, out: Path) -> Capture:

@@ -114,7 +114,7 @@ def capture_key(plan: CapturePlan) -> str:
         "qabi": __version__, "sha256": build.sha256, "firmware": list(build.firmware_dirs),
         "profile": Path(profile.source).read_text() if profile.source else repr(profile),
         "machine": plan.machine, "accel": plan.accel, "image": image.sha256 if image else None,
-        **access.key_parts(),
+        **access.key_parts(plan.user_image),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -200,7 +200,7 @@ class Check:
             from harness.baseline import baseline_capture
 
             assert side.baseline is not None
-            return load_capture(baseline_capture(side.baseline, machine, profile.name))
+            return baseline_capture(side.baseline, machine, profile.name)
         r = self.request
         plan = plan_capture(side.build, profile, machine, r.accel, r.timeout, r.access)
         return captured(plan, r.reuse)

@@ -46,8 +46,8 @@ def record() -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, old, new in pairs():
         if name.startswith("baselines"):
-            old = baseline_capture(old.parent.parent, old.parent.name, old.name)
-            new = baseline_capture(new.parent.parent, new.parent.name, new.name)
+            old = baseline_capture(old.parent.parent, old.parent.name, old.name).path
+            new = baseline_capture(new.parent.parent, new.parent.name, new.name).path
         comparison = compare(load_fingerprint(old), load_fingerprint(new), waivers)
         out[name] = [{k: d.as_dict()[k] for k in KEYS} for d in comparison.drifts]
     return out

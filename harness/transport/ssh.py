@@ -86,9 +86,9 @@ class SshTransport:
         console_log.parent.mkdir(parents=True, exist_ok=True)
         console_log.unlink(missing_ok=True)
         console = ("-chardev", f"file,id=qabicon,path={console_log}", "-serial", "chardev:qabicon")
-        if access.guest_image is not None:
+        user_image = plan.user_image
+        if user_image is not None:
             assert access.ssh_key is not None
-            user_image = open_guest_image(access.guest_image)
             pinned = read_host_keys(access.ssh_host_keys) if access.ssh_host_keys else ()
             login = SshLogin(access.user, access.ssh_key, pinned, shutdown="poweroff")
             return Setup(args=console, hostfwd=HOSTFWD, boot_disk=(user_image.path, user_image.format),
