@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -120,14 +122,22 @@ def capture_key(plan: CapturePlan) -> str:
 
 
 def captured(plan: CapturePlan, reuse: bool = True) -> Capture:
-    """A complete, verified capture for `plan` in the capture cache: reused when one with identical
-    inputs is there (unless `reuse` is False: then it is made afresh and replaces it, so the next
-    run can reuse it). One capture at a time per key."""
+    """A complete, verified capture for `plan`: the cached one with identical inputs, else one made
+    now into the cache (so that the next run reuses it). One capture at a time per key.
+
+    With `reuse` False the guest is always booted afresh: into the cache when it holds no capture
+    for these inputs, else into a scratch directory beside it (`is_scratch`; the caller removes it),
+    so that a cached capture another run may be reading is never deleted under it."""
     captures = cache_dir("captures")
     _sweep_once(captures)
     folder = captures / f"{plan.machine}_{plan.profile.name}_{capture_key(plan)}"
     with file_lock(folder.with_name(folder.name + ".lock")):
-        if is_complete(folder) and reuse:
+        if is_complete(folder):
+            if not reuse:
+                # named like a staging dir, so that one a killed run left is swept as stale
+                scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH}{folder.name}.partial-{os.getpid()}-",
+                                                dir=captures))
+                return capture(plan, scratch / "capture")
             try:
                 return load_capture(folder)  # verified before it is used
             except CaptureError:
@@ -139,6 +149,14 @@ def captured(plan: CapturePlan, reuse: bool = True) -> Capture:
                 raise CaptureError(f"cannot replace the cached capture {folder}: {exc.strerror}; "
                                    "remove that directory by hand") from None
         return capture(plan, folder)
+
+
+SCRATCH = ".fresh-"
+
+
+def is_scratch(cap: Capture) -> bool:
+    """A `--no-reuse` capture made beside a cached one (removed once its run is compared)."""
+    return cap.path.parent.name.startswith(SCRATCH)
 
 
 _SWEPT: set[Path] = set()
@@ -234,6 +252,10 @@ class Check:
             run = self._failed(machine, guest, "unsupported", str(exc))
         except QabiError as exc:
             run = self._failed(machine, guest, "error", str(exc))
+        finally:
+            for cap in caps:
+                if is_scratch(cap):
+                    shutil.rmtree(cap.path.parent, ignore_errors=True)
         return replace(run, seconds=round(time.monotonic() - started, 3))
 
     def _lost_devices(self, profile: GuestProfile, machine: str) -> dict[str, str]:
