@@ -112,10 +112,11 @@ def test_json_additions_are_optional_and_valid(real):
     asl = [x["detail"] for d, x in zip(run["drifts"], run["details"], strict=True) if d["path"] == "asl"]
     assert asl and all(text.startswith("--- old ") for text in asl)
     assert [w["reason"] for w in run["stale_waivers"]] == ["matches nothing: stale"]
-    # without the keywords, the output is exactly the original contract
+    # without the keywords, the output is the original contract plus each compared run's impact
     plain = to_json(real["runset"])
     assert list(plain) == ["schema", "verdict", "runs"]
-    assert all(list(r) == ["machine", "guest", "old", "new", "status", "reason", "drifts"] for r in plain["runs"])
+    assert all(list(r) == ["machine", "guest", "old", "new", "status", "reason", "drifts"]
+               + (["impact"] if r["status"] == "compared" else []) for r in plain["runs"])
     json.dumps(data)
 
 

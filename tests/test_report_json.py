@@ -54,13 +54,21 @@ def test_drift_report_follows_the_contract(pair):
     assert list(data) == ["schema", "verdict", "runs"]
     assert data["schema"] == 1 and data["verdict"] == "drift"
     run = data["runs"][0]
-    assert list(run) == ["machine", "guest", "old", "new", "status", "reason", "drifts"]
+    assert list(run) == ["machine", "guest", "old", "new", "status", "reason", "drifts", "impact"]
     assert (run["machine"], run["guest"], run["status"], run["reason"]) == (
         old["source"]["machine"], old["source"]["guest"], "compared", None)
     assert run["old"] == old["source"]["build"]
     assert [d["severity"] for d in run["drifts"]] == ["break", "warn", "info"]
-    assert run["drifts"][0] == {"category": "cpuid", "subject": "cpuid leaf 0x1 ecx bit 15 (pdcm)",
-                                "path": "ecx[15]", "old": 0, "new": 1, "severity": "break", "waived": None}
+    first = dict(run["drifts"][0])
+    impact, group = first.pop("impact"), first.pop("group")
+    assert first == {"category": "cpuid", "subject": "cpuid leaf 0x1 ecx bit 15 (pdcm)",
+                     "path": "ecx[15]", "old": 0, "new": 1, "severity": "break", "waived": None}
+    assert (impact["windows"], impact["linux"]) == ("driver", "driver") and impact["why"].startswith("Feature bits")
+    assert isinstance(group, str) and len(group) == 12
+    assert run["impact"] == {"windows": {"level": "driver", "components": [
+        "cpuid leaf 0x1 ecx bit 15 (pdcm) ecx[15]", "acpi DSDT header.oem_revision"]},
+        "linux": {"level": "driver", "components": [
+        "cpuid leaf 0x1 ecx bit 15 (pdcm) ecx[15]", "acpi DSDT header.oem_revision"]}}
     json.dumps(data)   # JSON-ready
 
 
@@ -110,6 +118,40 @@ def test_run_records_are_checked():
         RunSet((), fail_on="fatal")                          # type: ignore[arg-type]
 
 
+def test_schema_accepts_real_output_with_impact_and_groups():
+    """Real captures (QEMU 7.2 vs 10.0): every drift carries its impact and group, every compared
+    run its impact, and the schema accepts it; the impact and groups read back exactly."""
+    from conftest import DATA
+
+    from harness.fingerprint import fingerprint_capture
+    from harness.report import runset_from_json
+
+    captures = DATA / "captures"
+    old_dir, new_dir = captures / "qemu-7.2-pc-i440fx-5.2-linux-virtio", captures / "qemu-10.0-pc-i440fx-5.2-linux-virtio"
+    if not (old_dir / "manifest.json").is_file() or not (new_dir / "manifest.json").is_file():
+        pytest.skip("real captures are not in tests/data/captures")
+    old, new = fingerprint_capture(old_dir), fingerprint_capture(new_dir)
+    runset = RunSet((Run.from_fingerprints(old, new, compare(old, new)),
+                     Run(machine="pc-q35-5.2", guest="legacy", status="unsupported", reason="no device")))
+    for details in (False, True):
+        data = to_json(runset, details=details)
+        validate_report(data)
+        run = data["runs"][0]
+        assert run["drifts"] and all({"impact", "group"} <= set(d) for d in run["drifts"])
+        assert set(run["impact"]) == {"windows", "linux"} and "impact" not in data["runs"][1]
+        assert run["impact"] == runset.runs[0].impact
+        assert len({d["group"] for d in run["drifts"]}) < len(run["drifts"]), "some change is shared"
+        back = runset_from_json(copy.deepcopy(data))
+        assert [(d.impact, d.group) for d in back.runs[0].drifts] == [(d.impact, d.group) for d in runset.runs[0].drifts]
+        assert back.runs[0].recorded_impact is None and back.runs[0].impact == run["impact"]
+        assert to_json(back, details=details) == data
+    # a report whose run impact is not what its drifts give (another qabi's table) keeps it
+    data = to_json(runset)
+    data["runs"][0]["impact"]["linux"] = {"level": "device", "components": ["elsewhere"]}
+    back = runset_from_json(copy.deepcopy(data))
+    assert back.runs[0].impact == data["runs"][0]["impact"] and to_json(back) == data
+
+
 @pytest.mark.parametrize("breakage", [
     lambda d: d.pop("verdict"),
     lambda d: d.update(verdict="maybe"),
@@ -121,6 +163,19 @@ def test_run_records_are_checked():
     lambda d: d["runs"][0]["drifts"][0].pop("waived"),
     lambda d: d["runs"][0]["drifts"][0].update(detail="x"),
     lambda d: d["runs"][0].update(status="error", reason=None),
+    # guest impact: levels are enumerated, activation is Windows only, never null
+    lambda d: d["runs"][0]["drifts"][0]["impact"].update(windows="reboot"),
+    lambda d: d["runs"][0]["drifts"][0]["impact"].update(linux="activation"),
+    lambda d: d["runs"][0]["drifts"][0]["impact"].pop("why"),
+    lambda d: d["runs"][0]["drifts"][0].update(impact=None),
+    lambda d: d["runs"][0]["drifts"][0].update(group=""),
+    lambda d: d["runs"][0]["drifts"][0].update(group=None),
+    lambda d: d["runs"][0]["impact"]["windows"].update(level="reboot"),
+    lambda d: d["runs"][0]["impact"]["linux"].update(level="activation"),
+    lambda d: d["runs"][0]["impact"]["linux"].pop("components"),
+    lambda d: d["runs"][0]["impact"].pop("windows"),
+    lambda d: d["runs"][0].update(impact=None),
+    lambda d: d["runs"][0].update(status="unsupported", reason="no such device", drifts=[]),  # keeps its impact
 ])
 def test_validation_rejects_what_breaks_the_contract(pair, breakage):
     old, new = pair
