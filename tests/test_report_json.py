@@ -193,16 +193,57 @@ def test_text_groups_by_subject_most_severe_first_and_ends_with_one_verdict(pair
     new["pci"][key]["interrupt_pin"] = "INTD" if new["pci"][key].get("interrupt_pin") != "INTD" else "INTC"
     text = render_text(_runset(old, new))
     lines = text.rstrip("\n").splitlines()
-    assert lines[0].startswith("== ") and lines[0].endswith(": drift ==")
+    assert lines[0] == "impact: Windows: driver in 1 run · Linux: driver in 1 run" and lines[1] == ""
+    assert lines[2].startswith("== ") and lines[2].endswith(": drift ==")
+    assert lines[5] == "   impact: Windows driver · Linux driver"
     assert sum(1 for line in lines if line.startswith("verdict:")) == 1
     assert lines[-1].startswith("verdict: DRIFT")
     headers = [line.split(None, 1) for line in lines if line.startswith("   ") and not line.startswith("    ")
                and line.split(None, 1)[0] in ("BREAK", "WARN", "INFO", "waived")]
     assert [h[0] for h in headers] == ["BREAK", "WARN", "WARN"]
-    assert headers[0][1] == "cpuid leaf 0x1 ecx bit 15 (pdcm)"
-    dsdt = lines.index("   WARN   acpi DSDT")
+    assert headers[0][1] == "cpuid leaf 0x1 ecx bit 15 (pdcm)  [Windows driver · Linux driver]"
+    dsdt = lines.index("   WARN   acpi DSDT  [Windows driver · Linux driver]")
     assert "header.oem_revision" in lines[dsdt + 1] and "77" in lines[dsdt + 1]
     assert "header.creator_revision" in lines[dsdt + 2]      # the info drift, after the warn one
+
+
+def test_text_shows_a_shared_change_once_and_the_run_impact():
+    """Real captures (QEMU 7.2 vs 10.0, i440fx, linux-virtio): the same _DSM rewrite in many
+    hotplug slots is one entry naming every slot, with its diff once; the run's impact (level,
+    components, why) comes first; the verdict still counts every drift."""
+    from conftest import DATA
+
+    from harness.drift import groups
+    from harness.fingerprint import fingerprint_capture
+
+    captures = DATA / "captures"
+    dirs = [captures / f"qemu-{v}-pc-i440fx-5.2-linux-virtio" for v in ("7.2", "10.0")]
+    if not all((d / "manifest.json").is_file() for d in dirs):
+        pytest.skip("real captures are not in tests/data/captures")
+    old, new = (fingerprint_capture(d) for d in dirs)
+    runset = RunSet((Run.from_fingerprints(old, new, compare(old, new)),))
+    drifts = runset.runs[0].drifts
+    biggest = max(groups(drifts), key=lambda g: len(g.members))
+    text = render_text(runset)
+    lines = text.splitlines()
+    heads = [i for i, line in enumerate(lines) if f"same change in {len(biggest.members)} devices: " in line]
+    assert len(heads) == 1
+    head = " ".join(line.strip() for line in lines[heads[0]:heads[0] + 4])
+    short = [s.rsplit(".", 1)[1] for s in biggest.subjects]
+    assert "acpi DSDT \\_SB.PCI0.{" + ", ".join(short) + "}" in head
+    rep = biggest.representative.subject
+    assert f"(shown once, for {rep})" in text
+    assert sum(1 for line in lines if line.strip() == f"--- old {rep[len('acpi '):]}") == 1
+    for other in biggest.subjects[1:]:
+        assert f"--- old {other[len('acpi '):]}" not in text      # the diff once
+    assert f"{len(drifts)} drifts shown as " in text
+    impact = runset.runs[0].impact
+    assert impact is not None and lines[0].startswith(f"impact: Windows: {impact['windows']['level']} in 1 run")
+    run_head = lines.index(next(line for line in lines if line.startswith("   impact: ")))
+    assert lines[run_head] == f"   impact: Windows {impact['windows']['level']} · Linux {impact['linux']['level']}"
+    assert impact["windows"]["components"][0] in lines[run_head + 1]
+    assert any(line.strip().startswith("why: ") for line in lines[run_head:run_head + 20])
+    assert f"{len([d for d in drifts if d.severity == 'warn'])} warn" in lines[-1]   # counting stays per drift
 
 
 def test_text_shows_asl_diff_and_provenance(pair):
