@@ -79,7 +79,14 @@ class SubjectGroup:
         prefix, rest = short_subjects(self.subjects, dots=self.category == "acpi")
         names_ = ", ".join(rest)
         listed = f"{prefix}{{{names_}}}" if prefix.endswith(".") else f"{prefix}{names_}" if prefix else names_
-        return f"same change in {len(self.subjects)} {_noun(self)}: {listed}"
+        return f"same change in {len(self.subjects)} {self.noun}: {listed}"
+
+    @property
+    def noun(self) -> str:
+        """What the subjects of a shared change are: devices, tables, structures, leaves, entries."""
+        if self.category == "acpi":
+            return "devices" if all("\\" in s for s in self.subjects) else "tables"
+        return {"pci": "devices", "smbios": "structures", "cpuid": "leaves"}.get(self.category, "entries")
 
     @property
     def impact(self) -> dict[str, str]:
@@ -120,12 +127,6 @@ def short_subjects(subjects: tuple[str, ...], dots: bool = False) -> tuple[str, 
     if cut == 0 or any(len(s) <= cut for s in subjects):
         return "", subjects
     return subjects[0][:cut], tuple(s[cut:] for s in subjects)
-
-
-def _noun(group: SubjectGroup) -> str:
-    if group.category == "acpi":
-        return "devices" if all("\\" in s for s in group.subjects) else "tables"
-    return {"pci": "devices", "smbios": "structures", "cpuid": "leaves"}.get(group.category, "entries")
 
 
 @dataclass(frozen=True)
