@@ -30,7 +30,7 @@ from harness.capture import GuestAccess
 from harness.categories import names
 from harness.check import Check, RunRequest
 from harness.config import pyproject_settings
-from harness.drift.model import SEVERITIES, Drift, Severity, at_least
+from harness.drift.model import SEVERITIES, Severity, at_least
 from harness.errors import QabiError
 from harness.report import Run, RunSet
 
@@ -198,11 +198,26 @@ def qabi_run(request: pytest.FixtureRequest, qabi_case: tuple[str, str, str]) ->
         from harness.report.text import escape_controls
 
         raise CaptureFailed(escape_controls(f"{machine} {guest}: could not decide: {run.reason}", keep=""))
+    _record_impact(request.node, run)
     return run
 
 
+def _record_impact(item: pytest.Item, run: Run) -> None:
+    """The run's guest impact as JUnit properties (`--junitxml`): qabi_impact_windows and
+    qabi_impact_linux (the level), and with `_components` what is at that level."""
+    impact = run.impact or {}
+    for os_name, side in impact.items():
+        item.user_properties.append((f"qabi_impact_{os_name}", side["level"]))
+        if side["components"]:
+            item.user_properties.append((f"qabi_impact_{os_name}_components", "; ".join(side["components"])))
+
+
 def failure_message(session: QabiSession, run: Run, category: str) -> str | None:
-    """The drifts of `category` that fail the item, grouped by device, most severe first."""
+    """The drifts of `category` that fail the item, after the run's guest impact: by device, a
+    change shared by several devices once ("same change in 30 devices: …"), most severe first."""
+    from harness.report.text import escape_controls
+    from harness.report.view import group_drifts
+
     assert run.comparison is not None
     fail_on = session.request.fail_on
     drifts = [d for d in run.comparison.drifts if d.category == category]
@@ -211,12 +226,17 @@ def failure_message(session: QabiSession, run: Run, category: str) -> str | None
         return None
     lines = [(f"{len(failing)} unwaived {category} drift(s) at or above '{fail_on}' on {run.machine}, "
              f"guest {run.guest} ({session.request.old} -> {session.request.new}):")]
-    by_subject: dict[str, list[Drift]] = {}
-    for d in failing:
-        by_subject.setdefault(d.subject, []).append(d)
-    for subject, items in by_subject.items():
-        lines.append(f"  {subject}")
-        for d in items:
+    for os_name, side in (run.impact or {}).items():
+        shown = "; ".join(side["components"][:3]) + (f"; … {len(side['components']) - 3} more"
+                                                     if len(side["components"]) > 3 else "")
+        lines.append(f"  {os_name.capitalize()} impact of the run: {side['level']}" + (f" ({shown})" if shown else ""))
+    for entry in group_drifts(failing):
+        impact = entry.impact
+        lines.append(f"  {entry.title}" + (f"  [Windows {impact['windows']}, Linux {impact['linux']}]"
+                                           if impact["windows"] else ""))
+        if entry.shared:
+            lines.append(f"    (shown once, for {entry.drifts[0].subject})")
+        for d in entry.shown:
             if d.detail:
                 changed = [ln for ln in d.detail.splitlines()
                            if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
@@ -230,7 +250,7 @@ def failure_message(session: QabiSession, run: Run, category: str) -> str | None
     if waived:
         lines.append(f"  ({len(waived)} waived drift(s) not counted)")
     lines.append(f"HTML report: {session.report_html}")
-    return "\n".join(lines)
+    return "\n".join(escape_controls(line) for line in lines)   # guest text (SMBIOS strings, ASL) never raw
 
 
 def _short(value: Any, limit: int = 120) -> str:

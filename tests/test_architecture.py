@@ -155,8 +155,10 @@ pytest_plugins = ["pytester"]
 def _run_harness(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     ini = pytester.makeini("[pytest]\n")
     pytester.makepyfile(test_abi=(REPO / "harness/test_guest_abi.py").read_text())
-    return pytester.runpytest_subprocess("-p", "harness.plugin", "-p", "no:cacheprovider", "-c", str(ini),
-                                         "--rootdir", str(pytester.path), *args)
+    with pytest.MonkeyPatch.context() as mp:   # this checkout's harness, not another one installed
+        mp.setenv("PYTHONPATH", str(REPO))
+        return pytester.runpytest_subprocess("-p", "harness.plugin", "-p", "no:cacheprovider", "-c", str(ini),
+                                             "--rootdir", str(pytester.path), *args)
 
 
 def test_plugin_same_baseline_is_unchanged(pytester):

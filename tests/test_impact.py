@@ -16,7 +16,7 @@ import pytest
 from conftest import DATA
 from drift_samples import cpuid_vcpus, set_cpuid_bit
 
-from harness.drift import IMPACT, LEVELS, Drift, compare, groups, impact_for, run_impact
+from harness.drift import IMPACT, LEVELS, Drift, compare, groups, impact_for, impact_markdown, run_impact
 from harness.drift.impact import entry_of, facet_of, rule_for
 from harness.drift.waivers import parse_waivers
 from harness.fingerprint import fingerprint_capture
@@ -372,12 +372,12 @@ def _wrapper(tmp_path: Path, extra: str) -> Path:
 
 
 def _checked(new_spec: str, guest: str) -> dict[str, dict[str, Any]]:
-    from harness.check import run_check
+    from harness.check import RunRequest, run_check
 
-    result = run_check("system", new_spec, ["pc-q35-7.2"], [guest])
-    (pair,) = result.fingerprints
-    assert pair is not None, result.runset
-    return run_impact(compare(*pair).drifts)
+    (run,) = run_check(RunRequest("system", new_spec, ("pc-q35-7.2",), (guest,))).runs
+    assert run.status == "compared" and run.impact is not None, run.reason
+    assert run.impact == run_impact(run.drifts)
+    return run.impact
 
 
 @pytest.mark.integration
@@ -401,3 +401,14 @@ def test_same_build_is_none():
     impact = _checked("system", "minimal")
     assert impact == {"windows": {"level": "none", "components": []},
                       "linux": {"level": "none", "components": []}}
+
+
+def test_readme_impact_table_is_generated_from_the_table():
+    """The README carries the impact table between `<!-- impact:begin -->` and
+    `<!-- impact:end -->`, exactly `impact_markdown()` (regenerate: python3 tests/regen_readme.py)."""
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    assert "<!-- impact:begin -->" in text and "<!-- impact:end -->" in text
+    block = text.split("<!-- impact:begin -->", 1)[1].split("<!-- impact:end -->", 1)[0]
+    assert block.strip() == impact_markdown().strip(), "regenerate with python3 tests/regen_readme.py"
+    assert len(block.strip().splitlines()) == len(IMPACT) + 2

@@ -33,6 +33,7 @@ from harness.report import (
 )
 from harness.report.html import OPEN_GROUPS, hex_view
 from harness.report.jsonreport import FingerprintPair
+from harness.report.view import group_drifts
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTURES = REPO / "tests" / "data" / "captures"
@@ -112,10 +113,11 @@ def test_json_additions_are_optional_and_valid(real):
     asl = [x["detail"] for d, x in zip(run["drifts"], run["details"], strict=True) if d["path"] == "asl"]
     assert asl and all(text.startswith("--- old ") for text in asl)
     assert [w["reason"] for w in run["stale_waivers"]] == ["matches nothing: stale"]
-    # without the keywords, the output is exactly the original contract
+    # without the keywords, the output is the original contract plus each compared run's impact
     plain = to_json(real["runset"])
     assert list(plain) == ["schema", "verdict", "runs"]
-    assert all(list(r) == ["machine", "guest", "old", "new", "status", "reason", "drifts"] for r in plain["runs"])
+    assert all(list(r) == ["machine", "guest", "old", "new", "status", "reason", "drifts"]
+               + (["impact"] if r["status"] == "compared" else []) for r in plain["runs"])
     json.dumps(data)
 
 
@@ -162,17 +164,79 @@ def test_matrix_cells_link_to_their_details(real):
             assert by_target[f"run-{i}-{category}"] == expected, (i, category)
             assert f'id="run-{i}-{category}"' in html
     assert by_target["run-2"] == "unsupported"
+    # a drift cell counts each unwaived severity, worst first: "3 break · 35 warn", not "break 38"
+    labels = dict(re.findall(r'<td class="cell st-[a-z-]+" title="[^"]*"><a href="#([^"]+)">([^<]*)</a>', html))
+    for i, run in enumerate(data["runs"][:2]):
+        for category in ("pci", "cpuid", "acpi", "smbios", "e820"):
+            unwaived = [d["severity"] for d in run["drifts"] if d["category"] == category and d["waived"] is None]
+            if unwaived:
+                expected = " · ".join(f"{unwaived.count(s)} {s}" for s in ("break", "warn", "info") if s in unwaived)
+                assert labels[f"run-{i}-{category}"] == expected, (i, category)
+    assert any(" · " in label for label in labels.values()), "a cell with two severities"
     # 7.2 → 10.0's ACPI drifts are _ADR-only companion nodes (warn), PCI0's ignored _ADR (info) and
     # AML (warn): no ACPI break any more (issue 13: severities checked against guest impact)
     assert by_target["run-0-acpi"] == "warn" and by_target["run-1-smbios"] in ("warn", "break")
 
 
+def test_page_shows_the_guest_impact_per_run_and_in_the_matrix(real):
+    """The legacy run's SMBIOS manufacturer changed (the hostile string): Windows activation,
+    naming the component; Linux driver. The windows run is driver for both."""
+    html, data = real["html"], real["json"]
+    impacts = [run.get("impact") for run in data["runs"]]
+    assert impacts[0]["windows"]["level"] == impacts[0]["linux"]["level"] == "driver"
+    assert (impacts[1]["windows"]["level"], impacts[1]["linux"]["level"]) == ("activation", "driver")
+    assert impacts[2] is None                                   # unsupported: no impact
+    component = "SMBIOS system/baseboard/chassis identity: smbios type 1 System Information fields.manufacturer"
+    assert impacts[1]["windows"]["components"] == [component]
+    assert "Windows: activation in 1 run, driver in 1 · Linux: driver in 2 runs" in html
+    # the matrix: one Windows and one Linux cell per run, linking to the run's impact
+    cells = re.findall(r'<td class="imp-cell" data-os="(\w+)" title="[^"]*"><a href="#(run-\d)-impact">'
+                       r'<span class="badge imp-(\w+)">', html)
+    assert cells == [("windows", "run-0", "driver"), ("linux", "run-0", "driver"),
+                     ("windows", "run-1", "activation"), ("linux", "run-1", "driver")]
+    assert html.count('<td class="imp-cell st-not-compared">') == 2
+    # per run: badges, then what is at that level and why (Windows and Linux apart when they differ)
+    section = html.split('id="run-1-impact"', 1)[1].split("</div>\n  </div>", 1)[0]
+    assert '<span class="badge imp-activation" data-os="windows"' in section
+    assert f"<li>{_esc(component)}</li>" in section
+    assert "what Windows binds its licence to" in section.replace("&#39;", "'")
+    assert 'data-os="windows"' in section and 'data-os="linux"' in section
+    alike = html.split('id="run-0-impact"', 1)[1].split('id="run-1"', 1)[0]
+    assert 'data-os="both"' in alike and "Windows and Linux: <strong>driver</strong>" in alike
+    # every drift row says its impact, with the reason as its title
+    assert html.count('<span class="impact-note" title="') == sum(
+        len(g.shown) for run in real["runset"].runs for g in group_drifts(run.drifts))
+
+
+def test_a_shared_change_is_one_entry_with_its_members():
+    """The same _DSM rewrite in many hotplug slots (real captures, i440fx linux-virtio): one
+    entry naming every slot, the diff once, counts per drift."""
+    old = fingerprint_capture(_capture("7.2", "pc-i440fx-5.2", "linux-virtio"))
+    new = fingerprint_capture(_capture("10.0", "pc-i440fx-5.2", "linux-virtio"))
+    runset = RunSet((Run.from_fingerprints(old, new, compare(old, new)),))
+    html = render_html(to_json(runset, details=True, fingerprints=[(old, new)]))
+    biggest = max((g for g in group_drifts(runset.runs[0].drifts) if g.shared), key=lambda g: len(g.subjects))
+    assert len(biggest.subjects) >= 20
+    assert f'<span class="subject">{_esc(biggest.title)}</span>' in html
+    entry = html.split(f'<span class="subject">{_esc(biggest.title)}</span>', 1)[1].split('<details class="group', 1)[0]
+    assert f'<span class="count">{len(biggest.subjects)} warn</span>' in entry        # counted per drift
+    assert entry.count('<span class="member">') == len(biggest.subjects)
+    assert entry.count('<pre class="diff">') == 1
+    rep = biggest.drifts[0].subject.split(" ", 1)[1]
+    assert f"--- old {rep}" in entry
+    assert all(f"--- old {s.split(' ', 1)[1]}" not in html for s in biggest.subjects[1:])
+
+
 def test_drifts_grouped_by_subject_with_asl_diff_and_hex_view(real):
     html, data = real["html"], real["json"]
-    subjects = {d["subject"] for d in _drifts(data)}
-    for subject in subjects:
-        assert f'<span class="subject">{_esc(subject)}</span>' in html
-    assert html.count('<span class="subject">') == sum(len({d["subject"] for d in r["drifts"]}) for r in data["runs"])
+    entries = [g for run in real["runset"].runs for g in group_drifts(run.drifts)]
+    for entry in entries:
+        assert f'<span class="subject">{_esc(entry.title)}</span>' in html
+        for subject in entry.subjects:       # a shared change names every subject it was seen on
+            assert f'<span class="member">{_esc(subject)}</span>' in html
+    assert html.count('<span class="subject">') == len(entries)
+    assert {s for g in entries for s in (g.subjects or (g.subject,))} == {d["subject"] for r in data["runs"]
+                                                                        for d in r["drifts"]}
     # coloured unified ASL diff lines
     assert re.search(r'<span class="d-add">\+\s+Method \(EDSM, 5, Serialized\)</span>', html)
     assert '<span class="d-hunk">@@ ' in html
@@ -268,9 +332,9 @@ def test_unchanged_and_error_verdicts():
 def test_hundreds_of_drifts_stay_collapsed(real):
     data = copy.deepcopy(real["json"])
     run = data["runs"][0]
-    for n in range(300):
+    for n in range(300):     # 300 different changes (the same one on 300 subjects would be one entry)
         run["drifts"].append({"category": "smbios", "subject": f"smbios type 11 OEM Strings #{n}",
-                              "path": "strings[0]", "old": "a", "new": "b", "severity": "warn", "waived": None})
+                              "path": "strings[0]", "old": "a", "new": f"b{n}", "severity": "warn", "waived": None})
         run["details"].append({"key": f"11/{n}", "change": "changed", "detail": None})
     validate_report(data)
     html = render_html(data)
@@ -355,6 +419,12 @@ def test_report_in_headless_chromium(real, tmp_path):
     assert f'<span class="subject">{_esc(drifted)}</span>' in dom
     assert "<span class=\"subject\">acpi DSDT \\_SB.PCI0.SFA</span>" in dom
     assert f'id="{waived.group(1)}" open=""' in dom, "the script opens the group the URL points at"
+    # the guest impact: in the matrix and per run, with the activation component named
+    assert re.search(r'<td class="imp-cell" data-os="windows" title="Windows: activation[^"]*">'
+                     r'<a href="#run-1-impact"><span class="badge imp-activation">activation</span>', dom)
+    assert '<span class="badge imp-activation" data-os="windows" title="Windows impact">Windows activation</span>' in dom
+    assert "SMBIOS system/baseboard/chassis identity: smbios type 1 System Information fields.manufacturer" in dom
+    assert "Windows: activation in 1 run, driver in 1 · Linux: driver in 2 runs" in dom
     assert "&lt;script&gt;alert(" in dom and 'onerror="alert' not in dom
     assert len(re.findall(r"<script\b", dom)) == 1
     # A picture for people: the verdict, the builds and the matrix at the top of the page.

@@ -54,13 +54,21 @@ def test_drift_report_follows_the_contract(pair):
     assert list(data) == ["schema", "verdict", "runs"]
     assert data["schema"] == 1 and data["verdict"] == "drift"
     run = data["runs"][0]
-    assert list(run) == ["machine", "guest", "old", "new", "status", "reason", "drifts"]
+    assert list(run) == ["machine", "guest", "old", "new", "status", "reason", "drifts", "impact"]
     assert (run["machine"], run["guest"], run["status"], run["reason"]) == (
         old["source"]["machine"], old["source"]["guest"], "compared", None)
     assert run["old"] == old["source"]["build"]
     assert [d["severity"] for d in run["drifts"]] == ["break", "warn", "info"]
-    assert run["drifts"][0] == {"category": "cpuid", "subject": "cpuid leaf 0x1 ecx bit 15 (pdcm)",
-                                "path": "ecx[15]", "old": 0, "new": 1, "severity": "break", "waived": None}
+    first = dict(run["drifts"][0])
+    impact, group = first.pop("impact"), first.pop("group")
+    assert first == {"category": "cpuid", "subject": "cpuid leaf 0x1 ecx bit 15 (pdcm)",
+                     "path": "ecx[15]", "old": 0, "new": 1, "severity": "break", "waived": None}
+    assert (impact["windows"], impact["linux"]) == ("driver", "driver") and impact["why"].startswith("Feature bits")
+    assert isinstance(group, str) and len(group) == 12
+    assert run["impact"] == {"windows": {"level": "driver", "components": [
+        "cpuid leaf 0x1 ecx bit 15 (pdcm) ecx[15]", "acpi DSDT header.oem_revision"]},
+        "linux": {"level": "driver", "components": [
+        "cpuid leaf 0x1 ecx bit 15 (pdcm) ecx[15]", "acpi DSDT header.oem_revision"]}}
     json.dumps(data)   # JSON-ready
 
 
@@ -111,6 +119,40 @@ def test_run_records_are_checked():
         RunSet((), fail_on="fatal")                          # type: ignore[arg-type]
 
 
+def test_schema_accepts_real_output_with_impact_and_groups():
+    """Real captures (QEMU 7.2 vs 10.0): every drift carries its impact and group, every compared
+    run its impact, and the schema accepts it; the impact and groups read back exactly."""
+    from conftest import DATA
+
+    from harness.fingerprint import fingerprint_capture
+    from harness.report import runset_from_json
+
+    captures = DATA / "captures"
+    old_dir, new_dir = captures / "qemu-7.2-pc-i440fx-5.2-linux-virtio", captures / "qemu-10.0-pc-i440fx-5.2-linux-virtio"
+    if not (old_dir / "manifest.json").is_file() or not (new_dir / "manifest.json").is_file():
+        pytest.skip("real captures are not in tests/data/captures")
+    old, new = fingerprint_capture(old_dir), fingerprint_capture(new_dir)
+    runset = RunSet((Run.from_fingerprints(old, new, compare(old, new)),
+                     Run(machine="pc-q35-5.2", guest="legacy", status="unsupported", reason="no device")))
+    for details in (False, True):
+        data = to_json(runset, details=details)
+        validate_report(data)
+        run = data["runs"][0]
+        assert run["drifts"] and all({"impact", "group"} <= set(d) for d in run["drifts"])
+        assert set(run["impact"]) == {"windows", "linux"} and "impact" not in data["runs"][1]
+        assert run["impact"] == runset.runs[0].impact
+        assert len({d["group"] for d in run["drifts"]}) < len(run["drifts"]), "some change is shared"
+        back = runset_from_json(copy.deepcopy(data))
+        assert [(d.impact, d.group) for d in back.runs[0].drifts] == [(d.impact, d.group) for d in runset.runs[0].drifts]
+        assert back.runs[0].recorded_impact is None and back.runs[0].impact == run["impact"]
+        assert to_json(back, details=details) == data
+    # a report whose run impact is not what its drifts give (another qabi's table) keeps it
+    data = to_json(runset)
+    data["runs"][0]["impact"]["linux"] = {"level": "device", "components": ["elsewhere"]}
+    back = runset_from_json(copy.deepcopy(data))
+    assert back.runs[0].impact == data["runs"][0]["impact"] and to_json(back) == data
+
+
 @pytest.mark.parametrize("breakage", [
     lambda d: d.pop("verdict"),
     lambda d: d.update(verdict="maybe"),
@@ -122,6 +164,19 @@ def test_run_records_are_checked():
     lambda d: d["runs"][0]["drifts"][0].pop("waived"),
     lambda d: d["runs"][0]["drifts"][0].update(detail="x"),
     lambda d: d["runs"][0].update(status="error", reason=None),
+    # guest impact: levels are enumerated, activation is Windows only, never null
+    lambda d: d["runs"][0]["drifts"][0]["impact"].update(windows="reboot"),
+    lambda d: d["runs"][0]["drifts"][0]["impact"].update(linux="activation"),
+    lambda d: d["runs"][0]["drifts"][0]["impact"].pop("why"),
+    lambda d: d["runs"][0]["drifts"][0].update(impact=None),
+    lambda d: d["runs"][0]["drifts"][0].update(group=""),
+    lambda d: d["runs"][0]["drifts"][0].update(group=None),
+    lambda d: d["runs"][0]["impact"]["windows"].update(level="reboot"),
+    lambda d: d["runs"][0]["impact"]["linux"].update(level="activation"),
+    lambda d: d["runs"][0]["impact"]["linux"].pop("components"),
+    lambda d: d["runs"][0]["impact"].pop("windows"),
+    lambda d: d["runs"][0].update(impact=None),
+    lambda d: d["runs"][0].update(status="unsupported", reason="no such device", drifts=[]),  # keeps its impact
 ])
 def test_validation_rejects_what_breaks_the_contract(pair, breakage):
     old, new = pair
@@ -139,16 +194,57 @@ def test_text_groups_by_subject_most_severe_first_and_ends_with_one_verdict(pair
     new["pci"][key]["interrupt_pin"] = "INTD" if new["pci"][key].get("interrupt_pin") != "INTD" else "INTC"
     text = render_text(_runset(old, new))
     lines = text.rstrip("\n").splitlines()
-    assert lines[0].startswith("== ") and lines[0].endswith(": drift ==")
+    assert lines[0] == "impact: Windows: driver in 1 run · Linux: driver in 1 run" and lines[1] == ""
+    assert lines[2].startswith("== ") and lines[2].endswith(": drift ==")
+    assert lines[5] == "   impact: Windows driver · Linux driver"
     assert sum(1 for line in lines if line.startswith("verdict:")) == 1
     assert lines[-1].startswith("verdict: DRIFT")
     headers = [line.split(None, 1) for line in lines if line.startswith("   ") and not line.startswith("    ")
                and line.split(None, 1)[0] in ("BREAK", "WARN", "INFO", "waived")]
     assert [h[0] for h in headers] == ["BREAK", "WARN", "WARN"]
-    assert headers[0][1] == "cpuid leaf 0x1 ecx bit 15 (pdcm)"
-    dsdt = lines.index("   WARN   acpi DSDT")
+    assert headers[0][1] == "cpuid leaf 0x1 ecx bit 15 (pdcm)  [Windows driver · Linux driver]"
+    dsdt = lines.index("   WARN   acpi DSDT  [Windows driver · Linux driver]")
     assert "header.oem_revision" in lines[dsdt + 1] and "77" in lines[dsdt + 1]
     assert "header.creator_revision" in lines[dsdt + 2]      # the info drift, after the warn one
+
+
+def test_text_shows_a_shared_change_once_and_the_run_impact():
+    """Real captures (QEMU 7.2 vs 10.0, i440fx, linux-virtio): the same _DSM rewrite in many
+    hotplug slots is one entry naming every slot, with its diff once; the run's impact (level,
+    components, why) comes first; the verdict still counts every drift."""
+    from conftest import DATA
+
+    from harness.drift import groups
+    from harness.fingerprint import fingerprint_capture
+
+    captures = DATA / "captures"
+    dirs = [captures / f"qemu-{v}-pc-i440fx-5.2-linux-virtio" for v in ("7.2", "10.0")]
+    if not all((d / "manifest.json").is_file() for d in dirs):
+        pytest.skip("real captures are not in tests/data/captures")
+    old, new = (fingerprint_capture(d) for d in dirs)
+    runset = RunSet((Run.from_fingerprints(old, new, compare(old, new)),))
+    drifts = runset.runs[0].drifts
+    biggest = max(groups(drifts), key=lambda g: len(g.members))
+    text = render_text(runset)
+    lines = text.splitlines()
+    heads = [i for i, line in enumerate(lines) if f"same change in {len(biggest.members)} devices: " in line]
+    assert len(heads) == 1
+    head = " ".join(line.strip() for line in lines[heads[0]:heads[0] + 4])
+    short = [s.rsplit(".", 1)[1] for s in biggest.subjects]
+    assert "acpi DSDT \\_SB.PCI0.{" + ", ".join(short) + "}" in head
+    rep = biggest.representative.subject
+    assert f"(shown once, for {rep})" in text
+    assert sum(1 for line in lines if line.strip() == f"--- old {rep[len('acpi '):]}") == 1
+    for other in biggest.subjects[1:]:
+        assert f"--- old {other[len('acpi '):]}" not in text      # the diff once
+    assert f"{len(drifts)} drifts shown as " in text
+    impact = runset.runs[0].impact
+    assert impact is not None and lines[0].startswith(f"impact: Windows: {impact['windows']['level']} in 1 run")
+    run_head = lines.index(next(line for line in lines if line.startswith("   impact: ")))
+    assert lines[run_head] == f"   impact: Windows {impact['windows']['level']} · Linux {impact['linux']['level']}"
+    assert impact["windows"]["components"][0] in lines[run_head + 1]
+    assert any(line.strip().startswith("why: ") for line in lines[run_head:run_head + 20])
+    assert f"{len([d for d in drifts if d.severity == 'warn'])} warn" in lines[-1]   # counting stays per drift
 
 
 def test_text_shows_asl_diff_and_provenance(pair):

@@ -268,8 +268,8 @@ def _matrix(runs: tuple[RunView, ...]) -> list[MatrixRow]:
                 else:
                     title = "unchanged"
                 label = _CELL_LABELS[cat.state]
-                if cat.state in SEVERITIES:
-                    label = f"{label} {total}" if total > 1 else label
+                if cat.state in SEVERITIES:  # every unwaived severity with its count, worst first
+                    label = " · ".join(f"{cat.counts[s]} {s}" for s in SEVERITIES if cat.counts[s])
                 compared = view.run.status == "compared"
                 href = f"#{_anchor(view, category=cat.name)}" if compared else f"#{_anchor(view)}"
                 cells.append(Cell(cat.state, label, href, title))

@@ -11,6 +11,7 @@ from typing import Any
 
 from harness.cache import atomic_write_bytes
 from harness.categories import names
+from harness.drift.impact import IMPACT, Impact, run_impact
 from harness.drift.model import Change, Comparison, Drift, Severity
 from harness.drift.waivers import Waiver
 from harness.errors import QabiError
@@ -19,6 +20,7 @@ from harness.report.model import Run, RunSet, as_runset
 SCHEMA_PATH = Path(__file__).with_name("qabi-report.schema.json")
 REPORT_SCHEMA_VERSION = 1
 _DRIFT_KEYS = ("category", "subject", "path", "old", "new", "severity", "waived")
+_OS = ("windows", "linux")
 _STALE_KEYS = ("category", "subject", "path", "old", "new", "reason", "line", "source")
 
 # One run's fingerprints (old, new), either possibly None when it did not load.
@@ -33,8 +35,12 @@ def _run_json(run: Run, details: bool) -> dict[str, Any]:
         "new": dict(run.new),
         "status": run.status,
         "reason": run.reason if run.status != "compared" else None,
-        "drifts": [{k: v for k, v in d.as_dict().items() if k in _DRIFT_KEYS} for d in run.drifts],
+        "drifts": [_drift_json(d) for d in run.drifts],
     }
+    impact = run.impact
+    if impact is not None:
+        out["impact"] = {os_name: {"level": impact[os_name]["level"], "components": list(impact[os_name]["components"])}
+                         for os_name in _OS}
     comparison = run.comparison
     if details and comparison is not None and run.status == "compared":
         out["categories"] = list(comparison.categories)
@@ -46,6 +52,17 @@ def _run_json(run: Run, details: bool) -> dict[str, Any]:
         out["image"] = {"old": run.image.get("old"), "new": run.image.get("new")}
     if run.config:
         out["config"] = {key: {"old": sides.get("old"), "new": sides.get("new")} for key, sides in run.config.items()}
+    return out
+
+
+def _drift_json(drift: Drift) -> dict[str, Any]:
+    """A drift as the report records it: the contract's fields, then its guest impact and group
+    id when it has them (never null)."""
+    out = {k: v for k, v in drift.as_dict().items() if k in _DRIFT_KEYS}
+    if drift.impact is not None:
+        out["impact"] = drift.impact.as_dict()
+    if drift.group is not None:
+        out["group"] = drift.group
     return out
 
 
@@ -137,19 +154,43 @@ def _run_from_json(run: Mapping[str, Any], details: bool) -> Run:
         comparison = Comparison(drifts, stale, categories)
     seconds = run.get("seconds")
     image = run.get("image")
+    impact = run.get("impact")
     return Run(machine=run["machine"], guest=run["guest"], old=dict(run["old"]), new=dict(run["new"]),
                status=run["status"], reason=run["reason"], comparison=comparison,
                seconds=float(seconds) if seconds is not None else None,
                image=dict(image) if image is not None else None,
-               config={key: dict(sides) for key, sides in (run.get("config") or {}).items()})
+               config={key: dict(sides) for key, sides in (run.get("config") or {}).items()},
+               recorded_impact=_recorded_impact(impact, comparison))
+
+
+def _recorded_impact(impact: Any, comparison: Comparison | None) -> dict[str, Any] | None:
+    """The run impact a report recorded, kept only when it is not what its drifts give (a report
+    from another qabi's impact table): otherwise the run recomputes it, as a fresh one does."""
+    if not isinstance(impact, Mapping) or comparison is None:
+        return None
+    recorded = {os_name: {"level": impact[os_name]["level"], "components": list(impact[os_name]["components"])}
+                for os_name in _OS}
+    return None if recorded == run_impact(comparison.drifts) else recorded
 
 
 def _drift_from_json(drift: Mapping[str, Any], extra: Mapping[str, Any]) -> Drift:
     old, new = drift["old"], drift["new"]
     change: Change = extra.get("change") or ("added" if old is None else "removed" if new is None else "changed")
+    impact = drift.get("impact")
     return Drift(category=drift["category"], subject=drift["subject"], path=drift["path"], old=old, new=new,
                  severity=drift["severity"], waived=drift["waived"], detail=extra.get("detail"), change=change,
-                 key=extra.get("key") or "")
+                 key=extra.get("key") or "", impact=_impact_from_json(impact) if impact is not None else None,
+                 group=drift.get("group"))
+
+
+def _impact_from_json(impact: Mapping[str, Any]) -> Impact:
+    """A drift's impact as recorded, with the activation component and row name of the impact
+    table row that says the same (so that the run impact recomputes the same components)."""
+    windows, linux, why = impact["windows"], impact["linux"], impact["why"]
+    for rule in IMPACT:
+        if (rule.windows, rule.linux, rule.why) == (windows, linux, why):
+            return rule.impact()
+    return Impact(windows, linux, why)
 
 
 def _waiver_from_json(waiver: Mapping[str, Any]) -> Waiver:

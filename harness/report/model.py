@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from harness.drift.impact import run_impact
 from harness.drift.model import Comparison, Drift, Severity, severity_rank
 
 RunStatus = Literal["compared", "unsupported", "error"]
@@ -54,7 +55,9 @@ class Run:
 
     Optional facts that reports show when known: `seconds` (wall time of the run), `image` (the
     reference image hash booted on each side) and `config` (per drifted PCI device key, its
-    config space in hex on each side); `with_fingerprints` takes the last two from fingerprints."""
+    config space in hex on each side); `with_fingerprints` takes the last two from fingerprints.
+    `recorded_impact` is the run impact a JSON report recorded (`impact` recomputes it from the
+    drifts otherwise)."""
 
     machine: str
     guest: str
@@ -66,6 +69,7 @@ class Run:
     seconds: float | None = None
     image: Sides | None = None
     config: Mapping[str, Sides] = field(default_factory=dict)
+    recorded_impact: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.status not in RUN_STATUSES:
@@ -108,6 +112,18 @@ class Run:
     def drifts(self) -> tuple[Drift, ...]:
         """The drifts of a compared run (none for an unsupported or error run)."""
         return self.comparison.drifts if self.comparison is not None and self.status == "compared" else ()
+
+    @property
+    def impact(self) -> dict[str, dict[str, Any]] | None:
+        """What the guests do about this run: per OS ("windows", "linux") the worst level of its
+        unwaived drifts and the components at that level (`harness.drift.impact.run_impact`);
+        None for a run that was not compared."""
+        if self.status != "compared":
+            return None
+        if self.recorded_impact is not None:
+            return {os_name: {"level": str(side["level"]), "components": [str(c) for c in side["components"]]}
+                    for os_name, side in self.recorded_impact.items()}
+        return run_impact(self.drifts)
 
     @property
     def name(self) -> str:

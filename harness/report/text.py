@@ -7,11 +7,14 @@ passed through `escape_controls`, so an ESC or OSC sequence in a guest string sh
 from __future__ import annotations
 
 import re
+import textwrap
 
 from harness.drift.model import Comparison, Severity
 from harness.report.model import Run, RunSet, as_runset
 from harness.report.view import (
+    RunImpact,
     RunView,
+    SubjectGroup,
     describe_build,
     drift_line_label,
     report_view,
@@ -20,6 +23,8 @@ from harness.report.view import (
 )
 
 DETAIL_LINES = 60
+WIDTH = 110           # subject lists of a shared change wrap here
+COMPONENTS = 8        # components listed per OS in a run's impact
 # C0 and C1 control characters and DEL; a tab is kept in report lines (ASL diffs may carry it).
 _CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 
@@ -39,6 +44,36 @@ def _indent(text: str, prefix: str, limit: int = DETAIL_LINES) -> list[str]:
     return out
 
 
+def _impact_text(impact: RunImpact) -> list[str]:
+    """The run's guest impact: per OS the level, what is at that level and why (once when
+    Windows and Linux agree)."""
+    out = [f"   impact: {impact.short}"]
+    for side in impact.both[:1] if impact.alike else impact.both:
+        if side.level == "none":
+            continue
+        if not impact.alike:
+            out.append(f"      {side.name} {side.level}:")
+        for component in side.components[:COMPONENTS]:
+            out.append(f"         {component}")
+        if len(side.components) > COMPONENTS:
+            out.append(f"         … and {len(side.components) - COMPONENTS} more")
+        out += [f"         why: {why}" for why in side.reasons]
+    return out
+
+
+def _entry_head(group: SubjectGroup) -> list[str]:
+    tag = "waived" if group.waived else group.severity.upper()
+    impact = group.impact
+    # the impact note is one unbreakable word (no-break spaces) at the end of the title
+    level = f"  [Windows {impact['windows']} · Linux {impact['linux']}]".replace(" ", "\xa0") if impact["windows"] else ""
+    lines = [line.replace("\xa0", " ") for line in
+             textwrap.wrap(group.title + level, WIDTH, initial_indent=f"   {tag:<6} ", subsequent_indent=" " * 10,
+                           break_on_hyphens=False, break_long_words=False)]
+    if group.shared:
+        lines.append(f"          (shown once, for {group.drifts[0].subject})")
+    return lines
+
+
 def _run_text(view: RunView) -> list[str]:
     run = view.run
     out = [f"== {run.name}: {view.outcome} ==",
@@ -47,13 +82,17 @@ def _run_text(view: RunView) -> list[str]:
     if run.status != "compared":
         out.append(f"   {run.status}: {run.reason}")
         return out
+    if view.impact is not None:
+        out += _impact_text(view.impact)
     if not view.groups:
         out.append("   no drift")
+    elif view.shared_changes:
+        out.append(f"   {len(run.drifts)} drifts shown as {len(view.groups)} entries "
+                   f"({view.shared_changes} shared by several subjects)")
     for group in view.groups:
-        tag = "waived" if group.waived else group.severity.upper()
-        out.append(f"   {tag:<6} {group.subject}")
-        width = max(len(drift_line_label(d)) for d in group.drifts)
-        for drift in group.drifts:
+        out += _entry_head(group)
+        width = max(len(drift_line_label(d)) for d in group.shown)
+        for drift in group.shown:
             line = f"      {drift.severity:<5} {drift_line_label(drift):<{width}}  {drift.summary}"
             if drift.waived is not None:
                 line += f"  [waived: {drift.waived}]"
@@ -71,6 +110,8 @@ def render_text(result: RunSet | Run | Comparison, fail_on: Severity = "warn") -
     """The whole terminal report; `fail_on` is used only when `result` is not a RunSet."""
     report = report_view(as_runset(result, fail_on))
     lines: list[str] = []
+    if report.impact_line:
+        lines += [f"impact: {report.impact_line}", ""]
     for view in report.runs:
         lines += _run_text(view)
         lines.append("")

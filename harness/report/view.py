@@ -1,5 +1,11 @@
 """The presentation model every renderer shares (terminal text and HTML): report → runs →
-categories → subjects → drifts, built from a RunSet (`report_view`).
+categories → entries → drifts, built from a RunSet (`report_view`).
+
+An entry (`SubjectGroup`) is one subject's drifts, or one change shared by several subjects
+(the drifts of one `group` id, harness/drift/impact.py `groups`): "same change in 30 devices:
+S10, S18, …", shown once with its representative's diff. Counting stays per drift. Each run
+carries its guest impact (`RunImpact`: per OS the worst level, its components and reasons) and
+the report the impact over all runs.
 
 Renderers only format; ordering, grouping, counting, states and wording live here.
 """
@@ -7,10 +13,12 @@ Renderers only format; ordering, grouping, counting, states and wording live her
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from harness.categories import get, names
+from harness.drift.impact import LEVELS, groups
+from harness.drift.impact import worst as worst_level
 from harness.drift.model import SEVERITIES, Drift, Severity, at_least, severity_rank
 from harness.drift.waivers import Waiver
 from harness.report.model import Outcome, Run, RunSet
@@ -32,19 +40,63 @@ def worst(counts: Mapping[str, int]) -> Severity | None:
     return next((s for s in SEVERITIES if counts.get(s)), None)
 
 
+OS_NAMES: dict[str, str] = {"windows": "Windows", "linux": "Linux"}
+
+
 @dataclass(frozen=True)
 class SubjectGroup:
-    """The drifts of one device/table/structure/leaf, most severe first.
+    """The drifts of one device/table/structure/leaf, most severe first; or, when `subjects` is
+    set, one change shared by several subjects (`drifts` are its members, one per subject, and
+    `shown` the one to display).
 
-    `key` is the fingerprint entry key the drifts share ("" when they name none or several);
-    `number` is the subject's position among its category's subjects in drift order (stable
-    across sorting, for anchors)."""
+    `key` is the fingerprint entry key the drifts share ("" when they name none or several; a
+    shared change's representative's); `number` is the entry's position among its category's
+    entries in drift order (stable across sorting, for anchors)."""
 
     subject: str
     category: str
     key: str
     drifts: tuple[Drift, ...]
     number: int = 0
+    subjects: tuple[str, ...] = ()
+
+    @property
+    def shared(self) -> bool:
+        """The same change on several subjects."""
+        return len(self.subjects) > 1
+
+    @property
+    def shown(self) -> tuple[Drift, ...]:
+        """The drifts to display: a shared change once (its first member), else every drift."""
+        return self.drifts[:1] if self.shared else self.drifts
+
+    @property
+    def title(self) -> str:
+        """`acpi DSDT \\_SB.PCI0.S18`, or for a shared change `same change in 30 devices:
+        acpi DSDT \\_SB.PCI0.{S10, S18, …}` (every subject named)."""
+        if not self.shared:
+            return self.subject
+        prefix, rest = short_subjects(self.subjects, dots=self.category == "acpi")
+        names_ = ", ".join(rest)
+        listed = f"{prefix}{{{names_}}}" if prefix.endswith(".") else f"{prefix}{names_}" if prefix else names_
+        return f"same change in {len(self.subjects)} {self.noun}: {listed}"
+
+    @property
+    def noun(self) -> str:
+        """What the subjects of a shared change are: devices, tables, structures, leaves, entries."""
+        if self.category == "acpi":
+            return "devices" if all("\\" in s for s in self.subjects) else "tables"
+        return {"pci": "devices", "smbios": "structures", "cpuid": "leaves"}.get(self.category, "entries")
+
+    @property
+    def impact(self) -> dict[str, str]:
+        """The worst Windows and Linux level of its unwaived drifts (of all when every one is
+        waived); "" when no drift carries an impact."""
+        pool = [d for d in self.drifts if d.waived is None] or list(self.drifts)
+        known = [d.impact for d in pool if d.impact is not None]
+        if not known:
+            return {"windows": "", "linux": ""}
+        return {"windows": worst_level(i.windows for i in known), "linux": worst_level(i.linux for i in known)}
 
     @property
     def waived(self) -> bool:
@@ -63,6 +115,70 @@ class SubjectGroup:
 
     def sort_key(self) -> tuple[int, int, str]:
         return (1 if self.waived else 0, severity_rank(self.severity), self.subject)
+
+
+def short_subjects(subjects: tuple[str, ...], dots: bool = False) -> tuple[str, tuple[str, ...]]:
+    """The subjects' common prefix (cut at a space, or with `dots` at a namespace dot) and what
+    is left of each: `acpi DSDT \\_SB.PCI0.S10`, `….S18` → (`acpi DSDT \\_SB.PCI0.`, (S10, S18))."""
+    import os.path
+
+    common = os.path.commonprefix(list(subjects))
+    cut = max(common.rfind(" "), common.rfind(".") if dots else -1) + 1
+    if cut == 0 or any(len(s) <= cut for s in subjects):
+        return "", subjects
+    return subjects[0][:cut], tuple(s[cut:] for s in subjects)
+
+
+@dataclass(frozen=True)
+class OsImpact:
+    """What one guest OS does about a run: the worst level of its unwaived drifts, the components
+    at that level (as `run_impact` names them) and the distinct reasons (the impact rows' why)."""
+
+    os: str                       # "windows" | "linux"
+    level: str                    # none | driver | device | activation
+    components: tuple[str, ...]
+    reasons: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return OS_NAMES[self.os]
+
+
+@dataclass(frozen=True)
+class RunImpact:
+    windows: OsImpact
+    linux: OsImpact
+
+    @property
+    def both(self) -> tuple[OsImpact, OsImpact]:
+        return (self.windows, self.linux)
+
+    @property
+    def alike(self) -> bool:
+        """Windows and Linux have the same level, components and reasons."""
+        w, x = self.windows, self.linux
+        return (w.level, w.components, w.reasons) == (x.level, x.components, x.reasons)
+
+    @property
+    def short(self) -> str:
+        """`Windows device · Linux driver`."""
+        return " · ".join(f"{i.name} {i.level}" for i in self.both)
+
+
+def run_impact_view(run: Run) -> RunImpact | None:
+    impact = run.impact
+    if impact is None:
+        return None
+    sides = []
+    for os_name in OS_NAMES:
+        level = str(impact[os_name]["level"])
+        reasons: list[str] = []
+        for d in run.drifts:
+            if (d.waived is None and d.impact is not None and getattr(d.impact, os_name) == level
+                    and level != "none" and d.impact.why not in reasons):
+                reasons.append(d.impact.why)
+        sides.append(OsImpact(os_name, level, tuple(impact[os_name]["components"]), tuple(reasons)))
+    return RunImpact(*sides)
 
 
 @dataclass(frozen=True)
@@ -85,6 +201,12 @@ class RunView:
     counts: Mapping[str, int]          # unwaived per severity, and "waived"
     failing: int                       # unwaived drifts at fail_on or above
     below_threshold: int               # unwaived drifts below fail_on
+    impact: RunImpact | None = None    # compared runs only
+
+    @property
+    def shared_changes(self) -> int:
+        """Entries that stand for several drifts (the same change on several subjects)."""
+        return sum(1 for g in self.groups if g.shared)
 
 
 @dataclass(frozen=True)
@@ -94,6 +216,20 @@ class ReportView:
     summary: str                       # the verdict line without "verdict: X — "
     images: tuple[str, ...]            # reference image hashes booted, in run order
     details: bool                      # the drifts carry their details (keys, longer text)
+    impact: Mapping[str, tuple[tuple[str, int], ...]] = field(default_factory=dict)
+    # per OS, (level, number of compared runs at that level), worst first
+
+    @property
+    def impact_line(self) -> str:
+        """`Windows: activation in 2 runs, device in 6 · Linux: device in 8 runs` ("" when no
+        run was compared)."""
+        parts = []
+        for os_name, spread in self.impact.items():
+            if spread:
+                shown_ = ", ".join(f"{level} in {n}{' run' + ('s' if n != 1 else '') if i == 0 else ''}"
+                                   for i, (level, n) in enumerate(spread))
+                parts.append(f"{OS_NAMES[os_name]}: {shown_}")
+        return " · ".join(parts)
 
     @property
     def verdict(self) -> str:
@@ -105,18 +241,35 @@ class ReportView:
 
 
 def group_drifts(drifts: tuple[Drift, ...] | list[Drift]) -> tuple[SubjectGroup, ...]:
-    by_subject: dict[tuple[str, str], list[Drift]] = {}
+    """The entries of a run: each change shared by several subjects once, the other drifts by
+    subject; most severe first (waived last)."""
+    shared: dict[int, tuple[Drift, ...]] = {}      # id of its first member → members
+    in_shared: set[int] = set()
+    for change in groups(drifts):
+        if len({d.subject for d in change.members}) > 1:
+            shared[id(change.members[0])] = change.members
+            in_shared.update(id(d) for d in change.members)
+    entries: dict[tuple[str, str], list[Drift]] = {}
     for drift in drifts:
-        by_subject.setdefault((drift.category, drift.subject), []).append(drift)
+        if id(drift) in shared:
+            entries[("shared", str(id(drift)))] = list(shared[id(drift)])
+        elif id(drift) not in in_shared:
+            entries.setdefault((drift.category, drift.subject), []).append(drift)
     numbers: dict[str, int] = {}
-    groups = []
-    for (category, subject), items in by_subject.items():
+    out = []
+    for (kind, _), items in entries.items():
+        category = items[0].category
+        number = numbers[category] = numbers.get(category, -1) + 1
+        if kind == "shared":
+            out.append(SubjectGroup(items[0].subject, category, items[0].key, tuple(items), number,
+                                    tuple(d.subject for d in items)))
+            continue
         items.sort(key=lambda d: (d.waived is not None, severity_rank(d.severity), d.path))
         keys = {d.key for d in items} - {""}
-        number = numbers[category] = numbers.get(category, -1) + 1
-        groups.append(SubjectGroup(subject, category, keys.pop() if len(keys) == 1 else "", tuple(items), number))
-    groups.sort(key=SubjectGroup.sort_key)
-    return tuple(groups)
+        out.append(SubjectGroup(items[0].subject, category, keys.pop() if len(keys) == 1 else "", tuple(items),
+                                number))
+    out.sort(key=SubjectGroup.sort_key)
+    return tuple(out)
 
 
 def _category_view(run: Run, name: str, groups: tuple[SubjectGroup, ...]) -> CategoryView:
@@ -138,7 +291,7 @@ def run_view(run: Run, fail_on: Severity, index: int = 0) -> RunView:
     stale = run.comparison.stale_waivers if run.comparison is not None and run.status == "compared" else ()
     return RunView(index, run, run.outcome(fail_on), groups, tuple(_category_view(run, n, groups) for n in names()),
                    stale, counts, sum(counts[s] for s in SEVERITIES if at_least(s, fail_on)),
-                   sum(counts[s] for s in SEVERITIES if not at_least(s, fail_on)))
+                   sum(counts[s] for s in SEVERITIES if not at_least(s, fail_on)), run_impact_view(run))
 
 
 def run_views(result: RunSet) -> tuple[RunView, ...]:
@@ -154,7 +307,11 @@ def report_view(result: RunSet) -> ReportView:
             if image and image not in images:
                 images.append(image)
     details = result.details and any(run.status == "compared" for run in result.runs)
-    return ReportView(result, views, _summary(result, views), tuple(images), details)
+    spread: dict[str, tuple[tuple[str, int], ...]] = {}
+    for os_name in OS_NAMES:
+        levels = [getattr(v.impact, os_name).level for v in views if v.impact is not None]
+        spread[os_name] = tuple((lv, levels.count(lv)) for lv in reversed(LEVELS) if lv in levels)
+    return ReportView(result, views, _summary(result, views), tuple(images), details, spread)
 
 
 def _plural(n: int, word: str) -> str:
