@@ -36,6 +36,8 @@ from harness.drift.model import Severity, severity_rank
 from harness.errors import QabiError, UnsupportedError
 from harness.guest import build_reference_image
 from harness.guest.profile import GuestProfile, load_profile, profile_names
+from harness.matrix.bump import is_generated, split_machine, with_bump
+from harness.matrix.shard import Shard, check_shard, select
 from harness.qemu import QemuBuild, resolve
 from harness.report import Run, RunSet, RunStatus
 from harness.transport.launch import check_accel
@@ -147,9 +149,13 @@ class RunRequest:
     reuse: bool = True                    # False: boot every side afresh
     firmware_from: str | None = None      # run the new build with this build's firmware
     jobs: int = 1
+    shard: Shard | None = None            # (I, N): only shard I of N of the runs (harness/matrix/shard.py)
 
     def __post_init__(self) -> None:
         check_accel(self.accel)
+        check_shard(self.shard)
+        for machine in self.machines:
+            split_machine(machine)
         severity_rank(self.fail_on)
         if self.jobs < 1:
             raise QabiError(f"--jobs must be at least 1, not {self.jobs}")
@@ -172,8 +178,10 @@ class Check:
         return expand_machines(asked, self.old, self.new) if asked else default_machines(self.old, self.new)
 
     def cases(self) -> list[tuple[str, str]]:
-        """Every (machine, guest) run of the request, in report order."""
-        return [(m, g) for m in self.machines() for g in expand_guests(list(self.request.guests))]
+        """Every (machine, guest) run of the request (of its shard, with one), in report order;
+        a machine `OLD:NEW` is a bump (harness/matrix/bump.py)."""
+        every = [(m, g) for m in self.machines() for g in expand_guests(list(self.request.guests))]
+        return select(every, self.request.shard, self.request.access.transport)
 
     def _side_capture(self, side: Side, profile: GuestProfile, machine: str) -> Capture:
         if side.build is None:
@@ -194,11 +202,14 @@ class Check:
         caps: list[Capture] = []
         try:
             profile = load_profile(guest)
-            for side in (self.old, self.new):
-                caps.append(self._side_capture(side, profile, machine))
+            for side, side_machine in zip((self.old, self.new), split_machine(machine), strict=True):
+                caps.append(self._side_capture(side, profile, side_machine))
             old_fp, new_fp = (fingerprint_capture(c) for c in caps)
+            comparison = compare(old_fp, new_fp, with_bump(self.waivers, machine))
+            comparison = replace(comparison, stale_waivers=tuple(w for w in comparison.stale_waivers
+                                                                 if not is_generated(w)))
             run = Run(machine=machine, guest=guest, old=old_fp["source"]["build"], new=new_fp["source"]["build"],
-                      comparison=compare(old_fp, new_fp, self.waivers)).with_fingerprints(old_fp, new_fp)
+                      comparison=comparison).with_fingerprints(old_fp, new_fp)
         except UnsupportedError as exc:
             run = self._failed(machine, guest, "unsupported", str(exc))
         except QabiError as exc:
@@ -209,12 +220,17 @@ class Check:
         return Run(machine=machine, guest=guest, old=_safe_provenance(self.old), new=_safe_provenance(self.new),
                    status=status, reason=reason)
 
-    def run_all(self, progress: Callable[[str, str], None] | None = None) -> RunSet:
-        """Every run of the request (`jobs` side by side), as one RunSet."""
+    def run_all(self, progress: Callable[[str, str], None] | None = None,
+                done: Callable[[Run], None] | None = None) -> RunSet:
+        """Every run of the request (`jobs` side by side), as one RunSet; `progress` is told when
+        a run starts, `done` when it has finished."""
         def one(case: tuple[str, str]) -> Run:
             if progress:
                 progress(*case)
-            return self.run(*case)
+            run = self.run(*case)
+            if done:
+                done(run)
+            return run
 
         cases = self.cases()
         if self.request.jobs == 1:
@@ -254,9 +270,10 @@ def _safe_provenance(side: Side) -> dict[str, Any]:
         return {"spec": side.spec}
 
 
-def run_check(request: RunRequest, progress: Callable[[str, str], None] | None = None) -> RunSet:
+def run_check(request: RunRequest, progress: Callable[[str, str], None] | None = None,
+              done: Callable[[Run], None] | None = None) -> RunSet:
     """Capture (or reuse) both sides of every (machine, guest) run of `request` and compare them:
     the RunSet (with its wall time) that the report writers take."""
     started = time.monotonic()
-    runset = Check(request).run_all(progress)
+    runset = Check(request).run_all(progress, done)
     return replace(runset, seconds=round(time.monotonic() - started, 3))
