@@ -294,7 +294,7 @@ def test_three_shards_in_separate_processes_merge_into_the_unsharded_verdict(tmp
     a = json.loads((tmp_path / "whole" / "qabi.json").read_text())
     b = json.loads((tmp_path / "merged" / "qabi.json").read_text())
     assert a["verdict"] == b["verdict"] == "drift"
-    assert [(r["machine"], r["guest"]) for r in a["runs"]] == [(r["machine"], r["guest"]) for r in b["runs"]]
+    assert sorted((r["machine"], r["guest"]) for r in a["runs"]) == [(r["machine"], r["guest"]) for r in b["runs"]]
     assert _drift_set(a) == _drift_set(b)
     assert (tmp_path / "merged" / "index.html").is_file()
 
@@ -344,3 +344,47 @@ def test_matrix_writes_csv_md_json_and_an_html_pivot_linking_each_step(tmp_path)
     for page, anchor in links:
         assert f'id="{anchor}"' in (out / page).read_text()
     assert '<p class="verdict" id="verdict">verdict: drift</p>' in dom.stdout
+
+
+# -- the pytest plugin on recorded baselines (no QEMU): shards and bumps ------------------------------
+pytest_plugins = ["pytester"]
+BOOKWORM = REPO / "fingerprints" / "debian-bookworm-7.2.22_1_7.2+dfsg-7+deb12u18+b3"
+TRIXIE = REPO / "fingerprints" / "debian-trixie-10.0.13_1_10.0.13+ds-0+deb13u1"
+
+
+def _harness(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    # this checkout's harness, whichever checkout the editable install points at
+    pytester._monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH")))))
+    ini = pytester.makeini("[pytest]\n")
+    pytester.makepyfile(test_abi=(REPO / "harness/test_guest_abi.py").read_text())
+    return pytester.runpytest_subprocess("-p", "harness.plugin", "-p", "no:cacheprovider", "-c", str(ini),
+                                         "--rootdir", str(pytester.path), *args)
+
+
+def test_plugin_shards_merge_into_the_unsharded_report(pytester):
+    common = ("--baseline", str(BOOKWORM), "--qemu-new", str(TRIXIE), "--machine", "pc-i440fx-7.2",
+              "--machine", "pc-q35-7.2", "--guest", "minimal", "--guest", "legacy")
+    whole = _harness(pytester, *common, "--report", "whole")
+    shards = [_harness(pytester, *common, "--shard", f"{i}/2", "--report", f"shard{i}") for i in (1, 2)]
+    assert whole.ret == 1 and all(s.ret == 1 for s in shards)
+    parts = [pytester.path / f"shard{i}" / "qabi.json" for i in (1, 2)]
+    assert sorted(len(json.loads(p.read_text())["runs"]) for p in parts) == [2, 2]
+    merged = merge_reports(parts)
+    full = json.loads((pytester.path / "whole" / "qabi.json").read_text())
+    assert merged.verdict == full["verdict"] == "drift"
+    # the merged report lists runs by machine type (oldest first), then profile name
+    keys = ("subject", "path", "old", "new", "severity", "waived")
+    assert {(r.machine, r.guest): [[d.as_dict()[k] for k in keys] for d in r.drifts] for r in merged.runs} == \
+        {(r["machine"], r["guest"]): [[d[k] for k in keys] for d in r["drifts"]] for r in full["runs"]}
+    assert [(r.machine, r.guest) for r in merged.runs] == sorted((r["machine"], r["guest"]) for r in full["runs"])
+
+
+def test_plugin_machine_bump_waives_the_machine_name(pytester):
+    result = _harness(pytester, "--baseline", str(BOOKWORM), "--qemu-new", str(BOOKWORM), "--machine",
+                      "pc-i440fx-7.2:pc-q35-7.2", "--guest", "minimal", "--report", "rep")
+    assert result.ret == 1
+    run = json.loads((pytester.path / "rep" / "qabi.json").read_text())["runs"][0]
+    assert run["machine"] == "pc-i440fx-7.2:pc-q35-7.2"
+    reason = "machine type bump pc-i440fx-7.2 → pc-q35-7.2: the machine type's own name"
+    assert {d["path"] for d in run["drifts"] if d["waived"] == reason} >= {"fields.version"}
+    assert all(d["waived"] is None for d in run["drifts"] if d["old"] != "pc-i440fx-7.2")
