@@ -388,3 +388,31 @@ def test_plugin_machine_bump_waives_the_machine_name(pytester):
     reason = "machine type bump pc-i440fx-7.2 → pc-q35-7.2: the machine type's own name"
     assert {d["path"] for d in run["drifts"] if d["waived"] == reason} >= {"fields.version"}
     assert all(d["waived"] is None for d in run["drifts"] if d["old"] != "pc-i440fx-7.2")
+
+
+# -- the matrix tables, on synthetic runs (no QEMU) ---------------------------------------------------
+
+def test_matrix_frame_pivot_and_files_from_runsets(tmp_path):
+    from harness.matrix.run import Step
+    from harness.matrix.table import frame, pivot, write_outputs
+
+    hostile = "<img src=x onerror=alert(1)>"
+    s1 = Step(1, "debian:bookworm", "debian:trixie", check=None, folder="steps/1-a")  # type: ignore[arg-type]
+    s1.runset = RunSet((_run("pc-q35-7.2", "minimal", (DRIFT,)), _run("pc-q35-7.2", "windows"),
+                        Run("pc-q35-8.0", "minimal", status="error", reason=hostile)))
+    s2 = Step(2, "debian:trixie", "debian:sid", check=None, folder="steps/2-b")  # type: ignore[arg-type]
+    s2.runset = RunSet((_run("pc-q35-7.2", "minimal", (DRIFT.waive("accepted"),)),))
+    data = frame([s1, s2])
+    assert len(data) == 4
+    table = pivot(data)
+    assert table.loc["pc-q35-7.2", "bookworm → trixie"]["outcome"] == "drift"
+    assert table.loc["pc-q35-7.2", "trixie → sid"]["text"] == "unchanged 1 waived"
+    assert table.loc["pc-q35-8.0", "bookworm → trixie"]["outcome"] == "error"
+    assert pd.isna(table.loc["pc-q35-8.0", "trixie → sid"])
+    out = write_outputs([s1, s2], data, tmp_path, 1.5, "t")
+    back = pd.read_csv(out["matrix.csv"], keep_default_na=False)
+    assert back.to_dict("records") == data.to_dict("records")
+    assert back.loc[0, "report"] == "steps/1-a/index.html#run-0" and back.loc[0, "break"] == 1
+    html = out["index.html"].read_text()
+    assert hostile not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+    assert json.loads(out["matrix.json"].read_text())["verdict"] == "error"

@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 
 from harness.drift.impact import run_impact
+from harness.drift.impact import worst as worst_level
 from harness.drift.model import SEVERITIES
 from harness.matrix.bump import split_machine
 from harness.matrix.merge import run_order
@@ -67,15 +68,18 @@ def _cell(group: pd.DataFrame) -> dict[str, Any]:
     outcome = max(group["outcome"], key=OUTCOME_RANK.__getitem__)
     totals = {s: int(group[s].sum()) for s in (*SEVERITIES, "waived")}
     worst_sev = next((s for s in SEVERITIES if totals[s]), "")
-    levels = {os: sorted({v for v in group[os] if v and v != "none"}) for os in ("windows", "linux")}
+    levels = {os: worst_level(v for v in group[os] if v) for os in ("windows", "linux")}
     cats = sorted({c for text in group["categories"] for c in text.split(",") if c})
     parts = [outcome]
     if outcome == "drift" or (outcome == "unchanged" and any(totals.values())):
         parts.append(", ".join(f"{totals[s]} {s}" for s in (*SEVERITIES, "waived") if totals[s]))
     if cats:
         parts.append("(" + ", ".join(cats) + ")")
+    if outcome == "drift":
+        parts.append(f"[Windows {levels['windows']}, Linux {levels['linux']}]")
     return {"outcome": outcome, "worst": worst_sev, **totals, "categories": cats,
-            "windows": levels["windows"], "linux": levels["linux"], "text": " ".join(parts),
+            "windows": "" if levels["windows"] == "none" else levels["windows"],
+            "linux": "" if levels["linux"] == "none" else levels["linux"], "text": " ".join(parts),
             "runs": [{"guest": str(r.guest), "outcome": str(r.outcome), "worst": str(r.worst),
                       "report": str(r.report), "reason": str(r.reason)} for r in group.itertuples()]}
 
