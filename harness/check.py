@@ -39,6 +39,8 @@ from harness.drift.model import Severity, severity_rank
 from harness.errors import CaptureError, QabiError, UnsupportedError
 from harness.guest import build_reference_image
 from harness.guest.profile import GuestProfile, close_devices, load_profile, profile_names
+from harness.matrix.bump import is_generated, split_machine, with_bump
+from harness.matrix.shard import Shard, check_shard, select
 from harness.qemu import QemuBuild, resolve
 from harness.report import Run, RunSet, RunStatus
 from harness.transport.launch import check_accel
@@ -185,9 +187,13 @@ class RunRequest:
     reuse: bool = True                    # False: boot every side afresh
     firmware_from: str | None = None      # run the new build with this build's firmware
     jobs: int = 1
+    shard: Shard | None = None            # (I, N): only shard I of N of the runs (harness/matrix/shard.py)
 
     def __post_init__(self) -> None:
         check_accel(self.accel)
+        check_shard(self.shard)
+        for machine in self.machines:
+            split_machine(machine)
         severity_rank(self.fail_on)
         if self.jobs < 1:
             raise QabiError(f"--jobs must be at least 1, not {self.jobs}")
@@ -210,8 +216,10 @@ class Check:
         return expand_machines(asked, self.old, self.new) if asked else default_machines(self.old, self.new)
 
     def cases(self) -> list[tuple[str, str]]:
-        """Every (machine, guest) run of the request, in report order."""
-        return [(m, g) for m in self.machines() for g in expand_guests(list(self.request.guests))]
+        """Every (machine, guest) run of the request (of its shard, with one), in report order;
+        a machine `OLD:NEW` is a bump (harness/matrix/bump.py)."""
+        every = [(m, g) for m in self.machines() for g in expand_guests(list(self.request.guests))]
+        return select(every, self.request.shard, self.request.access.transport)
 
     def _side_capture(self, side: Side, profile: GuestProfile, machine: str) -> Capture:
         if side.build is None:
@@ -232,22 +240,26 @@ class Check:
         caps: list[Capture] = []
         try:
             profile = load_profile(guest)
-            lost = self._lost_devices(profile, machine)
+            old_machine, new_machine = split_machine(machine)
+            lost = self._lost_devices(profile, old_machine, new_machine)
             if lost:
                 if self.old.build is None:
-                    caps.append(self._side_capture(self.old, profile, machine))  # the baseline has this run
+                    caps.append(self._side_capture(self.old, profile, old_machine))  # the baseline has this run
                 return replace(self._device_drift(machine, guest, lost), seconds=round(time.monotonic() - started, 3))
-            caps.append(self._side_capture(self.old, profile, machine))
+            caps.append(self._side_capture(self.old, profile, old_machine))
             try:
-                caps.append(self._side_capture(self.new, profile, machine))
+                caps.append(self._side_capture(self.new, profile, new_machine))
             except UnsupportedError as exc:
                 # the old build ran this profile, the new one refuses it: the guest loses hardware
                 what = str(exc).removeprefix("unsupported on this build: ")
                 run = self._device_drift(machine, guest, {what: "QEMU refused it when the profile was started"})
                 return replace(run, seconds=round(time.monotonic() - started, 3))
             old_fp, new_fp = (fingerprint_capture(c) for c in caps)
+            comparison = compare(old_fp, new_fp, with_bump(self.waivers, machine))
+            comparison = replace(comparison, stale_waivers=tuple(w for w in comparison.stale_waivers
+                                                                 if not is_generated(w)))
             run = Run(machine=machine, guest=guest, old=old_fp["source"]["build"], new=new_fp["source"]["build"],
-                      comparison=compare(old_fp, new_fp, self.waivers)).with_fingerprints(old_fp, new_fp)
+                      comparison=comparison).with_fingerprints(old_fp, new_fp)
         except UnsupportedError as exc:
             run = self._failed(machine, guest, "unsupported", str(exc))
         except QabiError as exc:
@@ -258,20 +270,20 @@ class Check:
                     shutil.rmtree(cap.path.parent, ignore_errors=True)
         return replace(run, seconds=round(time.monotonic() - started, 3))
 
-    def _lost_devices(self, profile: GuestProfile, machine: str) -> dict[str, str]:
+    def _lost_devices(self, profile: GuestProfile, old_machine: str, new_machine: str) -> dict[str, str]:
         """The profile's drivers that the old side has and the new build lacks ({driver: why}).
 
         A driver neither side has is a profile error (QabiError, with close matches); one only
         the old build lacks makes the run unsupported (nothing to compare it with)."""
-        def lacking(side: Side) -> tuple[set[str], list[str]]:
+        def lacking(side: Side, machine: str) -> tuple[set[str], list[str]]:
             if side.build is None:   # a baseline ran the profile when it was recorded
                 return set(), []
             resolved = resolve_machine(side.build, machine)
             devices = side.build.info().devices
             return set(profile.drivers_for(resolved)) - set(devices), list(devices)
 
-        old_lacks, old_devices = lacking(self.old)
-        new_lacks, new_devices = lacking(self.new)
+        old_lacks, old_devices = lacking(self.old, old_machine)
+        new_lacks, new_devices = lacking(self.new, new_machine)
         neither = sorted(old_lacks & new_lacks)
         if neither:
             raise QabiError(f"profile '{profile.name}': device '{neither[0]}' is on neither build "
@@ -304,12 +316,17 @@ class Check:
         return Run(machine=machine, guest=guest, old=_safe_provenance(self.old), new=_safe_provenance(self.new),
                    status=status, reason=reason)
 
-    def run_all(self, progress: Callable[[str, str], None] | None = None) -> RunSet:
-        """Every run of the request (`jobs` side by side), as one RunSet."""
+    def run_all(self, progress: Callable[[str, str], None] | None = None,
+                done: Callable[[Run], None] | None = None) -> RunSet:
+        """Every run of the request (`jobs` side by side), as one RunSet; `progress` is told when
+        a run starts, `done` when it has finished."""
         def one(case: tuple[str, str]) -> Run:
             if progress:
                 progress(*case)
-            return self.run(*case)
+            run = self.run(*case)
+            if done:
+                done(run)
+            return run
 
         cases = self.cases()
         if self.request.jobs == 1:
@@ -349,9 +366,10 @@ def _safe_provenance(side: Side) -> dict[str, Any]:
         return {"spec": side.spec}
 
 
-def run_check(request: RunRequest, progress: Callable[[str, str], None] | None = None) -> RunSet:
+def run_check(request: RunRequest, progress: Callable[[str, str], None] | None = None,
+              done: Callable[[Run], None] | None = None) -> RunSet:
     """Capture (or reuse) both sides of every (machine, guest) run of `request` and compare them:
     the RunSet (with its wall time) that the report writers take."""
     started = time.monotonic()
-    runset = Check(request).run_all(progress)
+    runset = Check(request).run_all(progress, done)
     return replace(runset, seconds=round(time.monotonic() - started, 3))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from dataclasses import replace
 from typing import Any
 
 from harness.errors import QabiError
@@ -107,7 +109,9 @@ def _access(args: argparse.Namespace) -> Any:
 
 
 def _add_access_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--transport", choices=["serial", "ssh"], default="serial",
+    from harness.transport.base import transports
+
+    p.add_argument("--transport", choices=sorted(transports()), default="serial",
                    help="how the probe reaches the guest (default: serial console)")
     p.add_argument("--guest-image", metavar="FILE",
                    help="boot this qcow2/raw disk image (never written: snapshot=on) instead of the reference "
@@ -225,20 +229,18 @@ def cmd_guest_build(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from rich.console import Console
-
-    from harness.check import RunRequest, run_check
+    from harness.check import Check, RunRequest
+    from harness.matrix.progress import RunProgress
+    from harness.matrix.shard import parse_shard
     from harness.report import render_text, write_json
-
-    console = Console(stderr=True)
-
-    def progress(machine: str, guest: str) -> None:
-        console.print(f"[dim]qabi: {machine} {guest}: capturing {args.old} and {args.new}[/dim]")
 
     request = RunRequest(args.old, args.new, tuple(args.machine or ()), tuple(args.guest or ()), args.accel,
                          args.timeout, _access(args), args.waivers, args.fail_on, not args.no_reuse,
-                         args.firmware_from, args.jobs)
-    runset = run_check(request, progress if sys.stderr.isatty() else None)
+                         args.firmware_from, args.jobs, parse_shard(args.shard))
+    check = Check(request)
+    with RunProgress(len(check.cases()), fail_on=args.fail_on) as meter:
+        runset = check.run_all(meter.start, meter.done)
+    runset = replace(runset, seconds=round(time.monotonic() - meter.started, 3))
     sys.stdout.write(render_text(runset))
     if runset.exit_code == 2:   # could not decide: say why on stderr too (bisect scripts read it)
         from harness.report.view import verdict_line
@@ -257,17 +259,81 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Re-render the self-contained HTML report from a JSON report file: 0 written, 2 bad input."""
+    """Re-render the self-contained HTML report from a JSON report file: 0 written, 2 bad input.
+    With --merge: shard reports into one report (DIR/qabi.json + DIR/index.html) and verdict."""
     from pathlib import Path
 
     from harness.report.html import load_report, write_html
 
-    source = Path(args.report)
+    if args.merge:
+        from harness.matrix.merge import merge_reports
+        from harness.report import render_text
+        from harness.report.html import write_reports
+
+        if not args.output:
+            raise QabiError("--merge needs -o DIR (where the merged report goes)")
+        runset = merge_reports(args.report)
+        sys.stdout.write(render_text(runset))
+        _json_path, html_path = write_reports(runset, Path(args.output))
+        print(f"HTML report: {html_path}")
+        return int(runset.exit_code)
+    if len(args.report) != 1:
+        raise QabiError("qabi report takes one JSON report (several only with --merge)")
+    source = Path(args.report[0])
     target = Path(args.output) if args.output else source.with_suffix(".html")
     if target.resolve() == source.resolve():
         raise QabiError(f"{target}: the HTML report would overwrite its own JSON input")
     written = write_html(load_report(source), target)
     print(f"{written}: HTML report from {source}")
+    return 0
+
+
+# -- qabi matrix / cache ------------------------------------------------------------------------
+def cmd_matrix(args: argparse.Namespace) -> int:
+    """The upgrade matrix: 0 unchanged everywhere, 1 drift, 2 could not decide (as `check`)."""
+    from pathlib import Path
+
+    from harness.matrix import run_matrix
+    from harness.matrix.run import MatrixRequest
+    from harness.matrix.shard import parse_shard
+    from harness.matrix.table import text_pivot
+
+    request = MatrixRequest(tuple(args.specs), tuple(args.machine or ("common",)), tuple(args.guest or ()),
+                            args.pairs, args.accel, args.timeout, _access(args), args.waivers, args.fail_on,
+                            not args.no_reuse, args.jobs, parse_shard(args.shard))
+    result = run_matrix(request, Path(args.output))
+    from harness.matrix.table import pivot
+
+    table = text_pivot(pivot(result.frame))
+    if not table.empty:
+        import pandas as pd
+
+        with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200,
+                               "display.max_colwidth", 60):
+            print(table.to_string())
+    print(f"matrix verdict: {result.verdict} ({len(result.frame)} runs in {len(result.steps)} steps, "
+          f"{result.seconds:.1f}s)")
+    print(f"matrix: {result.outputs['index.html']}")
+    return result.exit_code
+
+
+def cmd_cache_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from harness.matrix.cachefile import export_captures
+
+    names = export_captures(Path(args.file))
+    print(f"{args.file}: {len(names)} captures exported")
+    return 0
+
+
+def cmd_cache_import(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from harness.matrix.cachefile import import_captures
+
+    moved = import_captures(Path(args.file))
+    print(f"{args.file}: {len(moved.added)} captures imported, {len(moved.kept)} already in the cache")
     return 0
 
 
@@ -330,8 +396,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=180.0, metavar="S")
     p.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
                    help="runs (machine, guest) captured side by side (default 1; the host's cores bound it)")
+    p.add_argument("--shard", metavar="I/N", help="only shard I of N of the runs (CI runners; merge with "
+                                                  "qabi report --merge)")
     _add_access_options(p)
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("matrix", help="the upgrade matrix: checks along a list of builds, machine type x step")
+    p.add_argument("specs", nargs="+", metavar="SPEC", help="builds in upgrade order (at least two)")
+    p.add_argument("--machine", action="append", metavar="M",
+                   help="machine type or OLD:NEW bump (repeatable; default 'common': every versioned type "
+                        "both builds of a step have)")
+    p.add_argument("--guest", action="append", metavar="P", help="profile (repeatable; default: all)")
+    p.add_argument("--pairs", choices=["chain", "first"], default="chain",
+                   help="chain: each build against the next (default); first: the first against each later one")
+    p.add_argument("--accel", choices=["tcg", "kvm"], default="tcg")
+    p.add_argument("--waivers", metavar="F", help="waiver file (default: fingerprints/waivers.toml if present)")
+    p.add_argument("--fail-on", choices=["break", "warn", "info"], default="warn")
+    p.add_argument("--timeout", type=float, default=180.0, metavar="S")
+    p.add_argument("--no-reuse", action="store_true", help="boot every side afresh")
+    p.add_argument("-j", "--jobs", type=int, default=1, metavar="N", help="runs captured side by side")
+    p.add_argument("--shard", metavar="I/N", help="only shard I of N of each step's runs")
+    p.add_argument("-o", "--output", required=True, metavar="DIR",
+                   help="matrix.csv, matrix.md, matrix.json, index.html and steps/*/ (each step's report)")
+    _add_access_options(p)
+    p.set_defaults(func=cmd_matrix)
+
+    cache = sub.add_parser("cache", help="move captures between runners: export, import")
+    csub = cache.add_subparsers(dest="cache_command", required=True, parser_class=_Parser)
+    p = csub.add_parser("export", help="every complete capture of the cache into a tarball")
+    p.add_argument("file", metavar="FILE", help="the tarball to write (.tar.gz compressed)")
+    p.set_defaults(func=cmd_cache_export)
+    p = csub.add_parser("import", help="verified captures from a tarball into the cache")
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(func=cmd_cache_import)
 
     p = sub.add_parser("fingerprint", help="decode a capture into fingerprint JSON")
     p.add_argument("capture", metavar="CAPTURE")
@@ -358,9 +455,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lowest severity that counts as drift (default warn)")
     p.set_defaults(func=cmd_diff)
 
-    p = sub.add_parser("report", help="render the self-contained HTML report from a JSON report")
-    p.add_argument("report", metavar="JSON", help="a JSON report (qabi check/diff --json, or reports/qabi.json)")
-    p.add_argument("-o", "--output", metavar="HTML", help="where to write the HTML (default: JSON with .html)")
+    p = sub.add_parser("report", help="render the self-contained HTML report from a JSON report; merge shards")
+    p.add_argument("report", metavar="JSON", nargs="+",
+                   help="a JSON report (qabi check/diff --json, or reports/qabi.json); with --merge, one per shard")
+    p.add_argument("--merge", action="store_true",
+                   help="merge shard reports (qabi.json of each --shard I/N) into one report in -o DIR")
+    p.add_argument("-o", "--output", metavar="HTML|DIR",
+                   help="where to write the HTML (default: JSON with .html); with --merge, the report folder")
     p.set_defaults(func=cmd_report)
     return parser
 

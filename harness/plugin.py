@@ -7,10 +7,10 @@ combinations are skipped with the reason; a capture or decode error is a pytest 
 
 Options come from the command line, else environment variables (QABI_QEMU_OLD, QABI_QEMU_NEW,
 QABI_BASELINE, QABI_MACHINE, QABI_GUEST, QABI_ACCEL, QABI_WAIVERS, QABI_FAIL_ON, QABI_REPORT,
-QABI_TRANSPORT, QABI_GUEST_IMAGE, QABI_SSH_USER, QABI_SSH_KEY, QABI_SSH_HOST_KEY; lists
+QABI_TRANSPORT, QABI_GUEST_IMAGE, QABI_SSH_USER, QABI_SSH_KEY, QABI_SSH_HOST_KEY, QABI_SHARD; lists
 comma-separated), else `[tool.qabi]` in pyproject.toml (the same names: qemu-old, qemu-new,
 baseline, machine, guest, accel, waivers, fail-on, report, transport, guest-image, ssh-user,
-ssh-key, ssh-host-key), else the embedded default: the backport check
+ssh-key, ssh-host-key, shard), else the embedded default: the backport check
 debian:bookworm-security -> debian:bookworm on pc-i440fx-7.2 and pc-q35-7.2, all profiles.
 """
 
@@ -32,6 +32,7 @@ from harness.check import Check, RunRequest
 from harness.config import pyproject_settings
 from harness.drift.model import SEVERITIES, Severity, at_least
 from harness.errors import QabiError
+from harness.matrix.shard import parse_shard
 from harness.report import Run, RunSet
 
 DEFAULTS: dict[str, Any] = {
@@ -49,6 +50,7 @@ DEFAULTS: dict[str, Any] = {
     "ssh-user": None,
     "ssh-key": None,
     "ssh-host-key": None,
+    "shard": None,
 }
 _LISTS = ("machine", "guest")
 DETAIL_LINES = 8
@@ -72,6 +74,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--ssh-user", metavar="U", help="login for --guest-image (default root)")
     group.addoption("--ssh-key", metavar="K", help="private key for --guest-image")
     group.addoption("--ssh-host-key", metavar="F", help="pinned host key(s) of --guest-image (.pub/known_hosts)")
+    group.addoption("--shard", metavar="I/N", help="only shard I of N of the runs (merge: qabi report --merge)")
 
 
 def _setting(config: pytest.Config, key: str) -> Any:
@@ -104,7 +107,8 @@ def run_request(config: pytest.Config) -> RunRequest:
     return RunRequest(old=str(_setting(config, "baseline") or _setting(config, "qemu-old")),
                       new=str(_setting(config, "qemu-new")), machines=tuple(_setting(config, "machine")),
                       guests=tuple(_setting(config, "guest")), accel=str(_setting(config, "accel")),
-                      access=access, waivers=_text(config, "waivers"), fail_on=fail_on)  # type: ignore[arg-type]
+                      access=access, waivers=_text(config, "waivers"), fail_on=fail_on,  # type: ignore[arg-type]
+                      shard=parse_shard(_text(config, "shard")))
 
 
 @dataclass

@@ -1,0 +1,80 @@
+"""`qabi report --merge A.json B.json …`: shard results (qabi.json files) into one RunSet.
+
+Shards of one check hold disjoint runs of the same two sides at the same fail-on threshold;
+anything else (another build, another threshold, a run in two files) is refused with one line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from harness.errors import QabiError
+from harness.report import Run, RunSet, load_report, runset_from_json
+
+_IDENTITY = ("spec", "sha256")
+
+
+def _side(provenance: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: provenance[k] for k in _IDENTITY if provenance.get(k)}
+
+
+def _agree(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """The same build: every identity key both know is equal (an error run may know only the spec)."""
+    return all(a[k] == b[k] for k in a.keys() & b.keys())
+
+
+def run_order(run: Run) -> tuple[Any, ...]:
+    """The order `qabi check` reports runs in: machine types oldest first, then the profile."""
+    from harness.check import VERSIONED
+    from harness.matrix.bump import split_machine
+
+    try:
+        old, _new = split_machine(run.machine)
+    except QabiError:
+        old = run.machine
+    m = VERSIONED.fullmatch(old)
+    version = (int(m.group(2)), int(m.group(3)), m.group(1)) if m else (1 << 30, 0, old)
+    return (*version, run.machine, run.guest)
+
+
+def merge_reports(paths: Sequence[Path | str]) -> RunSet:
+    """One RunSet from shard reports: runs of every file, in check order; the wall time is the
+    slowest shard's (shards run side by side)."""
+    if len(paths) < 2:
+        raise QabiError("--merge needs at least two JSON reports (one per shard)")
+    runs: list[Run] = []
+    owner: dict[tuple[str, str], str] = {}
+    first: RunSet | None = None
+    first_name = ""
+    sides: dict[str, dict[str, Any]] = {}
+    seconds: list[float] = []
+    for path in paths:
+        name = str(path)
+        runset = runset_from_json(load_report(Path(path)))
+        if first is None:
+            first, first_name = runset, name
+        elif runset.details and first.details and runset.fail_on != first.fail_on:
+            raise QabiError(f"{name}: fail-on {runset.fail_on} but {first_name} has {first.fail_on}: "
+                            "not shards of one check")
+        for run in runset.runs:
+            for which, prov in (("old", run.old), ("new", run.new)):
+                mine = _side(prov)
+                if which not in sides:
+                    sides[which] = mine
+                elif not _agree(sides[which], mine):
+                    raise QabiError(f"{name}: {which} build {mine.get('spec', '?')} differs from the other "
+                                    f"shards' {sides[which].get('spec', '?')}: not shards of one check")
+                else:
+                    sides[which] = {**mine, **sides[which]}
+            key = (run.machine, run.guest)
+            if key in owner:
+                raise QabiError(f"{name}: run {run.machine} {run.guest} is also in {owner[key]}: "
+                                "overlapping shards")
+            owner[key] = name
+            runs.append(run)
+        if runset.seconds is not None:
+            seconds.append(runset.seconds)
+    assert first is not None
+    return RunSet(tuple(sorted(runs, key=run_order)), first.fail_on, seconds=max(seconds) if seconds else None)
