@@ -111,19 +111,20 @@ def staging_dir(final: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def atomic_write_bytes(path: Path, data: bytes | str, mode: int = 0o644) -> None:
+def atomic_write_bytes(path: Path, data: bytes | str, mode: int = 0o644, what: str = "") -> None:
     """Write `data` to `path` through a temporary sibling renamed onto it: readers see the old file or
     the whole new one, never a part. The file is created 0600 and set to `mode` before the rename, so
     a private file (mode 0o600) is never readable by others, even for a moment. The project's one
     atomic file write. A failure (a directory in the way, a full or read-only disk) is a QabiError
-    naming `path`, and leaves nothing behind."""
+    naming `path` (and `what` it is), and leaves nothing behind."""
+    name = f"{what} {path}" if what else str(path)
     if path.is_dir():
-        raise QabiError(f"{path} is a directory; give a file name")
+        raise QabiError(f"{name} is a directory; give a file name")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise QabiError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise QabiError(f"cannot write {name}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data.encode() if isinstance(data, str) else data)
@@ -133,7 +134,7 @@ def atomic_write_bytes(path: Path, data: bytes | str, mode: int = 0o644) -> None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         if isinstance(exc, OSError):
-            raise QabiError(f"cannot write {path}: {exc.strerror or exc}") from None
+            raise QabiError(f"cannot write {name}: {exc.strerror or exc}") from None
         raise
 
 

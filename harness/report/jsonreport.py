@@ -248,7 +248,4 @@ def json_text(data: Mapping[str, Any]) -> str:
 def write_report_file(path: Path, text: str, what: str) -> None:
     """Write a report file atomically (readers never see half a report), readable by others
     (0644: reports are meant to be read); QabiError naming `what` when it cannot be written."""
-    try:
-        atomic_write_bytes(path, text.encode("utf-8"), mode=0o644)
-    except OSError as exc:
-        raise QabiError(f"cannot write {what} {path}: {exc.strerror or exc}") from None
+    atomic_write_bytes(path, text.encode("utf-8"), mode=0o644, what=what)
