@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import __version__
-from harness.cache import cache_dir, file_lock, sweep_stale
+from harness.cache import cache_dir, cache_root, file_lock, sweep_stale
 from harness.capture import (
     DEFAULT_TIMEOUT,
     SERIAL,
@@ -115,12 +115,21 @@ def capture_key(plan: CapturePlan) -> str:
     build, profile, access = plan.build, plan.profile, plan.access
     image = build_reference_image(plan.reference) if access.guest_image is None else None
     parts = {
-        "qabi": __version__, "sha256": build.sha256, "firmware": list(build.firmware_dirs),
+        "qabi": __version__, "sha256": build.sha256, "firmware": [_portable(d) for d in build.firmware_dirs],
         "profile": Path(profile.source).read_text() if profile.source else repr(profile),
         "machine": plan.machine, "accel": plan.accel, "image": image.sha256 if image else None,
         **access.key_parts(plan.user_image),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _portable(path: str) -> str:
+    """A path as a cache key part: relative to the cache root when inside it, so that captures
+    moved to another runner (`qabi cache export/import`) keep their keys there."""
+    try:
+        return "$CACHE/" + str(Path(path).resolve().relative_to(cache_root().resolve()))
+    except ValueError:
+        return path
 
 
 def captured(plan: CapturePlan, reuse: bool = True) -> Capture:
