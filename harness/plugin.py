@@ -26,13 +26,14 @@ from typing import Any
 
 import pytest
 
-from harness.capture import GuestAccess
+from harness.capture import DEFAULT_TRANSPORT, GuestAccess
 from harness.categories import names
 from harness.check import Check, RunRequest
 from harness.config import pyproject_settings
 from harness.drift.model import SEVERITIES, Drift, Severity, at_least
 from harness.errors import QabiError
 from harness.report import Run, RunSet
+from harness.transport.base import transports
 
 DEFAULTS: dict[str, Any] = {
     "qemu-old": "debian:bookworm-security",
@@ -44,7 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "waivers": None,
     "fail-on": "warn",
     "report": "reports",
-    "transport": "serial",
+    "transport": DEFAULT_TRANSPORT,
     "guest-image": None,
     "ssh-user": None,
     "ssh-key": None,
@@ -66,7 +67,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--waivers", metavar="F", help="waiver file (default: fingerprints/waivers.toml if present)")
     group.addoption("--fail-on", metavar="S", help="lowest severity that fails: break, warn, info (default: warn)")
     group.addoption("--report", metavar="DIR", help="where index.html and qabi.json go (default: reports/)")
-    group.addoption("--transport", metavar="T", help="how the probe reaches the guest: serial, ssh (default: serial)")
+    group.addoption("--transport", metavar="T",
+                    help=f"how the hardware is read: {', '.join(transports())} (default: {DEFAULT_TRANSPORT})")
     group.addoption("--guest-image", metavar="FILE",
                     help="boot this qcow2/raw image (snapshot=on) instead of the reference guest; needs ssh")
     group.addoption("--ssh-user", metavar="U", help="login for --guest-image (default root)")

@@ -47,6 +47,7 @@ def _run_text(view: RunView) -> list[str]:
     if run.status != "compared":
         out.append(f"   {run.status}: {run.reason}")
         return out
+    out += [f"   note: {note}" for note in run.comparison.notes] if run.comparison is not None else []
     if not view.groups:
         out.append("   no drift")
     for group in view.groups:

@@ -661,6 +661,11 @@ def payload_bytes() -> bytes:
         raise CaptureError(f"the reference payload {PAYLOAD} is unreadable: {exc.strerror}") from None
 
 
+def payload_sha256() -> str:
+    """The sha256 of the payload that boots (it decides a firmware capture's bytes: cache keys)."""
+    return hashlib.sha256(payload_bytes()).hexdigest()
+
+
 class FirmwareTransport:
     """The hardware as the firmware hands it to a boot loader, read by the host over qtest."""
 
@@ -668,8 +673,7 @@ class FirmwareTransport:
     needs_nic = False
 
     def setup(self, plan: CapturePlan, workdir: Path, console_log: Path) -> Setup:
-        data = payload_bytes()
-        digest = hashlib.sha256(data).hexdigest()
+        digest = payload_sha256()
         return Setup(args=("-kernel", str(PAYLOAD),
                            "-chardev", f"file,id=qabicon,path={workdir / CONSOLE}", "-serial", "chardev:qabicon",
                            "-qtest", f"unix:{workdir / QTEST_SOCKET}"),
