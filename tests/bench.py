@@ -44,7 +44,7 @@ def bench_provision(spec: str) -> None:
 
 
 def bench_capture(spec: str, machine: str, runs: int) -> list[Path]:
-    from harness.capture import capture, plan_capture
+    from harness.capture import SERIAL, capture, plan_capture
     from harness.guest.profile import load_profile, profile_names
     from harness.qemu import resolve
 
@@ -56,7 +56,7 @@ def bench_capture(spec: str, machine: str, runs: int) -> list[Path]:
         for i in range(runs):
             out = work / f"{guest}-{i}"
             started = time.monotonic()
-            cap = capture(plan_capture(build, load_profile(guest), machine), out)
+            cap = capture(plan_capture(build, load_profile(guest), machine, access=SERIAL), out)
             walls.append(time.monotonic() - started)
             info = {k: float(v) for k, v in cap.manifest.get("probe", {}).items() if k.startswith("uptime")}
             t = cap.manifest["timings"]

@@ -128,7 +128,7 @@ EQUIVALENCE = [(s, m, g) for s in ("debian:bookworm", "debian:trixie") for m in 
 @pytest.mark.parametrize("spec,machine,guest", EQUIVALENCE, ids=[f"{s[7:]}-{m}-{g}" for s, m, g in EQUIVALENCE])
 def test_firmware_sees_what_the_serial_guest_sees(tmp_path, spec, machine, guest):
     fw = _capture(spec, machine, guest, tmp_path / "fw")
-    serial = _capture(spec, machine, guest, tmp_path / "serial", access=GuestAccess())
+    serial = _capture(spec, machine, guest, tmp_path / "serial", access=GuestAccess(transport="serial"))
     for prefix in ("sys/firmware/acpi/tables", "sys/firmware/dmi/tables", "sys/firmware/memmap"):
         assert _files(fw, prefix) == _files(serial, prefix), prefix
     assert (fw.raw / "dev/cpu/0/cpuid").read_bytes() == (serial.raw / "dev/cpu/0/cpuid").read_bytes()
