@@ -11,7 +11,8 @@ QABI_TRANSPORT, QABI_GUEST_IMAGE, QABI_SSH_USER, QABI_SSH_KEY, QABI_SSH_HOST_KEY
 comma-separated), else `[tool.qabi]` in pyproject.toml (the same names: qemu-old, qemu-new,
 baseline, machine, guest, accel, waivers, fail-on, report, transport, guest-image, ssh-user,
 ssh-key, ssh-host-key), else the embedded default: the backport check
-debian:bookworm-security -> debian:bookworm on pc-i440fx-7.2 and pc-q35-7.2, all profiles.
+debian:bookworm-security -> debian:bookworm on pc-i440fx-7.2 and pc-q35-7.2, all profiles, over the
+firmware transport.
 """
 
 from __future__ import annotations
