@@ -193,7 +193,7 @@ def plan_capture(build: QemuBuild, profile: GuestProfile, machine: str, accel: s
     check_supported(profile, resolved, frozenset(build.info().devices))
     if transport.needs_nic and not profile.nics_for(resolved):
         raise UnsupportedError(f"profile '{profile.name}' has no NIC, so the {transport.name} transport cannot "
-                               "reach it (use --transport serial)")
+                               "reach it (use --transport firmware or serial)")
     return CapturePlan(build, profile, machine, resolved, accel, timeout, access, reference)
 
 
