@@ -23,8 +23,8 @@ from typing import Any
 from harness import __version__
 from harness.cache import cache_dir, cache_root, file_lock, sweep_stale
 from harness.capture import (
+    DEFAULT_ACCESS,
     DEFAULT_TIMEOUT,
-    SERIAL,
     Capture,
     CapturePlan,
     GuestAccess,
@@ -113,7 +113,7 @@ def expand_guests(asked: list[str] | None) -> list[str]:
 def capture_key(plan: CapturePlan) -> str:
     """Everything that decides what a capture contains; identical keys give identical raw bytes."""
     build, profile, access = plan.build, plan.profile, plan.access
-    image = build_reference_image(plan.reference) if access.guest_image is None else None
+    image = build_reference_image(plan.reference) if access.boots_reference_image else None
     parts = {
         "qabi": __version__, "sha256": build.sha256, "firmware": [_portable(d) for d in build.firmware_dirs],
         "profile": Path(profile.source).read_text() if profile.source else repr(profile),
@@ -190,7 +190,7 @@ class RunRequest:
     guests: tuple[str, ...] = ()          # empty: every profile in guests/
     accel: str = "tcg"
     timeout: float = DEFAULT_TIMEOUT
-    access: GuestAccess = SERIAL
+    access: GuestAccess = DEFAULT_ACCESS
     waivers: str | None = None            # None: fingerprints/waivers.toml when it exists
     fail_on: Severity = "warn"
     reuse: bool = True                    # False: boot every side afresh

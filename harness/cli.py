@@ -108,11 +108,17 @@ def _access(args: argparse.Namespace) -> Any:
                                     args.ssh_host_key)
 
 
-def _add_access_options(p: argparse.ArgumentParser) -> None:
+def _add_transport_option(p: argparse.ArgumentParser) -> None:
+    from harness.capture import DEFAULT_TRANSPORT
     from harness.transport.base import transports
 
-    p.add_argument("--transport", choices=sorted(transports()), default="serial",
-                   help="how the probe reaches the guest (default: serial console)")
+    p.add_argument("--transport", choices=list(transports()), default=DEFAULT_TRANSPORT,
+                   help=f"how the hardware is read: {', '.join(transports())} (default: {DEFAULT_TRANSPORT}, "
+                        "at the firmware hand-off; serial/ssh boot the reference Linux guest)")
+
+
+def _add_access_options(p: argparse.ArgumentParser) -> None:
+    _add_transport_option(p)
     p.add_argument("--guest-image", metavar="FILE",
                    help="boot this qcow2/raw disk image (never written: snapshot=on) instead of the reference "
                         "guest; needs --transport ssh")
@@ -168,7 +174,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from harness.baseline import record
-    from harness.capture import plan_capture
+    from harness.capture import GuestAccess, plan_capture
     from harness.check import captured, expand_guests, versioned_machines
     from harness.errors import UnsupportedError
     from harness.guest.profile import load_profile
@@ -181,7 +187,8 @@ def cmd_record(args: argparse.Namespace) -> int:
     for machine in machines:
         for guest in expand_guests(args.guest):
             try:
-                cap = captured(plan_capture(build, load_profile(guest), machine, args.accel, args.timeout))
+                cap = captured(plan_capture(build, load_profile(guest), machine, args.accel, args.timeout,
+                                            GuestAccess(transport=args.transport)))
             except UnsupportedError as exc:
                 print(f"{machine} {guest}: {exc}")
                 continue
@@ -444,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accel", choices=["tcg", "kvm"], default="tcg")
     p.add_argument("--timeout", type=float, default=180.0, metavar="S")
     p.add_argument("-o", "--output", default="fingerprints", metavar="DIR")
+    _add_transport_option(p)
     p.set_defaults(func=cmd_record)
 
     p = sub.add_parser("diff", help="compare two fingerprints (JSON files or capture directories)")

@@ -11,7 +11,8 @@ QABI_TRANSPORT, QABI_GUEST_IMAGE, QABI_SSH_USER, QABI_SSH_KEY, QABI_SSH_HOST_KEY
 comma-separated), else `[tool.qabi]` in pyproject.toml (the same names: qemu-old, qemu-new,
 baseline, machine, guest, accel, waivers, fail-on, report, transport, guest-image, ssh-user,
 ssh-key, ssh-host-key, shard), else the embedded default: the backport check
-debian:bookworm-security -> debian:bookworm on pc-i440fx-7.2 and pc-q35-7.2, all profiles.
+debian:bookworm-security -> debian:bookworm on pc-i440fx-7.2 and pc-q35-7.2, all profiles, over the
+firmware transport.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from harness.capture import GuestAccess
+from harness.capture import DEFAULT_TRANSPORT, GuestAccess
 from harness.categories import names
 from harness.check import Check, RunRequest
 from harness.config import pyproject_settings
@@ -34,6 +35,7 @@ from harness.drift.model import SEVERITIES, Severity, at_least
 from harness.errors import QabiError
 from harness.matrix.shard import parse_shard
 from harness.report import Run, RunSet
+from harness.transport.base import transports
 
 DEFAULTS: dict[str, Any] = {
     "qemu-old": "debian:bookworm-security",
@@ -45,7 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "waivers": None,
     "fail-on": "warn",
     "report": "reports",
-    "transport": "serial",
+    "transport": DEFAULT_TRANSPORT,
     "guest-image": None,
     "ssh-user": None,
     "ssh-key": None,
@@ -68,7 +70,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--waivers", metavar="F", help="waiver file (default: fingerprints/waivers.toml if present)")
     group.addoption("--fail-on", metavar="S", help="lowest severity that fails: break, warn, info (default: warn)")
     group.addoption("--report", metavar="DIR", help="where index.html and qabi.json go (default: reports/)")
-    group.addoption("--transport", metavar="T", help="how the probe reaches the guest: serial, ssh (default: serial)")
+    group.addoption("--transport", metavar="T",
+                    help=f"how the hardware is read: {', '.join(transports())} (default: {DEFAULT_TRANSPORT})")
     group.addoption("--guest-image", metavar="FILE",
                     help="boot this qcow2/raw image (snapshot=on) instead of the reference guest; needs ssh")
     group.addoption("--ssh-user", metavar="U", help="login for --guest-image (default root)")

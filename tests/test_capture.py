@@ -33,12 +33,12 @@ def _qemu_pids_with(marker: str) -> list[int]:
 
 @pytest.mark.parametrize("spec,machine,guest", MATRIX, ids=[f"{s.split('=')[0]}-{m}-{g}" for s, m, g in MATRIX])
 def test_capture_is_complete_and_verified(spec, machine, guest):
-    from harness.capture import load_capture, plan_capture
+    from harness.capture import SERIAL, load_capture, plan_capture
     from harness.check import captured
     from harness.guest.profile import load_profile
     from harness.qemu import resolve
 
-    folder = captured(plan_capture(resolve(spec), load_profile(guest), machine)).path
+    folder = captured(plan_capture(resolve(spec), load_profile(guest), machine, access=SERIAL)).path
     cap = load_capture(folder)  # re-verifies every sha256
     m = cap.manifest
     assert m["complete"] and m["machine"]["resolved"] == machine and m["profile"]["name"] == guest
@@ -115,7 +115,7 @@ def test_faulty_guest_is_exit_2_and_leaves_no_qemu(tmp_path, tail, message, time
     recipe = _faulty_recipe(tmp_path, tail)
     out = tmp_path / "cap"
     done = run_qabi("capture", "--qemu", "debian:bookworm", "--machine", "pc-q35-7.2", "--guest", "minimal",
-                    "--reference", str(recipe), "--timeout", timeout, "-o", str(out))
+                    "--reference", str(recipe), "--timeout", timeout, "--transport", "serial", "-o", str(out))
     assert done.returncode == 2, done.stdout + done.stderr
     assert message in done.stderr, done.stderr
     assert done.stderr.strip().count("\n") == 0

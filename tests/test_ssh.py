@@ -43,7 +43,7 @@ def _new_key() -> tuple[bytes, bytes]:
 def test_ssh_and_serial_captures_are_byte_identical(tmp_path, guest):
     serial, over_ssh = tmp_path / "serial", tmp_path / "ssh"
     started = time.monotonic()
-    done = _capture(serial, guest)
+    done = _capture(serial, guest, "--transport", "serial")
     assert done.returncode == 0, done.stderr
     serial_seconds = time.monotonic() - started
     started = time.monotonic()
@@ -235,7 +235,7 @@ def test_own_debian_image_over_ssh_matches_the_reference_guest(tmp_path, guest):
                     "--ssh-key", str(key), "--ssh-host-key", str(pins), timeout="600")
     own_seconds = time.monotonic() - started
     assert done.returncode == 0, done.stderr
-    assert _capture(ref, guest).returncode == 0
+    assert _capture(ref, guest, "--transport", "serial").returncode == 0
     assert image_sha256(image.path) == before, "the guest image was written to"
     m = json.loads((own / "manifest.json").read_text())
     assert m["image"]["sha256"] == before and m["image"]["kind"] == "user"

@@ -105,6 +105,58 @@ def _leaf_atoms(okey: str, old: dict[str, Any], nkey: str, new: dict[str, Any]) 
     return atoms
 
 
+def _vcpus(entries: dict[str, Any]) -> set[int]:
+    return {_identity(key, entry)[0] for key, entry in entries.items() if isinstance(entry, dict)}
+
+
+# (leaf, register, bit) whose value depends on the CPU mode CPUID runs in, not on the hardware:
+# SYSCALL on Intel models is reported only in 64-bit mode (as real Intel CPUs do; QEMU 10.0 does,
+# 7.2 does not). The firmware payload runs CPUID in real mode, the guest probe in 64-bit Linux.
+MODE_DEPENDENT = ((0x80000001, "edx", 11),)
+
+
+def across_transports(old_fp: dict[str, Any], new_fp: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any],
+                                                                               list[str]]:
+    """The cpuid entries to compare when the two fingerprints were captured over different
+    transports, and notes saying what was left out. Transports read different vCPUs (the firmware
+    transport reads the boot vCPU at hand-off, the guest probe every vCPU), so a vCPU only one side
+    read says nothing about the hardware: CPUID is compared on the vCPUs both sides read. They also
+    run CPUID in different CPU modes: a MODE_DEPENDENT bit is taken from the old side. Over the
+    same transport everything is compared (a vCPU that appears or disappears is a drift)."""
+    from harness.drift.pci_state import transport_of
+
+    old, new = old_fp[CATEGORY], new_fp[CATEGORY]
+    sides = transport_of(old_fp), transport_of(new_fp)
+    if sides[0] == sides[1]:
+        return old, new, []
+    notes = []
+    have = _vcpus(old), _vcpus(new)
+    if have[0] != have[1]:
+        both = have[0] & have[1]
+
+        def listed(vcpus: set[int]) -> str:
+            return ", ".join(map(str, sorted(vcpus))) or "none"
+
+        old = {k: e for k, e in old.items() if not isinstance(e, dict) or _identity(k, e)[0] in both}
+        new = {k: e for k, e in new.items() if not isinstance(e, dict) or _identity(k, e)[0] in both}
+        notes.append(f"cpuid: compared on vCPU {listed(both)} only (read over {sides[0]}: vCPU {listed(have[0])}; "
+                     f"over {sides[1]}: vCPU {listed(have[1])})")
+    by_id = {_identity(k, e): k for k, e in old.items() if isinstance(e, dict)}
+    new = dict(new)
+    for key, entry in list(new.items()):
+        ident = _identity(key, entry) if isinstance(entry, dict) else None
+        for leaf, reg, bit in MODE_DEPENDENT:
+            if ident is None or ident[1:] != (leaf, 0) or ident not in by_id:
+                continue
+            was, now = _register(key, old[by_id[ident]], reg), _register(key, entry, reg)
+            if (was ^ now) >> bit & 1:
+                new[key] = entry = {**entry, reg: f"{now ^ (1 << bit):#010x}"}
+                note = (f"cpuid: leaf {leaf:#x} {reg} bit {bit} not compared: it depends on the CPU mode "
+                        f"CPUID ran in ({sides[0]} and {sides[1]} read it in different modes)")
+                notes += [note] if note not in notes else []
+    return old, new, notes
+
+
 def compare(old: dict[str, Any], new: dict[str, Any]) -> list[Drift]:
     sides: list[dict[LeafId, dict[int, tuple[str, dict[str, Any]]]]] = []
     vcpus: list[set[int]] = []

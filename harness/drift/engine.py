@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from harness.categories import get, names
+from harness.drift.cpuid import across_transports
 from harness.drift.impact import assess
 from harness.drift.model import Comparison, Drift
 from harness.drift.pci_state import comparing
@@ -14,7 +15,6 @@ from harness.errors import QabiError
 from harness.fingerprint import load_fingerprint  # noqa: F401 - re-exported by harness.drift
 
 SCHEMA_VERSION = 1
-
 
 
 def _name(fp: Any, side: str) -> str:
@@ -56,10 +56,15 @@ def compare(old: dict[str, Any], new: dict[str, Any], waivers: Waivers | None = 
     check_fingerprint(old, "old", cats)
     check_fingerprint(new, "new", cats)
     drifts: list[Drift] = []
+    notes: list[str] = []
     for category in cats:
         try:
+            a, b = old[category], new[category]
+            if category == "cpuid":   # captures over two transports: the vCPUs both read
+                a, b, cpuid_notes = across_transports(old, new)
+                notes += cpuid_notes
             with comparing(old, new):
-                drifts += get(category).compare(old[category], new[category])
+                drifts += get(category).compare(a, b)
         except QabiError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -71,4 +76,4 @@ def compare(old: dict[str, Any], new: dict[str, Any], waivers: Waivers | None = 
     drifts = assess(drifts, old, new)
     drifts.sort(key=Drift.sort_key)
     return Comparison(drifts=tuple(drifts), stale_waivers=tuple(stale), categories=cats,
-                      waivers_source=waivers.source if waivers is not None else None)
+                      waivers_source=waivers.source if waivers is not None else None, notes=tuple(notes))

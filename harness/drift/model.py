@@ -130,6 +130,7 @@ class Comparison:
     stale_waivers: tuple[Waiver, ...] = ()
     categories: tuple[str, ...] = field(default_factory=_all_categories)
     waivers_source: str | None = field(default=None)
+    notes: tuple[str, ...] = ()     # "category: what was (not) compared", e.g. across transports
 
     def unwaived(self, fail_on: str = "info") -> tuple[Drift, ...]:
         """Drifts not waived, at `fail_on` severity or above."""
@@ -148,6 +149,7 @@ class Comparison:
             stale_waivers=tuple(w for w in self.stale_waivers if w.applies_to(category)),
             categories=(category,),
             waivers_source=self.waivers_source,
+            notes=tuple(n for n in self.notes if n.startswith(f"{category}:")),
         )
 
     def counts(self) -> dict[str, int]:

@@ -46,6 +46,8 @@ def _run_json(run: Run, details: bool) -> dict[str, Any]:
         out["categories"] = list(comparison.categories)
         out["details"] = [{"key": d.key, "change": d.change, "detail": d.detail or None} for d in comparison.drifts]
         out["stale_waivers"] = [{k: w.as_dict()[k] for k in _STALE_KEYS} for w in comparison.stale_waivers]
+        if comparison.notes:
+            out["notes"] = list(comparison.notes)
     if run.seconds is not None:
         out["seconds"] = round(float(run.seconds), 3)
     if run.image is not None:
@@ -151,7 +153,7 @@ def _run_from_json(run: Mapping[str, Any], details: bool) -> Run:
         given = run.get("categories")
         categories = tuple(given) if isinstance(given, list) else names()
         stale = tuple(_waiver_from_json(w) for w in run.get("stale_waivers") or ())
-        comparison = Comparison(drifts, stale, categories)
+        comparison = Comparison(drifts, stale, categories, notes=tuple(str(n) for n in run.get("notes") or ()))
     seconds = run.get("seconds")
     image = run.get("image")
     impact = run.get("impact")

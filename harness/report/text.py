@@ -84,6 +84,7 @@ def _run_text(view: RunView) -> list[str]:
         return out
     if view.impact is not None:
         out += _impact_text(view.impact)
+    out += [f"   note: {note}" for note in run.comparison.notes] if run.comparison is not None else []
     if not view.groups:
         out.append("   no drift")
     elif view.shared_changes:

@@ -77,7 +77,7 @@ _TABLE: dict[str, Transport] = {}
 def _builtins() -> None:
     from harness.transport import firmware, serial, ssh
 
-    for transport in (serial.TRANSPORT, ssh.TRANSPORT, firmware.TRANSPORT):
+    for transport in (firmware.TRANSPORT, serial.TRANSPORT, ssh.TRANSPORT):
         _TABLE.setdefault(transport.name, transport)
 
 

@@ -91,14 +91,24 @@ class Qtest:
             except TimeoutError:
                 self._alive()
                 continue
+            except OSError:           # reset: QEMU is exiting (a bad option, too much memory)
+                chunk = b""
             if not chunk:
-                self._alive()
-                raise CaptureError("QEMU closed its qtest socket")
+                self._closed()
             self._buf += chunk
             if len(self._buf) > (64 << 20):
                 raise CaptureError("qtest reply too long")
         line, _, self._buf = self._buf.partition(b"\n")
         return line.decode("ascii", errors="replace")
+
+    def _closed(self) -> None:
+        """The socket closed: QEMU is exiting. Give it a moment, so that its own reason (stderr)
+        is the error, and fall back to saying the socket closed."""
+        end = time.monotonic() + 5
+        while time.monotonic() < end:
+            self._alive()
+            time.sleep(0.05)
+        raise CaptureError("QEMU closed its qtest socket")
 
     def batch(self, commands: list[str]) -> list[str]:
         """Send `commands`, return the text after `OK` of each reply (IRQ lines skipped)."""
@@ -107,9 +117,8 @@ class Qtest:
         self._conn.settimeout(max(0.1, self._deadline - time.monotonic()))
         try:
             self._conn.sendall("".join(c + "\n" for c in commands).encode())
-        except OSError as exc:
-            self._alive()
-            raise CaptureError(f"cannot talk to QEMU's qtest socket: {exc}") from None
+        except OSError:
+            self._closed()
         out: list[str] = []
         while len(out) < len(commands):
             line = self._line()
@@ -661,6 +670,11 @@ def payload_bytes() -> bytes:
         raise CaptureError(f"the reference payload {PAYLOAD} is unreadable: {exc.strerror}") from None
 
 
+def payload_sha256() -> str:
+    """The sha256 of the payload that boots (it decides a firmware capture's bytes: cache keys)."""
+    return hashlib.sha256(payload_bytes()).hexdigest()
+
+
 class FirmwareTransport:
     """The hardware as the firmware hands it to a boot loader, read by the host over qtest."""
 
@@ -668,8 +682,7 @@ class FirmwareTransport:
     needs_nic = False
 
     def setup(self, plan: CapturePlan, workdir: Path, console_log: Path) -> Setup:
-        data = payload_bytes()
-        digest = hashlib.sha256(data).hexdigest()
+        digest = payload_sha256()
         return Setup(args=("-kernel", str(PAYLOAD),
                            "-chardev", f"file,id=qabicon,path={workdir / CONSOLE}", "-serial", "chardev:qabicon",
                            "-qtest", f"unix:{workdir / QTEST_SOCKET}"),
