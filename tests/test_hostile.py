@@ -452,7 +452,8 @@ def test_sigterm_mid_boot_cleans_up_and_exits_2(tmp_path):
     work_tmp.mkdir()
     out = tmp_path / "out" / "cap"
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "capture", "--qemu", "system", "--machine",
-                             "pc-i440fx-7.2", "--guest", "minimal", "-o", str(out)],
+                             "pc-i440fx-7.2", "--guest", "minimal", "--transport", "serial",
+                                 "-o", str(out)],
                             cwd=REPO, env={**os.environ, "TMPDIR": str(work_tmp)}, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

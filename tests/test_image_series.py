@@ -68,7 +68,7 @@ def _recipe_with(dest: Path, suite: str, exact: dict[str, str]) -> Path:
 @pytest.mark.integration
 @pytest.mark.parametrize("profile", ["windows", "linux-virtio"])
 def test_a_kernel_update_keeps_the_fingerprint(tmp_path, profile):
-    from harness.capture import capture
+    from harness.capture import SERIAL, capture, plan_capture
     from harness.drift import compare
     from harness.fingerprint import fingerprint_capture
     from harness.guest.profile import load_profile
@@ -94,7 +94,8 @@ def test_a_kernel_update_keeps_the_fingerprint(tmp_path, profile):
 
     build = resolve("system")
     prof = load_profile(profile)
-    caps = [capture(build, prof, MACHINE, tmp_path / f"cap-{side}", reference=recipe, timeout=300)
+    caps = [capture(plan_capture(build, prof, MACHINE, timeout=300, access=SERIAL, reference=recipe),
+                    tmp_path / f"cap-{side}")
             for side, recipe in (("old", old_dir), ("new", new_dir))]
     images = [c.manifest["image"] for c in caps]
     assert images[0]["sha256"] == old.sha256 and images[1]["sha256"] == new.sha256
