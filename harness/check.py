@@ -37,7 +37,7 @@ from harness.errors import QabiError, UnsupportedError
 from harness.guest import build_reference_image
 from harness.guest.profile import GuestProfile, load_profile, profile_names
 from harness.qemu import QemuBuild, resolve
-from harness.report import Run, RunSet, RunStatus
+from harness.report import Migration, Run, RunSet, RunStatus
 from harness.transport.launch import check_accel
 
 VERSIONED = re.compile(r"pc-(i440fx|q35)-(\d+)\.(\d+)")
@@ -147,8 +147,14 @@ class RunRequest:
     reuse: bool = True                    # False: boot every side afresh
     firmware_from: str | None = None      # run the new build with this build's firmware
     jobs: int = 1
+    migrate: str | None = None            # "none"/None, "forward" (old -> new) or "both" (and back)
 
     def __post_init__(self) -> None:
+        from harness.migrate import check_direction
+
+        check_direction(self.migrate)
+        if self.migrate in ("forward", "both") and self.access.transport != "serial":
+            raise QabiError("--migrate needs the serial transport (the reference guest probes again after it moved)")
         check_accel(self.accel)
         severity_rank(self.fail_on)
         if self.jobs < 1:
@@ -171,6 +177,16 @@ class Check:
         asked = list(self.request.machines)
         return expand_machines(asked, self.old, self.new) if asked else default_machines(self.old, self.new)
 
+    @property
+    def migrating(self) -> bool:
+        return self.request.migrate in ("forward", "both")
+
+    def categories(self) -> tuple[str, ...]:
+        """The categories each run compares: the guest-side ones, and with --migrate the host-side ones."""
+        from harness.categories import guest_names, names
+
+        return names() if self.migrating else guest_names()
+
     def cases(self) -> list[tuple[str, str]]:
         """Every (machine, guest) run of the request, in report order."""
         return [(m, g) for m in self.machines() for g in expand_guests(list(self.request.guests))]
@@ -192,18 +208,45 @@ class Check:
 
         started = time.monotonic()
         caps: list[Capture] = []
+        migration: Migration | None = None
         try:
             profile = load_profile(guest)
             for side in (self.old, self.new):
                 caps.append(self._side_capture(side, profile, machine))
-            old_fp, new_fp = (fingerprint_capture(c) for c in caps)
+            hosts: tuple[Path | None, Path | None] = (None, None)
+            if self.migrating:
+                migration, hosts = self._migrate(profile, machine)
+            old_fp, new_fp = (fingerprint_capture(c, host=h) for c, h in zip(caps, hosts, strict=True))
             run = Run(machine=machine, guest=guest, old=old_fp["source"]["build"], new=new_fp["source"]["build"],
                       comparison=compare(old_fp, new_fp, self.waivers)).with_fingerprints(old_fp, new_fp)
         except UnsupportedError as exc:
             run = self._failed(machine, guest, "unsupported", str(exc))
         except QabiError as exc:
             run = self._failed(machine, guest, "error", str(exc))
-        return replace(run, seconds=round(time.monotonic() - started, 3))
+        if self.migrating and migration is None:
+            migration = Migration("skipped", str(self.request.migrate), error=run.reason or "not tried")
+        return replace(run, seconds=round(time.monotonic() - started, 3), migration=migration)
+
+    def _migrate(self, profile: GuestProfile, machine: str) -> tuple[Migration, tuple[Path | None, Path | None]]:
+        """Live-migrate a guest between the two builds (harness/migrate.py): the run's Migration and
+        the host-side directories (old, new) the host-side categories are decoded from. A recorded
+        baseline has no build to migrate from: the migration is skipped, the host-side categories absent."""
+        from harness.migrate import migrate_run
+
+        r = self.request
+        if self.old.build is None or self.new.build is None:
+            return Migration("skipped", str(r.migrate), error="a recorded baseline has no build to migrate"), \
+                (None, None)
+        plans = [plan_capture(side.build, profile, machine, r.accel, r.timeout, r.access)
+                 for side in (self.old, self.new) if side.build is not None]
+        key = hashlib.sha256(json.dumps([capture_key(p) for p in plans] + [r.migrate]).encode()).hexdigest()[:24]
+        rundir = cache_dir("migrations") / f"{machine}_{profile.name}_{key}"
+        with file_lock(rundir.with_name(rundir.name + ".lock")):
+            outcome = migrate_run(plans[0], plans[1], str(r.migrate), rundir)
+        failed = [leg for leg in outcome.legs if leg.status != "ok"]
+        return Migration("failed" if failed else "ok", str(r.migrate), outcome.seconds,
+                         failed[0].error if failed else None, tuple(leg.as_dict() for leg in outcome.legs)), \
+            (outcome.old, outcome.new)
 
     def _failed(self, machine: str, guest: str, status: RunStatus, reason: str) -> Run:
         return Run(machine=machine, guest=guest, old=_safe_provenance(self.old), new=_safe_provenance(self.new),

@@ -237,7 +237,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     request = RunRequest(args.old, args.new, tuple(args.machine or ()), tuple(args.guest or ()), args.accel,
                          args.timeout, _access(args), args.waivers, args.fail_on, not args.no_reuse,
-                         args.firmware_from, args.jobs)
+                         args.firmware_from, args.jobs, _migrate_option(args.migrate))
     runset = run_check(request, progress if sys.stderr.isatty() else None)
     sys.stdout.write(render_text(runset))
     if args.json:
@@ -248,6 +248,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         _json_path, html_path = write_reports(runset, Path(args.report))
         print(f"HTML report: {html_path}")
     return int(runset.exit_code)
+
+
+def _migrate_option(value: str | None) -> str | None:
+    """--migrate, else QABI_MIGRATE / config file / [tool.qabi] migrate (forward, both or none)."""
+    from harness.config import setting
+
+    return value or setting("migrate")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -324,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=180.0, metavar="S")
     p.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
                    help="runs (machine, guest) captured side by side (default 1; the host's cores bound it)")
+    p.add_argument("--migrate", choices=["none", "forward", "both"], default=None,
+                   help="also live-migrate a running guest old -> new (both: and back), compare vmstate and device "
+                        "properties (default: env QABI_MIGRATE or [tool.qabi] migrate, else none)")
     _add_access_options(p)
     p.set_defaults(func=cmd_check)
 

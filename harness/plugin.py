@@ -7,10 +7,10 @@ combinations are skipped with the reason; a capture or decode error is a pytest 
 
 Options come from the command line, else environment variables (QABI_QEMU_OLD, QABI_QEMU_NEW,
 QABI_BASELINE, QABI_MACHINE, QABI_GUEST, QABI_ACCEL, QABI_WAIVERS, QABI_FAIL_ON, QABI_REPORT,
-QABI_TRANSPORT, QABI_GUEST_IMAGE, QABI_SSH_USER, QABI_SSH_KEY, QABI_SSH_HOST_KEY; lists
-comma-separated), else `[tool.qabi]` in pyproject.toml (the same names: qemu-old, qemu-new,
+QABI_TRANSPORT, QABI_GUEST_IMAGE, QABI_SSH_USER, QABI_SSH_KEY, QABI_SSH_HOST_KEY, QABI_MIGRATE;
+lists comma-separated), else `[tool.qabi]` in pyproject.toml (the same names: qemu-old, qemu-new,
 baseline, machine, guest, accel, waivers, fail-on, report, transport, guest-image, ssh-user,
-ssh-key, ssh-host-key), else the embedded default: the backport check
+ssh-key, ssh-host-key, migrate), else the embedded default: the backport check
 debian:bookworm-security -> debian:bookworm on pc-i440fx-7.2 and pc-q35-7.2, all profiles.
 """
 
@@ -27,7 +27,6 @@ from typing import Any
 import pytest
 
 from harness.capture import GuestAccess
-from harness.categories import names
 from harness.check import Check, RunRequest
 from harness.config import pyproject_settings
 from harness.drift.model import SEVERITIES, Drift, Severity, at_least
@@ -49,6 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "ssh-user": None,
     "ssh-key": None,
     "ssh-host-key": None,
+    "migrate": None,
 }
 _LISTS = ("machine", "guest")
 DETAIL_LINES = 8
@@ -72,6 +72,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--ssh-user", metavar="U", help="login for --guest-image (default root)")
     group.addoption("--ssh-key", metavar="K", help="private key for --guest-image")
     group.addoption("--ssh-host-key", metavar="F", help="pinned host key(s) of --guest-image (.pub/known_hosts)")
+    group.addoption("--migrate", metavar="D",
+                    help="live-migrate a running guest: forward (old -> new) or both (and back); adds the "
+                         "migration, vmstate and props items (default: none)")
 
 
 def _setting(config: pytest.Config, key: str) -> Any:
@@ -104,7 +107,8 @@ def run_request(config: pytest.Config) -> RunRequest:
     return RunRequest(old=str(_setting(config, "baseline") or _setting(config, "qemu-old")),
                       new=str(_setting(config, "qemu-new")), machines=tuple(_setting(config, "machine")),
                       guests=tuple(_setting(config, "guest")), accel=str(_setting(config, "accel")),
-                      access=access, waivers=_text(config, "waivers"), fail_on=fail_on)  # type: ignore[arg-type]
+                      access=access, waivers=_text(config, "waivers"), fail_on=fail_on,  # type: ignore[arg-type]
+                      migrate=_text(config, "migrate"))
 
 
 @dataclass
@@ -177,7 +181,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # the category items of one run stay together, on one xdist worker (--dist loadgroup): the
     # mark is set here, at collection, so that xdist sees it whatever order the hooks run in
     cases = [pytest.param((m, g, c), marks=pytest.mark.xdist_group(f"{m}-{g}"), id=f"{m}-{g}-{c}")
-             for m, g in metafunc.config.stash[_CASES_KEY] for c in names()]
+             for m, g in metafunc.config.stash[_CASES_KEY] for c in qabi_session(metafunc.config).check.categories()]
     metafunc.parametrize("qabi_case", cases, scope="function")
 
 
