@@ -174,6 +174,8 @@ class LiveConsole:
     a probe run, then ask the same guest for another one ("probe" line) after it moved to another
     QEMU (`attach` a new connection: the destination's console socket)."""
 
+    request = b"probe\n"      # the line that makes the waiting guest probe again
+
     def __init__(self, console_log: Path) -> None:
         self.console_log = console_log
         self.console = b""
@@ -198,7 +200,7 @@ class LiveConsole:
         started = time.monotonic()
         deadline = started + timeout
         if ask:
-            self._conn.sendall(b"probe\n")
+            self._conn.sendall(self.request)
         mark = len(self.console)
         for pattern, what in ((BEGIN, "start the probe"), (TRAILER, "finish the probe"),
                               (WAITING, "wait for the next request")):
