@@ -188,3 +188,25 @@ def test_guest_that_does_not_answer_after_migration_fails(short_tmp, monkeypatch
     assert leg.status == "failed" and leg.error and leg.error.startswith("guest does not answer after migration")
     assert "\n" not in leg.error
     assert not _leftover(str(short_tmp))
+
+
+pytest_plugins = ["pytester"]
+
+
+def test_pytest_harness_has_migration_items(pytester):
+    """`pytest harness/ --migrate forward`: the registry's host-side categories become items
+    (`…-migration`, `…-vmstate`, `…-props`) and pass for the same build on both sides."""
+    from conftest import REPO
+
+    ini = pytester.makeini("[pytest]\n")
+    pytester.makepyfile(test_abi=(REPO / "harness/test_guest_abi.py").read_text())
+    result = pytester.runpytest_subprocess("-p", "harness.plugin", "-p", "no:cacheprovider", "-c", str(ini),
+                                           "--rootdir", str(pytester.path), "--qemu-old", "system", "--qemu-new",
+                                           "system", "--machine", "pc-i440fx-7.2", "--guest", "minimal",
+                                           "--migrate", "forward", "--report", "rep", "-v", timeout=1200)
+    result.stdout.fnmatch_lines(["*test_guest_abi?pc-i440fx-7.2-minimal-migration? PASSED*",
+                                 "*test_guest_abi?pc-i440fx-7.2-minimal-vmstate? PASSED*",
+                                 "*test_guest_abi?pc-i440fx-7.2-minimal-props? PASSED*"])
+    result.assert_outcomes(passed=8)
+    data = json.loads((pytester.path / "rep" / "qabi.json").read_text())
+    assert data["runs"][0]["migration"]["status"] == "ok"
