@@ -193,10 +193,12 @@ def test_guest_that_does_not_answer_after_migration_fails(short_tmp, monkeypatch
 pytest_plugins = ["pytester"]
 
 
-def test_pytest_harness_has_migration_items(pytester):
+def test_pytest_harness_has_migration_items(pytester, monkeypatch):
     """`pytest harness/ --migrate forward`: the registry's host-side categories become items
     (`…-migration`, `…-vmstate`, `…-props`) and pass for the same build on both sides."""
     from conftest import REPO
+
+    monkeypatch.setenv("PYTHONPATH", str(REPO))   # this checkout's harness, whatever is installed
 
     ini = pytester.makeini("[pytest]\n")
     pytester.makepyfile(test_abi=(REPO / "harness/test_guest_abi.py").read_text())
