@@ -248,8 +248,8 @@ def _section_device(section: str, devices: dict[str, dict[str, Any]]) -> str | N
 # -- the QOM walk ------------------------------------------------------------------------------------
 
 def device_tree(qmp: Qmp) -> dict[str, dict[str, Any]]:
-    """Every device under /machine with the scalar values of its properties, keyed by type (with
-    `#N` for the Nth of a type in QOM order, and `PARENT/CHILD` for device children)."""
+    """Every device under /machine (and their device children) with the scalar values of its
+    properties, keyed by type (`#N` for the Nth of a type in QOM order)."""
     device_types = {t["name"] for t in qmp.cmd("qom-list-types", implements="device", abstract=True) or ()}
     pci_types = {t["name"] for t in qmp.cmd("qom-list-types", implements="pci-device", abstract=True) or ()}
     out: dict[str, dict[str, Any]] = {}
@@ -267,12 +267,13 @@ def device_tree(qmp: Qmp) -> dict[str, dict[str, Any]]:
         for name, kind in sorted(children, key=lambda c: natural(c[0])):
             child = f"{path}/{name}"
             if kind in device_types:
-                key = f"{parent}/{name}" if parent else kind
-                n = 2
+                # keyed by type, not by QOM path: releases move built-in devices around the tree
+                # (QEMU 10.0 made PIIX3's RTC, PM, IDE and DMA its children)
+                key, n = kind, 2
                 while key in out:
-                    key = f"{kind}#{n}" if parent is None else f"{parent}/{name}#{n}"
-                    n += 1
-                out[key] = {"type": kind, "pci": kind in pci_types, "props": _props(qmp, child, budget)}
+                    key, n = f"{kind}#{n}", n + 1
+                out[key] = {"type": kind, "pci": kind in pci_types, "path": child.removeprefix("/machine/"),
+                            "props": _props(qmp, child, budget)}
                 walk(child, key)
             elif kind == "container" and parent is None:
                 walk(child, None)

@@ -226,6 +226,11 @@ VMSTATE: tuple[PolicyRule, ...] = (
                "A change that only breaks migrating back (rollback): the old build refuses the new "
                "build's stream (a newer version, a new subsection when it is needed).",
                example=("virtio-net-device", "breaks-new-to-old:version_id")),
+    PolicyRule("vmstate", "one-dump:*", "warn",
+               "A device type instantiated on both VMs whose schema only one build's -dump-vmstate lists "
+               "(the other registers it when the device is realized, or not at all): not decided here, "
+               "the migration legs decide.",
+               example=("piix3-ide", "one-dump:(section)")),
     PolicyRule("vmstate", "compatible:*", "info",
                "A versioned change both builds load either way (a field behind a version both accept).",
                example=("virtio-net-device", "compatible:minimum_version_id")),
