@@ -91,7 +91,13 @@ def test_same_build_migrates_ok_and_the_guest_sees_identical_hardware(tmp_path):
     # before and after: the same raw bytes, record for record
     from harness.cache import cache_dir
 
-    rundirs = sorted(cache_dir("migrations").glob("pc-i440fx-7.2_linux-virtio_*/"), key=lambda p: p.stat().st_mtime)
+    def this_run(folder: Path) -> bool:   # other tests migrate the same machine and profile meanwhile
+        legs = json.loads((folder / "new" / "migration.json").read_text())
+        return set(legs) == {"forward", "rollback"} and {legs["forward"]["source"],
+                                                         legs["forward"]["destination"]} == {"system"}
+
+    rundirs = sorted((p for p in cache_dir("migrations").glob("pc-i440fx-7.2_linux-virtio_*")
+                      if p.is_dir() and this_run(p)), key=lambda p: p.stat().st_mtime)
     for leg in ("forward", "rollback"):
         before, after = rundirs[-1] / "old" / leg / "raw", rundirs[-1] / "new" / leg / "raw"
         files = sorted(p.relative_to(before) for p in before.rglob("*") if p.is_file())
