@@ -8,6 +8,12 @@ pytest harness makes one item per category. Adding a category is one `register()
 
     register(Category("hpet", "HPET", raw=("sys/firmware/acpi/tables/HPET",),
                       decode=my_decode, compare=my_compare, policy=(PolicyRule(...),)))
+
+A *host-side* category (`host_side=True`: migration, vmstate, props) is not read by the guest:
+its raw inputs are files in a run's host-side directory (what QEMU says about the VM), present
+only when the run collected them (`--migrate`). The fingerprint stage decodes it only when that
+directory is given and holds its inputs; `compare()` compares it when both fingerprints have it,
+and refuses a pair where only one has it. A guest-side category missing stays an error.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ class Category:
     decode: Decoder
     compare: Comparer
     policy: tuple[PolicyRule, ...] = ()   # severity rows for this category, first match wins
+    host_side: bool = False            # raw inputs from the run's host-side dir, only with --migrate
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier() or not self.name.islower():
@@ -47,10 +54,11 @@ def _builtins() -> None:
     from harness.drift import acpi as acpi_drift
     from harness.drift import cpuid as cpuid_drift
     from harness.drift import e820 as e820_drift
+    from harness.drift import host as host_drift
     from harness.drift import pci as pci_drift
     from harness.drift import policy
     from harness.drift import smbios as smbios_drift
-    from harness.fingerprint import acpi, cpuid, e820, pci, smbios
+    from harness.fingerprint import acpi, cpuid, e820, host, pci, smbios
 
     for category in (
         Category("pci", "PCI", (pci.DEVICES,), pci.decode, pci_drift.compare, policy.PCI),
@@ -59,12 +67,18 @@ def _builtins() -> None:
         Category("smbios", "SMBIOS", (smbios.ENTRY_POINT_FILE, smbios.TABLE_FILE), smbios.decode,
                  smbios_drift.compare, policy.SMBIOS),
         Category("e820", "memory map (e820)", (str(e820.MEMMAP),), e820.decode, e820_drift.compare, policy.E820),
+        Category("migration", "live migration", (host.MIGRATION,), host.decode_migration,
+                 host_drift.compare_migration, policy.MIGRATION, host_side=True),
+        Category("vmstate", "migration schema (vmstate)", (host.VMSTATE,), host.decode_vmstate,
+                 host_drift.compare_vmstate, policy.VMSTATE, host_side=True),
+        Category("props", "device properties", (host.PROPS,), host.decode_props, host_drift.compare_props,
+                 policy.PROPS, host_side=True),
     ):
         _REGISTRY.setdefault(category.name, category)
 
 
 def registry() -> dict[str, Category]:
-    """Every registered category by name, in registration order (the built-in five first)."""
+    """Every registered category by name, in registration order (the built-in eight first)."""
     if not _REGISTRY:
         _builtins()
     return _REGISTRY
@@ -72,6 +86,16 @@ def registry() -> dict[str, Category]:
 
 def names() -> tuple[str, ...]:
     return tuple(registry())
+
+
+def guest_names() -> tuple[str, ...]:
+    """The guest-side categories: always in a fingerprint, decoded from a capture's raw/."""
+    return tuple(name for name, c in registry().items() if not c.host_side)
+
+
+def host_names() -> tuple[str, ...]:
+    """The host-side categories (only in runs that collected them)."""
+    return tuple(name for name, c in registry().items() if c.host_side)
 
 
 def get(name: str) -> Category:
@@ -102,4 +126,5 @@ def registered(category: Category) -> Iterator[Category]:
         unregister(category.name)
 
 
-__all__ = ["Category", "Comparer", "Decoder", "get", "names", "register", "registered", "registry", "unregister"]
+__all__ = ["Category", "Comparer", "Decoder", "get", "guest_names", "host_names", "names", "register", "registered",
+           "registry", "unregister"]

@@ -42,7 +42,7 @@ from harness.guest.profile import GuestProfile, close_devices, load_profile, pro
 from harness.matrix.bump import is_generated, split_machine, with_bump
 from harness.matrix.shard import Shard, check_shard, select
 from harness.qemu import QemuBuild, resolve
-from harness.report import Run, RunSet, RunStatus
+from harness.report import Migration, Run, RunSet, RunStatus
 from harness.transport.launch import check_accel
 
 VERSIONED = re.compile(r"pc-(i440fx|q35)-(\d+)\.(\d+)")
@@ -197,8 +197,14 @@ class RunRequest:
     firmware_from: str | None = None      # run the new build with this build's firmware
     jobs: int = 1
     shard: Shard | None = None            # (I, N): only shard I of N of the runs (harness/matrix/shard.py)
+    migrate: str | None = None            # "none"/None, "forward" (old -> new) or "both" (and back)
 
     def __post_init__(self) -> None:
+        from harness.migrate import check_direction
+
+        check_direction(self.migrate)
+        if self.migrate in ("forward", "both") and self.access.transport != "serial":
+            raise QabiError("--migrate needs the serial transport (the reference guest probes again after it moved)")
         check_accel(self.accel)
         check_shard(self.shard)
         for machine in self.machines:
@@ -224,6 +230,16 @@ class Check:
         asked = list(self.request.machines)
         return expand_machines(asked, self.old, self.new) if asked else default_machines(self.old, self.new)
 
+    @property
+    def migrating(self) -> bool:
+        return self.request.migrate in ("forward", "both")
+
+    def categories(self) -> tuple[str, ...]:
+        """The categories each run compares: the guest-side ones, and with --migrate the host-side ones."""
+        from harness.categories import guest_names, names
+
+        return names() if self.migrating else guest_names()
+
     def cases(self) -> list[tuple[str, str]]:
         """Every (machine, guest) run of the request (of its shard, with one), in report order;
         a machine `OLD:NEW` is a bump (harness/matrix/bump.py)."""
@@ -247,6 +263,7 @@ class Check:
 
         started = time.monotonic()
         caps: list[Capture] = []
+        migration: Migration | None = None
         try:
             profile = load_profile(guest)
             old_machine, new_machine = split_machine(machine)
@@ -263,7 +280,14 @@ class Check:
                 what = str(exc).removeprefix("unsupported on this build: ")
                 run = self._device_drift(machine, guest, {what: "QEMU refused it when the profile was started"})
                 return replace(run, seconds=round(time.monotonic() - started, 3))
-            old_fp, new_fp = (fingerprint_capture(c) for c in caps)
+            hosts: tuple[Path | None, Path | None] = (None, None)
+            if self.migrating:
+                if old_machine != new_machine:
+                    migration = Migration("skipped", str(self.request.migrate),
+                                          error="a machine-type bump is not a live migration")
+                else:
+                    migration, hosts = self._migrate(profile, machine)
+            old_fp, new_fp = (fingerprint_capture(c, host=h) for c, h in zip(caps, hosts, strict=True))
             comparison = compare(old_fp, new_fp, with_bump(self.waivers, machine))
             comparison = replace(comparison, stale_waivers=tuple(w for w in comparison.stale_waivers
                                                                  if not is_generated(w)))
@@ -277,7 +301,30 @@ class Check:
             for cap in caps:
                 if is_scratch(cap):
                     shutil.rmtree(cap.path.parent, ignore_errors=True)
-        return replace(run, seconds=round(time.monotonic() - started, 3))
+        if self.migrating and migration is None:
+            migration = Migration("skipped", str(self.request.migrate), error=run.reason or "not tried")
+        return replace(run, seconds=round(time.monotonic() - started, 3), migration=migration)
+
+    def _migrate(self, profile: GuestProfile, machine: str) -> tuple[Migration, tuple[Path | None, Path | None]]:
+        """Live-migrate a guest between the two builds (harness/migrate.py): the run's Migration and
+        the host-side directories (old, new) the host-side categories are decoded from. A recorded
+        baseline has no build to migrate from: the migration is skipped, the host-side categories absent."""
+        from harness.migrate import migrate_run
+
+        r = self.request
+        if self.old.build is None or self.new.build is None:
+            return Migration("skipped", str(r.migrate), error="a recorded baseline has no build to migrate"), \
+                (None, None)
+        plans = [plan_capture(side.build, profile, machine, r.accel, r.timeout, r.access)
+                 for side in (self.old, self.new) if side.build is not None]
+        key = hashlib.sha256(json.dumps([capture_key(p) for p in plans] + [r.migrate]).encode()).hexdigest()[:24]
+        rundir = cache_dir("migrations") / f"{machine}_{profile.name}_{key}"
+        with file_lock(rundir.with_name(rundir.name + ".lock")):
+            outcome = migrate_run(plans[0], plans[1], str(r.migrate), rundir)
+        failed = [leg for leg in outcome.legs if leg.status != "ok"]
+        return Migration("failed" if failed else "ok", str(r.migrate), outcome.seconds,
+                         failed[0].error if failed else None, tuple(leg.as_dict() for leg in outcome.legs)), \
+            (outcome.old, outcome.new)
 
     def _lost_devices(self, profile: GuestProfile, old_machine: str, new_machine: str) -> dict[str, str]:
         """The profile's drivers that the old side has and the new build lacks ({driver: why}).

@@ -243,7 +243,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     request = RunRequest(args.old, args.new, tuple(args.machine or ()), tuple(args.guest or ()), args.accel,
                          args.timeout, _access(args), args.waivers, args.fail_on, not args.no_reuse,
-                         args.firmware_from, args.jobs, parse_shard(args.shard))
+                         args.firmware_from, args.jobs, parse_shard(args.shard), _migrate_option(args.migrate))
     check = Check(request)
     with RunProgress(len(check.cases()), fail_on=args.fail_on) as meter:
         runset = check.run_all(meter.start, meter.done)
@@ -263,6 +263,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         _json_path, html_path = write_reports(runset, Path(args.report))
         print(f"HTML report: {html_path}")
     return int(runset.exit_code)
+
+
+def _migrate_option(value: str | None) -> str | None:
+    """--migrate, else QABI_MIGRATE / config file / [tool.qabi] migrate (forward, both or none)."""
+    from harness.config import setting
+
+    return value or setting("migrate")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -405,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runs (machine, guest) captured side by side (default 1; the host's cores bound it)")
     p.add_argument("--shard", metavar="I/N", help="only shard I of N of the runs (CI runners; merge with "
                                                   "qabi report --merge)")
+    p.add_argument("--migrate", choices=["none", "forward", "both"], default=None,
+                   help="also live-migrate a running guest old -> new (both: and back), compare vmstate and device "
+                        "properties (default: env QABI_MIGRATE or [tool.qabi] migrate, else none)")
     _add_access_options(p)
     p.set_defaults(func=cmd_check)
 

@@ -7,10 +7,10 @@ combinations are skipped with the reason; a capture or decode error is a pytest 
 
 Options come from the command line, else environment variables (QABI_QEMU_OLD, QABI_QEMU_NEW,
 QABI_BASELINE, QABI_MACHINE, QABI_GUEST, QABI_ACCEL, QABI_WAIVERS, QABI_FAIL_ON, QABI_REPORT,
-QABI_TRANSPORT, QABI_GUEST_IMAGE, QABI_SSH_USER, QABI_SSH_KEY, QABI_SSH_HOST_KEY, QABI_SHARD; lists
-comma-separated), else `[tool.qabi]` in pyproject.toml (the same names: qemu-old, qemu-new,
+QABI_TRANSPORT, QABI_GUEST_IMAGE, QABI_SSH_USER, QABI_SSH_KEY, QABI_SSH_HOST_KEY, QABI_SHARD,
+QABI_MIGRATE; lists comma-separated), else `[tool.qabi]` in pyproject.toml (the same names: qemu-old, qemu-new,
 baseline, machine, guest, accel, waivers, fail-on, report, transport, guest-image, ssh-user,
-ssh-key, ssh-host-key, shard), else the embedded default: the backport check
+ssh-key, ssh-host-key, shard, migrate), else the embedded default: the backport check
 debian:bookworm-security -> debian:bookworm on pc-i440fx-7.2 and pc-q35-7.2, all profiles, over the
 firmware transport.
 """
@@ -28,7 +28,6 @@ from typing import Any
 import pytest
 
 from harness.capture import DEFAULT_TRANSPORT, GuestAccess
-from harness.categories import names
 from harness.check import Check, RunRequest
 from harness.config import pyproject_settings
 from harness.drift.model import SEVERITIES, Severity, at_least
@@ -53,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "ssh-key": None,
     "ssh-host-key": None,
     "shard": None,
+    "migrate": None,
 }
 _LISTS = ("machine", "guest")
 DETAIL_LINES = 8
@@ -78,6 +78,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--ssh-key", metavar="K", help="private key for --guest-image")
     group.addoption("--ssh-host-key", metavar="F", help="pinned host key(s) of --guest-image (.pub/known_hosts)")
     group.addoption("--shard", metavar="I/N", help="only shard I of N of the runs (merge: qabi report --merge)")
+    group.addoption("--migrate", metavar="D",
+                    help="live-migrate a running guest: forward (old -> new) or both (and back); adds the "
+                         "migration, vmstate and props items (default: none)")
 
 
 def _setting(config: pytest.Config, key: str) -> Any:
@@ -111,7 +114,7 @@ def run_request(config: pytest.Config) -> RunRequest:
                       new=str(_setting(config, "qemu-new")), machines=tuple(_setting(config, "machine")),
                       guests=tuple(_setting(config, "guest")), accel=str(_setting(config, "accel")),
                       access=access, waivers=_text(config, "waivers"), fail_on=fail_on,  # type: ignore[arg-type]
-                      shard=parse_shard(_text(config, "shard")))
+                      shard=parse_shard(_text(config, "shard")), migrate=_text(config, "migrate"))
 
 
 @dataclass
@@ -186,7 +189,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # the category items of one run stay together, on one xdist worker (--dist loadgroup): the
     # mark is set here, at collection, so that xdist sees it whatever order the hooks run in
     cases = [pytest.param((m, g, c), marks=pytest.mark.xdist_group(f"{m}-{g}"), id=f"{m}-{g}-{c}")
-             for m, g in metafunc.config.stash[_CASES_KEY] for c in names()]
+             for m, g in metafunc.config.stash[_CASES_KEY] for c in qabi_session(metafunc.config).check.categories()]
     metafunc.parametrize("qabi_case", cases, scope="function")
 
 
@@ -197,7 +200,7 @@ class CaptureFailed(Exception):
 @pytest.fixture
 def qabi_run(request: pytest.FixtureRequest, qabi_case: tuple[str, str, str]) -> Run:
     session = qabi_session(request.config)
-    machine, guest, _category = qabi_case
+    machine, guest, category = qabi_case
     run = session.run(machine, guest)
     if run.status == "unsupported":
         pytest.skip(f"{machine} {guest}: {run.reason}")
@@ -206,6 +209,10 @@ def qabi_run(request: pytest.FixtureRequest, qabi_case: tuple[str, str, str]) ->
 
         raise CaptureFailed(escape_controls(f"{machine} {guest}: could not decide: {run.reason}", keep=""))
     _record_impact(request.node, run)
+    if run.comparison is not None and category not in run.comparison.categories:
+        # a host-side category the run could not collect (a recorded baseline cannot migrate)
+        why = run.migration.error if run.migration is not None else None
+        pytest.skip(f"{machine} {guest}: no {category} data ({why or 'not collected'})")
     return run
 
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.categories import names
+from harness.categories import guest_names
 
 DATA = Path(__file__).parent / "data"
 
@@ -366,7 +366,7 @@ def real_captures() -> list[Path]:
 
 _REAL: dict[str, Any] | None = None
 _REAL_TRIED = False
-CATEGORIES = names()
+CATEGORIES = guest_names()
 
 
 def _decode_real(path: Path) -> dict[str, Any] | None:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from conftest import DATA, REPO
 
-from harness.categories import Category, names, registered
+from harness.categories import Category, guest_names, names, registered
 from harness.drift.common import make_drift
 from harness.drift.policy import PolicyRule, rule_for
 from harness.errors import DecodeError
@@ -164,7 +164,7 @@ def _run_harness(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
 def test_plugin_same_baseline_is_unchanged(pytester):
     result = _run_harness(pytester, "--baseline", str(BOOKWORM), "--qemu-new", str(BOOKWORM),
                           "--machine", "pc-q35-7.2", "--guest", "minimal", "--report", "rep")
-    result.assert_outcomes(passed=len(names()))
+    result.assert_outcomes(passed=len(guest_names()))
     result.stdout.fnmatch_lines(["*qabi verdict: ABI unchanged*"])
     data = json.loads((pytester.path / "rep" / "qabi.json").read_text())
     assert data["verdict"] == "unchanged" and [r["guest"] for r in data["runs"]] == ["minimal"]

@@ -19,7 +19,7 @@ from drift_samples import (
     synthetic_fingerprint,
 )
 
-from harness.categories import names
+from harness.categories import guest_names
 from harness.drift import (
     Comparison,
     Drift,
@@ -64,10 +64,10 @@ def test_identical_fingerprints_have_no_drift(base):
     comparison = compare(base, copy.deepcopy(base))
     assert comparison.drifts == ()
     assert comparison.verdict() == "unchanged"
-    assert comparison.categories == names()
+    assert comparison.categories == guest_names()
 
 
-@pytest.mark.parametrize("category", names())
+@pytest.mark.parametrize("category", guest_names())
 def test_missing_category_is_an_error_never_unchanged(base, category):
     partial = _edit(base)
     del partial[category]

@@ -41,14 +41,34 @@ def check_fingerprint(fp: Any, side: str, categories: Iterable[str] | None = Non
                 raise QabiError(f"{name}: {category} entry {key!r} is not an object")
 
 
+def _present(cats: tuple[str, ...], old: Any, new: Any) -> tuple[str, ...]:
+    """`cats` without the host-side categories neither fingerprint has; one side only is an error."""
+    out = []
+    for category in cats:
+        if get(category).host_side:
+            has = [isinstance(fp, dict) and category in fp for fp in (old, new)]
+            if not any(has):
+                continue
+            if not all(has):
+                side = "old" if has[0] else "new"
+                raise QabiError(f"only the {side} fingerprint has {category!r} data: a host-side category "
+                                "is compared only between two runs that both collected it")
+        out.append(category)
+    return tuple(out)
+
+
 def compare(old: dict[str, Any], new: dict[str, Any], waivers: Waivers | None = None, *,
             categories: Iterable[str] | None = None) -> Comparison:
     """Every guest-visible difference between two fingerprints, most severe first, each with its
     guest impact and group id (set after the waivers: a group never mixes waived and unwaived).
 
-    `categories` restricts the comparison (default: every registered one); only those need to be present.
-    Raises QabiError for a fingerprint that is not schema 1 or lacks a compared category."""
+    `categories` restricts the comparison (default: every registered guest-side one, and each
+    host-side one that both fingerprints have); only those need to be present. Raises QabiError
+    for a fingerprint that is not schema 1 or lacks a compared category, and for a host-side
+    category that only one of the two has (never compared as if it were unchanged)."""
     cats = tuple(names() if categories is None else categories)
+    if categories is None:
+        cats = _present(cats, old, new)
     unknown = [c for c in cats if c not in names()]
     if unknown:
         raise QabiError(f"unknown categor{'ies' if len(unknown) > 1 else 'y'} {', '.join(unknown)} "

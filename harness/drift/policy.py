@@ -208,6 +208,53 @@ E820: tuple[PolicyRule, ...] = (
                "Memory map: ranges, sizes and types the guest kernel lays itself out in.",
                example=("map", "ranges[2].end")),
 )
+MIGRATION: tuple[PolicyRule, ...] = (
+    PolicyRule("migration", "*", "break",
+               "Live migration (--migrate): a leg that failed (the destination refused the stream, naming "
+               "the section; the stream stalled; the guest stopped answering), or hardware the running guest "
+               "sees differently after it moved (path: the guest category and its field): the running guest "
+               "does not survive the update.",
+               example=("forward", "status")),
+)
+VMSTATE: tuple[PolicyRule, ...] = (
+    PolicyRule("vmstate", "{breaks-both,breaks-old-to-new}:*", "warn",
+               "Migration schema of an instantiated device: a change that, read statically, makes the new "
+               "build refuse the old build's stream (versions out of range, a field or subsection the new "
+               "build does not load, a size change). warn, not break: vmstate is only collected with "
+               "--migrate, whose live old -> new leg decides (a failed leg is a migration break naming the "
+               "section); -dump-vmstate lacks array counts, so a static reading can be wrong (e1000e "
+               "7.2 -> 10.0 reads as breaking and migrates both ways).",
+               example=("virtio-net-device", "breaks-old-to-new:subsections.virtio-net/rss")),
+    PolicyRule("vmstate", "breaks-new-to-old:*", "warn",
+               "A change that only breaks migrating back (rollback): the old build refuses the new "
+               "build's stream (a newer version, a new subsection when it is needed).",
+               example=("virtio-net-device", "breaks-new-to-old:version_id")),
+    PolicyRule("vmstate", "one-dump:*", "warn",
+               "A device type instantiated on both VMs whose schema only one build's -dump-vmstate lists "
+               "(the other registers it when the device is realized, or not at all): not decided here, "
+               "the migration legs decide.",
+               example=("piix3-ide", "one-dump:(section)")),
+    PolicyRule("vmstate", "compatible:*", "info",
+               "A versioned change both builds load either way (a field behind a version both accept).",
+               example=("virtio-net-device", "compatible:minimum_version_id")),
+)
+PROPS: tuple[PolicyRule, ...] = (
+    PolicyRule("props", "(device)", "break",
+               "A device of the running VM exists under one build only (same machine type and profile).",
+               example=("virtio-rng-pci", "(device)")),
+    PolicyRule("props", "only-new.*", "info",
+               "A property the old build does not have: a new knob, whose value for an old machine type "
+               "the compat table decides (a changed guest-visible effect shows in the guest categories).",
+               example=("virtio-net-pci", "only-new.x-rss-hash")),
+    PolicyRule("props", "x-*", "warn",
+               "A changed x-* compat property on the same machine type: the machine type's compat table "
+               "no longer pins it (named with both values).",
+               example=("virtio-net-pci", "x-disable-legacy-check")),
+    PolicyRule("props", "*", "warn",
+               "Any other property that differs on the same machine type and profile (a default that "
+               "moved, a property the new build dropped).",
+               example=("virtio-net-pci", "vectors")),
+)
 FALLBACK: tuple[PolicyRule, ...] = (
     PolicyRule("*", "*", "warn",
                "Anything not named above: behaviour a guest may notice.",

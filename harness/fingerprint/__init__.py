@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.errors import DecodeError
+from harness.errors import DecodeError, QabiError
 
 if TYPE_CHECKING:
     from harness.capture import Capture
@@ -18,9 +18,12 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 1
 
 
-def fingerprint_capture(capture: Capture | Path | str, categories: tuple[str, ...] | None = None) -> dict[str, Any]:
+def fingerprint_capture(capture: Capture | Path | str, categories: tuple[str, ...] | None = None,
+                        host: Path | None = None) -> dict[str, Any]:
     """Decode a capture (a verified `Capture`, or the path of one, verified now) into a fingerprint
-    dict with every registered category (or only `categories`)."""
+    dict with every registered category (or only `categories`). Host-side categories are decoded
+    from `host` (a run's host-side directory, harness/migrate.py) when it holds their inputs, and
+    left out otherwise; one named in `categories` must be there."""
     from harness.capture import Capture, load_capture
     from harness.categories import get, names
 
@@ -35,7 +38,13 @@ def fingerprint_capture(capture: Capture | Path | str, categories: tuple[str, ..
                    "transport": m.get("transport", "serial")},
     }
     for category in names() if categories is None else categories:
-        out[category] = get(category).decode(capture.raw)
+        cat = get(category)
+        if not cat.host_side:
+            out[category] = cat.decode(capture.raw)
+        elif host is not None and all((host / r).exists() for r in cat.raw):
+            out[category] = cat.decode(host)
+        elif categories is not None:
+            raise QabiError(f"{capture.path}: no host-side {category!r} data (it comes with --migrate)")
     return out
 
 

@@ -52,6 +52,7 @@ BUILDER_VERSION = 3
 # How the host reaches the probe. /init reads the word from /proc/cmdline; serial is the default.
 TRANSPORTS = ("serial", "ssh")
 SSH_CMDLINE_WORD = "qabi.transport=ssh"
+STAY_CMDLINE_WORD = "qabi.stay=1"       # serial mode: stay up after the probe, probe again on request
 SSH_READY = "@@QABI-SSH-READY"        # printed on ttyS0 once dropbear listens on port 22
 
 # busybox applets /init and /probe.sh run (each becomes /bin/NAME -> busybox)
@@ -135,10 +136,11 @@ class ReferenceImage:
     initramfs_base_sha256: str = ""  # the deterministic segment (the first initramfs_base_size bytes)
     initramfs_base_size: int = 0
 
-    def cmdline_for(self, transport: str) -> str:
-        """The kernel command line for `transport`: "serial" or "ssh"."""
+    def cmdline_for(self, transport: str, stay: bool = False) -> str:
+        """The kernel command line for `transport`: "serial" or "ssh"; `stay` (serial only): the
+        guest stays up after the probe and probes again for each "probe" line on ttyS0."""
         if transport == "serial":
-            return self.cmdline
+            return f"{self.cmdline} {STAY_CMDLINE_WORD}" if stay else self.cmdline
         if transport == "ssh":
             return f"{self.cmdline} {SSH_CMDLINE_WORD}"
         raise ImageError(f"unknown transport '{transport}' (the reference guest knows {' and '.join(TRANSPORTS)})")

@@ -22,6 +22,7 @@ from harness.report.jsonreport import (
 )
 from harness.report.model import (
     EXIT_CODES,
+    Migration,
     Outcome,
     ReportVerdict,
     Run,
@@ -43,7 +44,7 @@ from harness.report.view import (
 )
 
 __all__ = [
-    "EXIT_CODES", "SCHEMA_PATH", "Outcome", "ReportVerdict", "ReportView", "Run", "RunSet", "RunStatus",
+    "EXIT_CODES", "SCHEMA_PATH", "Migration", "Outcome", "ReportVerdict", "ReportView", "Run", "RunSet", "RunStatus",
     "RunView", "SubjectGroup", "as_runset", "describe_build", "escape_controls", "group_drifts", "load_report",
     "provenance", "render_html", "render_text", "report_schema", "report_view", "run_views", "runset_from_json",
     "to_json", "validate_report", "verdict_line", "with_facts", "write_html", "write_json", "write_reports",

@@ -15,7 +15,7 @@ from harness.drift.impact import IMPACT, Impact, run_impact
 from harness.drift.model import Change, Comparison, Drift, Severity
 from harness.drift.waivers import Waiver
 from harness.errors import QabiError
-from harness.report.model import Run, RunSet, as_runset
+from harness.report.model import Migration, Run, RunSet, as_runset
 
 SCHEMA_PATH = Path(__file__).with_name("qabi-report.schema.json")
 REPORT_SCHEMA_VERSION = 1
@@ -54,6 +54,8 @@ def _run_json(run: Run, details: bool) -> dict[str, Any]:
         out["image"] = {"old": run.image.get("old"), "new": run.image.get("new")}
     if run.config:
         out["config"] = {key: {"old": sides.get("old"), "new": sides.get("new")} for key, sides in run.config.items()}
+    if run.migration is not None:
+        out["migration"] = run.migration.as_dict()
     return out
 
 
@@ -162,7 +164,8 @@ def _run_from_json(run: Mapping[str, Any], details: bool) -> Run:
                seconds=float(seconds) if seconds is not None else None,
                image=dict(image) if image is not None else None,
                config={key: dict(sides) for key, sides in (run.get("config") or {}).items()},
-               recorded_impact=_recorded_impact(impact, comparison))
+               recorded_impact=_recorded_impact(impact, comparison),
+               migration=Migration.from_dict(run["migration"]) if run.get("migration") else None)
 
 
 def _recorded_impact(impact: Any, comparison: Comparison | None) -> dict[str, Any] | None:

@@ -44,6 +44,35 @@ def _config_hex(fingerprint: Mapping[str, Any] | None, key: str) -> str | None:
 
 # {"old": value, "new": value}: a fact of the run on each side.
 Sides = Mapping[str, str | None]
+MigrationStatus = Literal["ok", "failed", "skipped"]
+
+
+@dataclass(frozen=True)
+class Migration:
+    """A run's live migration (--migrate): `status` ok (every leg), failed (a leg failed: `error`
+    is the first failure) or skipped (not tried: `error` says why); `direction` forward or both;
+    `legs` one dict per migration (direction, status, seconds, error, source, destination,
+    section, device: harness.migrate.Leg.as_dict)."""
+
+    status: MigrationStatus
+    direction: str
+    seconds: float | None = None
+    error: str | None = None
+    legs: tuple[Mapping[str, Any], ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"status": self.status, "direction": self.direction,
+                               "seconds": None if self.seconds is None else round(float(self.seconds), 3),
+                               "error": self.error}
+        if self.legs:
+            out["legs"] = [dict(leg) for leg in self.legs]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Migration:
+        seconds = data.get("seconds")
+        return cls(data["status"], data["direction"], float(seconds) if seconds is not None else None,
+                   data.get("error"), tuple(dict(leg) for leg in data.get("legs") or ()))
 
 
 @dataclass(frozen=True)
@@ -57,7 +86,7 @@ class Run:
     reference image hash booted on each side) and `config` (per drifted PCI device key, its
     config space in hex on each side); `with_fingerprints` takes the last two from fingerprints.
     `recorded_impact` is the run impact a JSON report recorded (`impact` recomputes it from the
-    drifts otherwise)."""
+    drifts otherwise). `migration` is the run's live migration when --migrate asked for one."""
 
     machine: str
     guest: str
@@ -70,6 +99,7 @@ class Run:
     image: Sides | None = None
     config: Mapping[str, Sides] = field(default_factory=dict)
     recorded_impact: Mapping[str, Any] | None = None
+    migration: Migration | None = None
 
     def __post_init__(self) -> None:
         if self.status not in RUN_STATUSES:

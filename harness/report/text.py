@@ -10,7 +10,7 @@ import re
 import textwrap
 
 from harness.drift.model import Comparison, Severity
-from harness.report.model import Run, RunSet, as_runset
+from harness.report.model import Migration, Run, RunSet, as_runset
 from harness.report.view import (
     RunImpact,
     RunView,
@@ -79,6 +79,8 @@ def _run_text(view: RunView) -> list[str]:
     out = [f"== {run.name}: {view.outcome} ==",
            f"   old: {describe_build(run.old)}",
            f"   new: {describe_build(run.new)}"]
+    if run.migration is not None:
+        out.append(f"   {migration_line(run.migration)}")
     if run.status != "compared":
         out.append(f"   {run.status}: {run.reason}")
         return out
@@ -105,6 +107,17 @@ def _run_text(view: RunView) -> list[str]:
         for waiver in view.stale_waivers:
             out.append(f"      {waiver_where(waiver)}: {waiver_match(waiver)} — {waiver.reason}")
     return out
+
+
+def migration_line(migration: Migration) -> str:
+    """`migration both: failed (forward ok 1.2s, rollback failed 0.9s) in 84.6s: <error>`."""
+    legs = ", ".join(f"{leg.get('direction')} {leg.get('status')}"
+                     + (f" {leg['seconds']:.1f}s" if isinstance(leg.get("seconds"), int | float) else "")
+                     for leg in migration.legs)
+    text = f"migration {migration.direction}: {migration.status}" + (f" ({legs})" if legs else "")
+    if migration.seconds is not None:
+        text += f" in {migration.seconds:.1f}s"
+    return text + (f": {migration.error}" if migration.error else "")
 
 
 def render_text(result: RunSet | Run | Comparison, fail_on: Severity = "warn") -> str:

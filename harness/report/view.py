@@ -285,11 +285,17 @@ def _category_view(run: Run, name: str, groups: tuple[SubjectGroup, ...]) -> Cat
     return CategoryView(name, get(name).title, state, mine, counts)
 
 
+def _shown(run: Run) -> tuple[str, ...]:
+    """Every guest-side category; a host-side one (migration, vmstate, props) when the run compared it."""
+    compared = run.comparison.categories if run.comparison is not None else ()
+    return tuple(n for n in names() if not get(n).host_side or n in compared)
+
+
 def run_view(run: Run, fail_on: Severity, index: int = 0) -> RunView:
     groups = group_drifts(run.drifts)
     counts = count_drifts(run.drifts)
     stale = run.comparison.stale_waivers if run.comparison is not None and run.status == "compared" else ()
-    return RunView(index, run, run.outcome(fail_on), groups, tuple(_category_view(run, n, groups) for n in names()),
+    return RunView(index, run, run.outcome(fail_on), groups, tuple(_category_view(run, n, groups) for n in _shown(run)),
                    stale, counts, sum(counts[s] for s in SEVERITIES if at_least(s, fail_on)),
                    sum(counts[s] for s in SEVERITIES if not at_least(s, fail_on)), run_impact_view(run))
 

@@ -18,6 +18,7 @@ from harness.guest.profile import GuestProfile, disk_size
 
 if TYPE_CHECKING:
     from harness.capture import CapturePlan
+    from harness.qemu import QemuBuild
     from harness.transport.base import Setup
 
 ACCELS = ("tcg", "kvm")
@@ -35,12 +36,25 @@ def check_accel(accel: str) -> str:
     return accel
 
 
-def qemu_argv(plan: CapturePlan, workdir: Path, setup: Setup) -> list[str]:
-    """The whole argv of one capture's QEMU."""
+def qemu_argv(plan: CapturePlan, workdir: Path, setup: Setup, incoming: Path | None = None,
+              paused: bool = False) -> list[str]:
+    """The whole argv of one capture's QEMU; with `incoming` (live migration's destination) it
+    waits for a migration stream on that unix socket instead of booting; `paused`: the vCPUs wait
+    for QMP `cont` (the VM is built, nothing has run)."""
+    wait = ["-incoming", f"unix:{incoming}"] if incoming is not None else []
+    wait += ["-S"] if paused else []
     return [*plan.build.argv(), "-no-user-config", "-nodefaults", "-display", "none", "-no-reboot",
             "-accel", ACCEL_ARGS[check_accel(plan.accel)],
             *hardware_args(plan.profile, plan.machine, workdir, setup.hostfwd, setup.boot_disk),
-            *setup.args, "-qmp", f"unix:{workdir / QMP_SOCKET},server=on,wait=off"]
+            *setup.args, "-qmp", f"unix:{workdir / QMP_SOCKET},server=on,wait=off", *wait]
+
+
+def dump_vmstate_argv(build: QemuBuild, machine: str, out: Path) -> list[str]:
+    """The argv that makes `build` write the migration schema of every device type it has with a
+    vmstate (class-level: what the machine type instantiates is not taken into account by QEMU)
+    for `machine` to `out` and exit."""
+    return [*build.argv(), "-no-user-config", "-nodefaults", "-display", "none", "-machine", machine,
+            "-accel", "tcg", "-dump-vmstate", str(out)]
 
 
 def hardware_args(profile: GuestProfile, machine: str, workdir: Path, hostfwd: str | None = None,

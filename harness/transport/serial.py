@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pexpect
 from pexpect import fdpexpect
+from pexpect.fdpexpect import fdspawn
 
 from harness.errors import CaptureError, UnsupportedError
 from harness.guest import build_reference_image
@@ -99,9 +100,10 @@ class SerialTransport:
     name = "serial"
     needs_nic = False
 
-    def setup(self, plan: CapturePlan, workdir: Path, console_log: Path) -> Setup:
+    def setup(self, plan: CapturePlan, workdir: Path, console_log: Path, stay: bool = False) -> Setup:
+        """`stay`: the guest stays up after the probe and probes again on request (LiveConsole)."""
         image = build_reference_image(plan.reference)
-        cmdline = image.cmdline_for(self.name)
+        cmdline = image.cmdline_for(self.name, stay=stay)
         return Setup(args=("-kernel", str(image.kernel), "-initrd", str(image.initramfs), "-append", cmdline,
                            "-chardev", f"socket,id=qabicon,path={workdir / SOCKET},server=on,wait=on",
                            "-serial", "chardev:qabicon"),
@@ -166,6 +168,11 @@ def run(argv: list[str], env: dict[str, str], workdir: Path, console_log: Path, 
     finally:
         console_log.parent.mkdir(parents=True, exist_ok=True)
         console_log.write_bytes(console)
+    return result_of(console, console_log, timings)
+
+
+def result_of(console: bytes, console_log: Path, timings: dict[str, float]) -> TransportResult:
+    """The verified records of one probe run in `console` (a capture missing data is an error)."""
     text = console.decode("ascii", errors="replace").replace("\r\n", "\n")
     try:
         output = parse(text)
@@ -177,6 +184,68 @@ def run(argv: list[str], env: dict[str, str], workdir: Path, console_log: Path, 
         raise CaptureError(f"the probe could not read {len(output.skipped)} file(s), e.g. {first.path}: "
                            f"{first.reason} (console log: {console_log})")
     return TransportResult(list(output.records), dict(output.info), timings)
+
+
+WAITING = re.compile(rb"@@QABI-WAITING\r?\n")
+
+
+class LiveConsole:
+    """The serial console of a running reference guest booted with `stay` (live migration): read
+    a probe run, then ask the same guest for another one ("probe" line) after it moved to another
+    QEMU (`attach` a new connection: the destination's console socket)."""
+
+    request = b"probe\n"      # the line that makes the waiting guest probe again
+
+    def __init__(self, console_log: Path) -> None:
+        self.console_log = console_log
+        self.console = b""
+        self._conn: socket.socket | None = None
+        self._child: Any = None
+
+    def attach(self, sock_path: Path, proc: Any, timeout: float) -> None:
+        """Connect to a QEMU's console socket (QEMU waits for it before it starts: wait=on)."""
+        self.close()
+        if not wait_for(lambda: sock_path.exists() or proc.poll() is not None, timeout):
+            raise CaptureError(f"QEMU did not open its serial socket within {timeout:.0f}s")
+        conn = _connect(sock_path, proc, timeout) if proc.poll() is None else None
+        if conn is None:
+            raise CaptureError("QEMU exited before its serial console was connected")
+        self._conn = conn
+        self._child = fdspawn(conn.fileno(), timeout=timeout, maxread=1 << 16)
+
+    def probe(self, timeout: float, ask: bool) -> TransportResult:
+        """One probe run's records (`ask`: send "probe" first); CaptureError when the guest does not
+        start it, or stops sending, within `timeout`."""
+        assert self._child is not None and self._conn is not None
+        started = time.monotonic()
+        deadline = started + timeout
+        if ask:
+            self._conn.sendall(self.request)
+        mark = len(self.console)
+        for pattern, what in ((BEGIN, "start the probe"), (TRAILER, "finish the probe"),
+                              (WAITING, "wait for the next request")):
+            index = self._child.expect([pattern, pexpect.EOF, pexpect.TIMEOUT],
+                                       timeout=max(1.0, deadline - time.monotonic()))
+            after = self._child.after if isinstance(self._child.after, bytes) else b""
+            self.console += (self._child.before or b"") + after
+            self._flush()
+            if len(self.console) > MAX_CONSOLE:
+                raise CaptureError(f"console output exceeds {MAX_CONSOLE >> 20} MiB")
+            if index != 0:
+                why = "timed out" if index == 2 else "the console closed"
+                raise CaptureError(f"the guest did not {what} ({why} after {time.monotonic() - started:.1f}s; "
+                                   f"console log: {self.console_log})")
+        return result_of(self.console[mark:], self.console_log, {"probe": round(time.monotonic() - started, 3)})
+
+    def _flush(self) -> None:
+        self.console_log.parent.mkdir(parents=True, exist_ok=True)
+        self.console_log.write_bytes(self.console)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(OSError):
+                self._conn.close()
+        self._conn = self._child = None
 
 
 TRANSPORT = SerialTransport()
