@@ -25,6 +25,7 @@ from harness.cache import cache_dir, cache_root, file_lock, sweep_stale
 from harness.capture import (
     DEFAULT_ACCESS,
     DEFAULT_TIMEOUT,
+    SERIAL,
     Capture,
     CapturePlan,
     GuestAccess,
@@ -203,8 +204,8 @@ class RunRequest:
         from harness.migrate import check_direction
 
         check_direction(self.migrate)
-        if self.migrate in ("forward", "both") and self.access.transport != "serial":
-            raise QabiError("--migrate needs the serial transport (the reference guest probes again after it moved)")
+        if self.migrate in ("forward", "both") and self.access.guest_image is not None:
+            raise QabiError("--migrate migrates the reference guest: it does not take --guest-image")
         check_accel(self.accel)
         check_shard(self.shard)
         for machine in self.machines:
@@ -315,7 +316,9 @@ class Check:
         if self.old.build is None or self.new.build is None:
             return Migration("skipped", str(r.migrate), error="a recorded baseline has no build to migrate"), \
                 (None, None)
-        plans = [plan_capture(side.build, profile, machine, r.accel, r.timeout, r.access)
+        # the live guest is the reference guest on its serial console, whatever transport made the
+        # cold-boot captures: it probes again after it moved
+        plans = [plan_capture(side.build, profile, machine, r.accel, r.timeout, SERIAL)
                  for side in (self.old, self.new) if side.build is not None]
         key = hashlib.sha256(json.dumps([capture_key(p) for p in plans] + [r.migrate]).encode()).hexdigest()[:24]
         rundir = cache_dir("migrations") / f"{machine}_{profile.name}_{key}"
