@@ -43,7 +43,7 @@ from harness.guest.profile import GuestProfile, close_devices, load_profile, pro
 from harness.matrix.bump import is_generated, split_machine, with_bump
 from harness.matrix.shard import Shard, check_shard, select
 from harness.qemu import QemuBuild, resolve
-from harness.report import Migration, Run, RunSet, RunStatus
+from harness.report import Migration, Run, RunSet, RunStatus, ShardInfo
 from harness.transport.launch import check_accel
 
 VERSIONED = re.compile(r"pc-(i440fx|q35)-(\d+)\.(\d+)")
@@ -226,6 +226,7 @@ class Check:
         self.old = Side.open(request.old)
         self.new = Side.open(request.new, request.firmware_from)
         self.waivers = load_waivers_option(request.waivers)
+        self._planned: list[tuple[str, str]] | None = None
 
     def machines(self) -> list[str]:
         asked = list(self.request.machines)
@@ -241,11 +242,22 @@ class Check:
 
         return names() if self.migrating else guest_names()
 
-    def cases(self) -> list[tuple[str, str]]:
-        """Every (machine, guest) run of the request (of its shard, with one), in report order;
+    def planned(self) -> list[tuple[str, str]]:
+        """Every (machine, guest) run of the whole request, whatever the shard, in report order;
         a machine `OLD:NEW` is a bump (harness/matrix/bump.py)."""
-        every = [(m, g) for m in self.machines() for g in expand_guests(list(self.request.guests))]
-        return select(every, self.request.shard, self.request.access.transport)
+        if self._planned is None:
+            self._planned = [(m, g) for m in self.machines() for g in expand_guests(list(self.request.guests))]
+        return list(self._planned)
+
+    def cases(self) -> list[tuple[str, str]]:
+        """The runs this process does: all planned runs, or those of its shard."""
+        return select(self.planned(), self.request.shard, self.request.access.transport)
+
+    def shard_info(self) -> ShardInfo | None:
+        """What a sharded RunSet records so that a merge can prove it has every shard and run."""
+        if self.request.shard is None:
+            return None
+        return ShardInfo(*self.request.shard, tuple(self.planned()))
 
     def _side_capture(self, side: Side, profile: GuestProfile, machine: str) -> Capture:
         if side.build is None:
@@ -376,9 +388,10 @@ class Check:
                    status=status, reason=reason)
 
     def run_all(self, progress: Callable[[str, str], None] | None = None,
-                done: Callable[[Run], None] | None = None) -> RunSet:
-        """Every run of the request (`jobs` side by side), as one RunSet; `progress` is told when
-        a run starts, `done` when it has finished."""
+                done: Callable[[Run], None] | None = None,
+                cases: list[tuple[str, str]] | None = None) -> RunSet:
+        """Every run of the request (its shard's; or `cases`), `jobs` side by side, as one RunSet;
+        `progress` is told when a run starts, `done` when it has finished."""
         def one(case: tuple[str, str]) -> Run:
             if progress:
                 progress(*case)
@@ -387,7 +400,7 @@ class Check:
                 done(run)
             return run
 
-        cases = self.cases()
+        cases = self.cases() if cases is None else cases
         if self.request.jobs == 1:
             runs = [one(case) for case in cases]
         else:  # captures are QEMU processes: threads are enough to run `jobs` of them side by side
@@ -395,7 +408,7 @@ class Check:
 
             with ThreadPoolExecutor(max_workers=self.request.jobs) as pool:
                 runs = list(pool.map(one, cases))
-        return RunSet(tuple(runs), self.request.fail_on)
+        return RunSet(tuple(runs), self.request.fail_on, shard=self.shard_info())
 
 
 def default_machines(old: Side, new: Side) -> list[str]:

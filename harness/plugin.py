@@ -21,7 +21,7 @@ import json
 import os
 import pickle
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +161,12 @@ def pytest_configure(config: pytest.Config) -> None:
     try:  # options are checked once, here: a bad one is one line and exit 2, not an error per item
         check = Check(run_request(config))
         cases = check.cases()
+        if not cases and check.request.shard is not None:
+            index, count = check.request.shard
+            planned = len(check.planned())
+            most = max(planned, 1)
+            raise QabiError(f"shard {index}/{count} holds none of the check's {planned} run(s): "
+                            f"use at most {most} shard{'s' if most != 1 else ''}")
     except QabiError as exc:
         from harness.report.text import escape_controls
 
@@ -284,7 +290,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     runs = list(state.runs.values()) + config.stash[_PARTS_KEY]
     if runs:
-        runset = _merged(runs, config.stash[_CASES_KEY], state.request.fail_on)
+        runset = replace(_merged(runs, config.stash[_CASES_KEY], state.request.fail_on),
+                         shard=state.check.shard_info())
         from harness.report.html import write_reports
 
         write_reports(runset, state.report_dir, seconds=round(time.monotonic() - state.started, 3))

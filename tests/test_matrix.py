@@ -22,7 +22,7 @@ from harness.matrix.bump import bump_waivers, is_generated, split_machine, with_
 from harness.matrix.merge import merge_reports
 from harness.matrix.progress import RunProgress
 from harness.matrix.shard import assign, parse_shard, profile_cost, select
-from harness.report import Run, RunSet, write_reports
+from harness.report import Run, RunSet, ShardInfo, runset_from_json, verdict_line, write_reports
 
 CHROMIUM = Path("/usr/bin/chromium")
 FW = ("--transport", "firmware")
@@ -119,6 +119,84 @@ def test_merge_refuses_overlap_and_mismatch(tmp_path, qabi):
     result = qabi("report", "--merge", str(a), str(b), "-o", str(tmp_path / "m"))
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "overlapping" in result.stderr
     assert not (tmp_path / "m").exists()
+
+
+def _shards(tmp_path: Path, count: int, planned: list[tuple[str, str]], drifted: tuple[str, str] | None = None,
+            *, only: tuple[int, ...] | None = None) -> list[Path]:
+    """Shard reports of one check, written as `--shard I/N` writes them (runs split by `select`)."""
+    paths = []
+    for i in only or range(1, count + 1):
+        runs = tuple(_run(m, g, (DRIFT,) if (m, g) == drifted else ()) for m, g in select(planned, (i, count)))
+        runset = RunSet(runs, shard=ShardInfo(i, count, tuple(planned)))
+        paths.append(write_reports(runset, tmp_path / f"s{i}-of-{count}")[0])
+    return paths
+
+
+PLANNED = [("pc-i440fx-7.2", "minimal"), ("pc-q35-7.2", "minimal"), ("pc-q35-7.2", "windows")]
+
+
+def test_a_shard_records_its_place_and_the_merge_needs_every_shard(tmp_path):
+    parts = _shards(tmp_path, 3, PLANNED, drifted=("pc-q35-7.2", "windows"))
+    data = json.loads(parts[0].read_text())
+    assert data["shard"] == {"index": 1, "count": 3, "planned": [list(c) for c in PLANNED]}
+    whole = merge_reports(parts)
+    assert whole.verdict == "drift" and whole.shard is None
+    assert [(r.machine, r.guest) for r in whole.runs] == PLANNED
+    # the drifting run's shard is missing: the other two alone must not read "unchanged"
+    owner = next(i for i in (1, 2, 3) if ("pc-q35-7.2", "windows") in select(PLANNED, (i, 3)))
+    rest = [p for i, p in enumerate(parts, 1) if i != owner]
+    with pytest.raises(QabiError, match=rf"shard {owner}/3 missing: the merged verdict would leave out its runs"):
+        merge_reports(rest)
+
+
+def test_merge_refuses_shards_that_do_not_make_one_whole_check(tmp_path):
+    parts = _shards(tmp_path, 3, PLANNED)
+    again = _shards(tmp_path / "again", 3, PLANNED, only=(1,))[0]
+    other = _shards(tmp_path / "other", 3, [*PLANNED, ("pc-q35-8.0", "minimal")], only=(3,))[0]
+    halves = _shards(tmp_path / "halves", 2, PLANNED, only=(2,))[0]
+    plain = write_reports(RunSet((_run("pc-q35-9.0", "minimal"),)), tmp_path / "plain")[0]
+    for paths, message in (([parts[0], again, parts[1], parts[2]], "are both shard 1/3"),
+                           ([parts[0], parts[1], other], "of another run list"),
+                           ([parts[0], halves], "of another run list"),
+                           ([*parts, plain], "was not made with --shard"),
+                           ([parts[0], parts[0]], "is given twice")):
+        with pytest.raises(QabiError, match=message):
+            merge_reports(paths)
+    # a shard that lost a run (stopped early, or run with -k): the planned run is in no report
+    short = json.loads(parts[2].read_text())
+    lost = short["runs"].pop()
+    short["verdict"] = "error"          # its only run gone: nothing compared
+    parts[2].write_text(json.dumps(short))
+    with pytest.raises(QabiError, match=rf"1 planned run\(s\) in no shard's report \({lost['machine']} {lost['guest']}\)"):
+        merge_reports(parts)
+    result = run_qabi("report", "--merge", str(parts[0]), str(parts[1]), "-o", str(tmp_path / "m"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "missing" in result.stderr
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize(("shard", "message"), [
+    ({"index": 4, "count": 3, "planned": []}, "index 4 > count 3"),
+    ({"index": 1, "count": 2, "planned": [["pc-q35-7.2", "minimal"]] * 2}, "planned twice"),
+    ({"index": 1, "count": 2, "planned": [["pc-q35-9.0", "minimal"]]}, "is not a planned run"),
+    ({"index": 0, "count": 2, "planned": []}, "shard/index"),
+    ({"index": 1, "count": 2, "planned": [["pc-q35-7.2"]]}, "shard/planned/0"),
+])
+def test_a_report_with_a_bad_shard_record_is_refused(tmp_path, shard, message):
+    path = _shards(tmp_path, 1, [("pc-q35-7.2", "minimal")])[0]
+    data = json.loads(path.read_text())
+    data["shard"] = shard
+    with pytest.raises(QabiError, match=message):
+        runset_from_json(data)
+
+
+def test_shard_reports_say_they_are_a_slice_and_an_empty_shard_says_how_many_to_use(tmp_path):
+    one = RunSet((_run("pc-q35-7.2", "minimal"),), shard=ShardInfo(1, 2, tuple(PLANNED[:2])))
+    assert one.verdict == "unchanged"
+    assert "shard 1/2: 1 of the check's 2 runs, the verdict of the whole check comes from qabi report --merge" \
+        in verdict_line(one)
+    empty = RunSet((), shard=ShardInfo(3, 3, tuple(PLANNED[:2])))
+    assert empty.verdict == "error"
+    assert "shard 3/3 holds none of the check's 2 runs: use at most 2 shards" in verdict_line(empty)
 
 
 # -- progress ----------------------------------------------------------------------------------
@@ -297,6 +375,36 @@ def test_three_shards_in_separate_processes_merge_into_the_unsharded_verdict(tmp
     assert sorted((r["machine"], r["guest"]) for r in a["runs"]) == [(r["machine"], r["guest"]) for r in b["runs"]]
     assert _drift_set(a) == _drift_set(b)
     assert (tmp_path / "merged" / "index.html").is_file()
+    # a shard job that failed to hand in its report: no verdict over the other two
+    partial = run_qabi("report", "--merge", *(str(tmp_path / f"shard{i}" / "qabi.json") for i in (1, 2)),
+                       "-o", str(tmp_path / "partial"))
+    assert partial.returncode == 2 and "shard 3/3 missing" in partial.stderr and not (tmp_path / "partial").exists()
+
+
+@pytest.mark.integration
+def test_matrix_shards_split_a_steps_unsupported_runs_too_and_merge_per_step(tmp_path):
+    args = ("matrix", "debian:bullseye", "debian:bookworm", "--machine", "pc-q35-5.2", "--machine", "pc-i440fx-7.2",
+            "--guest", "minimal", *FW)
+    whole = run_qabi(*args, "-o", str(tmp_path / "whole"))
+    assert whole.returncode == 1, whole.stdout + whole.stderr
+    shards = [run_qabi(*args, "--shard", f"{i}/2", "-o", str(tmp_path / f"m{i}")) for i in (1, 2)]
+
+    def step(root: Path) -> Path:
+        return next((root / "steps").glob("1-*")) / "qabi.json"
+
+    parts = [json.loads(step(tmp_path / f"m{i}").read_text()) for i in (1, 2)]
+    # the unsupported run (pc-i440fx-7.2 is not on bullseye) is in exactly one shard; both plan it
+    assert sorted(len(p["runs"]) for p in parts) == [1, 1]
+    assert all(["pc-i440fx-7.2", "minimal"] in p["shard"]["planned"] for p in parts)
+    merged = run_qabi("report", "--merge", *(str(step(tmp_path / f"m{i}")) for i in (1, 2)), "-o", str(tmp_path / "mm"))
+    full = json.loads(step(tmp_path / "whole").read_text())
+    # the shard holding only the unsupported run compared nothing (exit 2); the merge decides
+    assert sorted(s.returncode for s in shards) == [1, 2] and merged.returncode == 1, merged.stderr
+    got = json.loads((tmp_path / "mm" / "qabi.json").read_text())
+    assert got["verdict"] == full["verdict"] == "drift"
+    assert _drift_set(got) == _drift_set(full)
+    assert {(r["machine"], r["status"]) for r in got["runs"]} == {("pc-q35-5.2", "compared"),
+                                                                   ("pc-i440fx-7.2", "unsupported")}
 
 
 @pytest.mark.integration
@@ -377,6 +485,24 @@ def test_plugin_shards_merge_into_the_unsharded_report(pytester):
     assert {(r.machine, r.guest): [[d.as_dict()[k] for k in keys] for d in r.drifts] for r in merged.runs} == \
         {(r["machine"], r["guest"]): [[d[k] for k in keys] for d in r["drifts"]] for r in full["runs"]}
     assert [(r.machine, r.guest) for r in merged.runs] == sorted((r["machine"], r["guest"]) for r in full["runs"])
+    records = [json.loads(p.read_text())["shard"] for p in parts]
+    assert [(r["index"], r["count"]) for r in records] == [(1, 2), (2, 2)]
+    assert records[0]["planned"] == records[1]["planned"] == [[r["machine"], r["guest"]] for r in full["runs"]]
+    with pytest.raises(QabiError, match="was not made with --shard"):
+        merge_reports([parts[0], pytester.path / "whole" / "qabi.json"])
+    # a shard run with a narrower selection (-k) leaves a planned run out: the merge says so
+    narrow = _harness(pytester, *common, "--shard", "2/2", "-k", "not legacy", "--report", "narrow")
+    assert narrow.ret == 1
+    with pytest.raises(QabiError, match=r"planned run\(s\) in no shard's report \(pc-\S+ legacy"):
+        merge_reports([parts[0], pytester.path / "narrow" / "qabi.json"])
+
+
+def test_plugin_empty_shard_is_one_line_and_exit_2(pytester):
+    result = _harness(pytester, "--baseline", str(BOOKWORM), "--qemu-new", str(TRIXIE), "--machine", "pc-q35-7.2",
+                      "--guest", "minimal", "--shard", "2/2", "--report", "empty")
+    assert result.ret == 2
+    assert "qabi: shard 2/2 holds none of the check's 1 run(s): use at most 1 shard" in result.stderr.str() + \
+        result.stdout.str()
 
 
 def test_plugin_machine_bump_waives_the_machine_name(pytester):

@@ -2,6 +2,9 @@
 
 Shards of one check hold disjoint runs of the same two sides at the same fail-on threshold;
 anything else (another build, another threshold, a run in two files) is refused with one line.
+Each shard's report records its I/N and every planned run of the check: a missing shard, a
+shard given twice or a planned run that no shard holds is refused too, so a merge never gives
+a verdict over part of the check.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import QabiError
-from harness.report import Run, RunSet, load_report, runset_from_json
+from harness.report import Run, RunSet, ShardInfo, load_report, runset_from_json
 
 _IDENTITY = ("spec", "sha256")
 
@@ -49,10 +52,15 @@ def merge_reports(paths: Sequence[Path | str]) -> RunSet:
     first: RunSet | None = None
     first_name = ""
     sides: dict[str, dict[str, Any]] = {}
+    shards: dict[str, ShardInfo | None] = {}
     seconds: list[float] = []
     for path in paths:
         name = str(path)
+        if name in shards:
+            raise QabiError(f"{name} is given twice")
         runset = runset_from_json(load_report(Path(path)))
+        _one_more_shard(name, runset.shard, shards)
+        shards[name] = runset.shard
         if first is None:
             first, first_name = runset, name
         elif runset.details and first.details and runset.fail_on != first.fail_on:
@@ -77,4 +85,42 @@ def merge_reports(paths: Sequence[Path | str]) -> RunSet:
         if runset.seconds is not None:
             seconds.append(runset.seconds)
     assert first is not None
+    _complete(shards, set(owner))
     return RunSet(tuple(sorted(runs, key=run_order)), first.fail_on, seconds=max(seconds) if seconds else None)
+
+
+def _one_more_shard(name: str, info: ShardInfo | None, shards: dict[str, ShardInfo | None]) -> None:
+    """`name`'s shard record fits those already read: all or none made with --shard, the same N
+    and planned runs, no index twice (reports written without --shard are merged as given)."""
+    if not shards:
+        return
+    first_name, first = next(iter(shards.items()))
+    if (info is None) != (first is None):
+        plain, sharded = (name, first_name) if info is None else (first_name, name)
+        raise QabiError(f"{plain} was not made with --shard but {sharded} was: not shards of one check")
+    if info is None or first is None:
+        return
+    if info.count != first.count or set(info.planned) != set(first.planned):
+        raise QabiError(f"{name} is shard {info.index}/{info.count} of another run list than {first_name} "
+                        f"(shard {first.index}/{first.count}): not shards of one check")
+    twin = next((other for other, o in shards.items() if o is not None and o.index == info.index), None)
+    if twin is not None:
+        raise QabiError(f"{name} and {twin} are both shard {info.index}/{info.count}")
+
+
+def _complete(shards: dict[str, ShardInfo | None], got: set[tuple[str, str]]) -> None:
+    """Every shard of the check given, and every planned run in one of them."""
+    infos = [info for info in shards.values() if info is not None]
+    if not infos:
+        return
+    first = infos[0]
+    indices = {info.index for info in infos}
+    absent = [f"{i}/{first.count}" for i in range(1, first.count + 1) if i not in indices]
+    if absent:
+        raise QabiError(f"shard {', '.join(absent)} missing: the merged verdict would leave out its runs "
+                        "(give every shard's qabi.json)")
+    lost = [f"{m} {g}" for m, g in first.planned if (m, g) not in got]
+    if lost:
+        more = f" and {len(lost) - 3} more" if len(lost) > 3 else ""
+        raise QabiError(f"{len(lost)} planned run(s) in no shard's report ({', '.join(lost[:3])}{more}): "
+                        "a shard stopped early or was run with a narrower selection")

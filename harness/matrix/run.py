@@ -20,8 +20,8 @@ from harness.check import Check, RunRequest, expand_guests, versioned_machines
 from harness.drift.model import Severity
 from harness.errors import QabiError
 from harness.matrix.bump import split_machine
-from harness.matrix.shard import Shard
-from harness.report import Run, RunSet
+from harness.matrix.shard import Shard, select
+from harness.report import Run, RunSet, ShardInfo
 
 Pairs = Literal["chain", "first"]
 PAIRS: tuple[Pairs, ...] = ("chain", "first")
@@ -119,8 +119,23 @@ def open_steps(request: MatrixRequest) -> list[Step]:
     return steps
 
 
+def step_planned(step: Step) -> list[tuple[str, str]]:
+    """Every run of the step: those both builds can make, then those one build lacks."""
+    runnable = step.check.planned() if step.check.request.machines else []
+    return runnable + [(r.machine, r.guest) for r in step.missing]
+
+
+def _mine(step: Step) -> set[tuple[str, str]]:
+    """The step's runs of this shard (all without one): one partition over every planned run."""
+    return set(select(step_planned(step), step.check.request.shard))
+
+
 def step_cases(step: Step) -> list[tuple[str, str]]:
-    return step.check.cases() if step.check.request.machines else []
+    """The runs of the step this process makes (its shard's), in report order."""
+    if not step.check.request.machines:
+        return []
+    mine = _mine(step)
+    return [case for case in step.check.planned() if case in mine]
 
 
 def run_steps(steps: list[Step], progress: Callable[[str, str], None] | None = None,
@@ -132,10 +147,16 @@ def run_steps(steps: list[Step], progress: Callable[[str, str], None] | None = N
             on_step(step)
         started = time.monotonic()
         runs: tuple[Run, ...] = ()
-        if step_cases(step):
-            runs = step.check.run_all(progress, done).runs
-        step.runset = RunSet(runs + tuple(step.missing), step.check.request.fail_on,
-                             seconds=round(time.monotonic() - started, 3))
+        cases = step_cases(step)
+        if cases:
+            runs = step.check.run_all(progress, done, cases).runs
+        # a shard reports its share of the unsupported runs too, and records every planned run
+        # of the step, runnable or not, so that a merge can prove it has them all
+        mine = _mine(step)
+        shard = step.check.request.shard
+        step.runset = RunSet(runs + tuple(r for r in step.missing if (r.machine, r.guest) in mine),
+                             step.check.request.fail_on, seconds=round(time.monotonic() - started, 3),
+                             shard=ShardInfo(*shard, tuple(step_planned(step))) if shard else None)
 
 
 def write_steps(steps: list[Step], directory: Path) -> None:

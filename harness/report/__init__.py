@@ -28,6 +28,7 @@ from harness.report.model import (
     Run,
     RunSet,
     RunStatus,
+    ShardInfo,
     as_runset,
     provenance,
 )
@@ -45,7 +46,7 @@ from harness.report.view import (
 
 __all__ = [
     "EXIT_CODES", "SCHEMA_PATH", "Migration", "Outcome", "ReportVerdict", "ReportView", "Run", "RunSet", "RunStatus",
-    "RunView", "SubjectGroup", "as_runset", "describe_build", "escape_controls", "group_drifts", "load_report",
+    "RunView", "ShardInfo", "SubjectGroup", "as_runset", "describe_build", "escape_controls", "group_drifts", "load_report",
     "provenance", "render_html", "render_text", "report_schema", "report_view", "run_views", "runset_from_json",
     "to_json", "validate_report", "verdict_line", "with_facts", "write_html", "write_json", "write_reports",
 ]

@@ -15,7 +15,7 @@ from harness.drift.impact import IMPACT, Impact, run_impact
 from harness.drift.model import Change, Comparison, Drift, Severity
 from harness.drift.waivers import Waiver
 from harness.errors import QabiError
-from harness.report.model import Migration, Run, RunSet, as_runset
+from harness.report.model import Migration, Run, RunSet, ShardInfo, as_runset
 
 SCHEMA_PATH = Path(__file__).with_name("qabi-report.schema.json")
 REPORT_SCHEMA_VERSION = 1
@@ -117,6 +117,8 @@ def to_json(result: RunSet | Run | Comparison, fail_on: Severity = "warn", *, de
     images = {i for run in runset.runs if run.image for i in run.image.values() if i}
     if len(images) == 1:
         data["image"] = images.pop()
+    if runset.shard is not None:
+        data["shard"] = runset.shard.as_dict()
     return data
 
 
@@ -132,8 +134,11 @@ def runset_from_json(data: Mapping[str, Any]) -> RunSet:
     details = "fail_on" in data
     runs = tuple(_run_from_json(run, details) for run in data["runs"])
     seconds = data.get("seconds")
+    shard = data.get("shard")
     base = RunSet(runs, data.get("fail_on", "warn"), seconds=float(seconds) if seconds is not None else None,
-                  generated=data.get("generated"), qabi_version=data.get("qabi_version"), details=details)
+                  generated=data.get("generated"), qabi_version=data.get("qabi_version"), details=details,
+                  shard=ShardInfo(shard["index"], shard["count"], tuple((m, g) for m, g in shard["planned"]))
+                  if shard is not None else None)
     if not details:
         base = next((r for r in (replace(base, fail_on=f) for f in _INFER_ORDER) if r.verdict == data["verdict"]),
                     base)
@@ -223,6 +228,7 @@ def validate_report(data: Mapping[str, Any]) -> None:
         where = "/".join(str(p) for p in first.absolute_path) or "(top level)"
         raise QabiError(f"report does not follow qabi-report.schema.json at {where}: {first.message}")
     _check_details_align(data)
+    _check_shard(data)
 
 
 def _check_details_align(data: Mapping[str, Any]) -> None:
@@ -231,6 +237,24 @@ def _check_details_align(data: Mapping[str, Any]) -> None:
         if isinstance(run, Mapping) and "details" in run and len(run["details"]) != len(run["drifts"]):
             raise QabiError(f"report does not follow qabi-report.schema.json at runs/{i}/details: "
                             f"{len(run['details'])} items for {len(run['drifts'])} drifts")
+
+
+def _check_shard(data: Mapping[str, Any]) -> None:
+    """A shard is I of N with I <= N, plans each run once, and holds only planned runs (rules JSON
+    Schema cannot state)."""
+    shard = data.get("shard")
+    if shard is None:
+        return
+    where = "report does not follow qabi-report.schema.json at shard"
+    if shard["index"] > shard["count"]:
+        raise QabiError(f"{where}: index {shard['index']} > count {shard['count']}")
+    planned = [tuple(case) for case in shard["planned"]]
+    if len(set(planned)) != len(planned):
+        raise QabiError(f"{where}/planned: a run is planned twice")
+    known = set(planned)
+    for i, run in enumerate(data["runs"]):
+        if (run["machine"], run["guest"]) not in known:
+            raise QabiError(f"{where}: runs/{i} ({run['machine']}, {run['guest']}) is not a planned run of the check")
 
 
 def write_json(result: RunSet, path: Path | str, *, details: bool = False) -> None:

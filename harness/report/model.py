@@ -177,6 +177,24 @@ def _pair(old: str | None, new: str | None) -> str:
 
 
 @dataclass(frozen=True)
+class ShardInfo:
+    """Which slice of a check a RunSet holds: shard `index` of `count`, and every (machine, guest)
+    run of the whole check (`planned`), so that a merge can tell a complete set of shards from
+    one that lacks a shard or a run."""
+
+    index: int
+    count: int
+    planned: tuple[tuple[str, str], ...]
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.index <= self.count:
+            raise ValueError(f"shard {self.index}/{self.count}: expected 1 <= I <= N")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "count": self.count, "planned": [list(case) for case in self.planned]}
+
+
+@dataclass(frozen=True)
 class RunSet:
     """All runs of one check, and the overall verdict: error if any run errored (or nothing was
     compared at all), drift if any run has unwaived drift at `fail_on` or above, error if any run
@@ -186,7 +204,8 @@ class RunSet:
     that made it, when read back from a report) are shown when known. `details` is False for a
     RunSet read back from a JSON report written without its detail fields: its drifts then have
     no keys or longer text, its stale waivers and compared categories are unknown, and its
-    `fail_on` was inferred from the verdict."""
+    `fail_on` was inferred from the verdict. `shard` is set on one shard's RunSet (`--shard I/N`):
+    its verdict is that shard's alone until `qabi report --merge` has every shard."""
 
     runs: tuple[Run, ...]
     fail_on: Severity = "warn"
@@ -194,6 +213,7 @@ class RunSet:
     generated: str | None = None
     qabi_version: str | None = None
     details: bool = True
+    shard: ShardInfo | None = None
 
     def __post_init__(self) -> None:
         severity_rank(self.fail_on)

@@ -354,6 +354,15 @@ def _summary(result: RunSet, views: tuple[RunView, ...]) -> str:
         parts.append("nothing was compared")
     elif not compared and not errors:
         parts.append("no run was compared")
+    shard = result.shard
+    if shard is not None:
+        planned = len(shard.planned)
+        if views:
+            parts.append(f"shard {shard.index}/{shard.count}: {len(views)} of the check's {_plural(planned, 'run')}, "
+                         "the verdict of the whole check comes from qabi report --merge of every shard")
+        else:
+            parts.append(f"shard {shard.index}/{shard.count} holds none of the check's {_plural(planned, 'run')}: "
+                         f"use at most {_plural(max(planned, 1), 'shard')}")
     return "; ".join(parts)
 
 
