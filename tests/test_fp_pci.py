@@ -659,3 +659,38 @@ def test_pcie_to_pci_bridge(bridges: dict[str, dict[str, Any]]) -> None:
 @NO_LSPCI
 def test_bridges_cross_check_with_lspci(bridges: dict[str, dict[str, Any]], tmp_path: Path) -> None:
     cross_check(bridges, {key: _captured(key)[0] for key in bridges}, tmp_path)
+
+
+# -- AER masks: a compat-gated PCIe register, named ------------------------------------------------
+
+FIRMWARE_CAPTURES = Path(__file__).resolve().parent / "data" / "firmware-captures"
+
+
+def test_aer_error_masks_are_decoded_and_name_the_compat_gated_change():
+    """QEMU 10.0 (Debian trixie), profile windows, captured at the firmware hand-off on pc-q35-7.2
+    and pc-q35-8.0: hw_compat_7_2 sets `x-pcie-err-unc-mask=off`, so only 8.0 masks the
+    Uncorrectable Internal and TLP Prefix Blocked errors in the e1000e's AER capability. The drift
+    names the register and the error bits, not raw config bytes."""
+    from harness.drift import compare
+    from harness.fingerprint import fingerprint_capture
+
+    fps = {m: fingerprint_capture(FIRMWARE_CAPTURES / f"qemu-10.0-{m}-windows", categories=("pci",))
+           for m in ("pc-q35-7.2", "pc-q35-8.0")}
+    aer = {m: next(c for c in fp["pci"]["0000:00:03.0"]["extended_capabilities"] if c["name"] == "AER")["fields"]
+           for m, fp in fps.items()}
+    assert aer["pc-q35-7.2"]["uncorrectable_mask"] == []
+    assert aer["pc-q35-8.0"]["uncorrectable_mask"] == ["uncorrectable_internal", "tlp_prefix_blocked"]
+    # the severities are the spec's defaults on both (data link, surprise down, flow control,
+    # receiver overflow, malformed TLP, and uncorrectable internal as fatal)
+    assert aer["pc-q35-7.2"]["uncorrectable_severity"] == aer["pc-q35-8.0"]["uncorrectable_severity"]
+    assert "malformed_tlp" in aer["pc-q35-8.0"]["uncorrectable_severity"]
+    drifts = compare(fps["pc-q35-7.2"], fps["pc-q35-8.0"], categories=("pci",)).drifts
+    assert sorted((d.key, d.path, d.new, d.severity) for d in drifts) == [
+        ("0000:00:03.0", "extended_capabilities[AER].fields.uncorrectable_mask[0]", "uncorrectable_internal", "warn"),
+        ("0000:00:03.0", "extended_capabilities[AER].fields.uncorrectable_mask[1]", "tlp_prefix_blocked", "warn"),
+    ]
+
+
+def test_aer_bits_without_a_name_are_kept():
+    assert pci._all_flags(0x0040_0001 | 1 << 2, pci._AER_UNCORRECTABLE) == ["undefined", "bit2",
+                                                                             "uncorrectable_internal"]

@@ -560,10 +560,36 @@ EXT_CAP_NAMES = {
 }
 
 
+# AER error bits (PCIe Base Specification, Advanced Error Reporting capability: Uncorrectable and
+# Correctable Error Status/Mask/Severity registers); a set bit without a name shows as `bitN`
+_AER_UNCORRECTABLE = {
+    0: "undefined", 4: "data_link_protocol", 5: "surprise_down", 12: "poisoned_tlp",
+    13: "flow_control_protocol", 14: "completion_timeout", 15: "completer_abort", 16: "unexpected_completion",
+    17: "receiver_overflow", 18: "malformed_tlp", 19: "ecrc", 20: "unsupported_request", 21: "acs_violation",
+    22: "uncorrectable_internal", 23: "mc_blocked_tlp", 24: "atomicop_egress_blocked", 25: "tlp_prefix_blocked",
+    26: "poisoned_tlp_egress_blocked", 27: "dmwr_request_egress_blocked", 28: "ide_check_failed",
+    29: "misrouted_ide_tlp", 30: "pcrc_check_failed", 31: "tlp_translation_egress_blocked",
+}
+_AER_CORRECTABLE = {
+    0: "receiver_error", 6: "bad_tlp", 7: "bad_dllp", 8: "replay_num_rollover", 12: "replay_timer_timeout",
+    13: "advisory_non_fatal", 14: "corrected_internal", 15: "header_log_overflow",
+}
+
+
+def _all_flags(value: int, names: dict[int, str], width: int = 32) -> list[str]:
+    """Every set bit: its name, or `bitN` for one the table does not name (never dropped)."""
+    return [names.get(bit, f"bit{bit}") for bit in range(width) if _bit(value, bit)]
+
+
 def _ext_aer(blob: Blob, off: int, ctx: _Ctx) -> dict[str, Any]:
+    """Capabilities, and the power-on error masks and severities (which QEMU sets per machine
+    type, e.g. the `x-pcie-err-unc-mask` compat property); the status registers are run time."""
     caps = blob.u32(off + 0x18)
     return {"ecrc_generation_capable": _bit(caps, 5), "ecrc_check_capable": _bit(caps, 7),
-            "multiple_header_recording_capable": _bit(caps, 9), "tlp_prefix_log_present": _bit(caps, 11)}
+            "multiple_header_recording_capable": _bit(caps, 9), "tlp_prefix_log_present": _bit(caps, 11),
+            "uncorrectable_mask": _all_flags(blob.u32(off + 0x08), _AER_UNCORRECTABLE),
+            "uncorrectable_severity": _all_flags(blob.u32(off + 0x0c), _AER_UNCORRECTABLE),
+            "correctable_mask": _all_flags(blob.u32(off + 0x14), _AER_CORRECTABLE)}
 
 
 def _ext_dsn(blob: Blob, off: int, ctx: _Ctx) -> dict[str, Any]:
