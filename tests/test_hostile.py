@@ -129,6 +129,16 @@ def test_deeply_nested_fingerprint_json_is_exit_2(tmp_path):
     assert "nested too deeply" in _one_line_exit_2(run_qabi("diff", str(deep), str(deep)))
 
 
+def test_deeply_nested_report_json_names_the_file(tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 200000 + "]" * 200000)
+    for args in (("report", str(deep), "-o", str(tmp_path / "page")),
+                 ("report", "--merge", str(deep), str(deep), "-o", str(tmp_path / "merged"))):
+        line = _one_line_exit_2(run_qabi(*args))
+        assert f"{deep}: not a JSON report (nested too deeply)" in line, line
+    assert not (tmp_path / "page").exists() and not (tmp_path / "merged").exists()
+
+
 def test_output_naming_a_directory_is_exit_2(tmp_path):
     assert "is a directory" in _one_line_exit_2(run_qabi("fingerprint", str(CAPTURE), "-o", str(tmp_path)))
     done = run_qabi("diff", str(CAPTURE), str(CAPTURE), "--json", str(tmp_path))

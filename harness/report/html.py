@@ -387,6 +387,8 @@ def load_report(path: Path | str) -> dict[str, Any]:
         data = json.loads(text)
     except ValueError as exc:
         raise QabiError(f"{p}: not a JSON report (invalid JSON: {exc})") from None
+    except RecursionError:
+        raise QabiError(f"{p}: not a JSON report (nested too deeply)") from None
     if not isinstance(data, dict):
         raise QabiError(f"{p}: not a JSON report (not a JSON object)")
     try:
