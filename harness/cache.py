@@ -157,11 +157,12 @@ def read_json(path: Path, what: str, kind: type = dict) -> Any:
     try:
         data = json.loads(text)
     except RecursionError:
-        raise QabiError(f"{path}: not {what} (JSON nested too deeply)") from None
+        raise QabiError(f"{path}: not {what} (nested too deeply)") from None
     except ValueError as exc:
         raise QabiError(f"{path}: not {what} (invalid JSON: {exc})") from None
     if not isinstance(data, kind):
-        raise QabiError(f"{path}: not {what} (a JSON {type(data).__name__}, expected a {kind.__name__})")
+        shape = "a JSON object" if kind is dict else f"a {kind.__name__}"
+        raise QabiError(f"{path}: not {what} (a JSON {type(data).__name__}, not {shape}: expected a {kind.__name__})")
     return data
 
 

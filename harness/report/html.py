@@ -25,6 +25,7 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from harness.cache import read_json
 from harness.categories import registry
 from harness.drift.model import SEVERITIES
 from harness.errors import QabiError
@@ -373,24 +374,9 @@ def write_html(report: RunSet | Mapping[str, Any], path: Path | str) -> Path:
 def load_report(path: Path | str) -> dict[str, Any]:
     """A JSON report file, validated; QabiError (one line) when missing or invalid."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise QabiError(f"{p}: no such JSON report") from None
-    except IsADirectoryError:
-        raise QabiError(f"{p}: is a directory, not a JSON report") from None
-    except OSError as exc:
-        raise QabiError(f"cannot read {p}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise QabiError(f"{p}: not a JSON report (not UTF-8)") from None
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise QabiError(f"{p}: not a JSON report (invalid JSON: {exc})") from None
-    except RecursionError:
-        raise QabiError(f"{p}: not a JSON report (nested too deeply)") from None
-    if not isinstance(data, dict):
-        raise QabiError(f"{p}: not a JSON report (not a JSON object)")
+    if not p.exists():
+        raise QabiError(f"{p}: no such JSON report")
+    data: dict[str, Any] = read_json(p, "a JSON report")
     try:
         validate_report(data)
     except QabiError as exc:
