@@ -127,7 +127,8 @@ def step_planned(step: Step) -> list[tuple[str, str]]:
 
 def _mine(step: Step) -> set[tuple[str, str]]:
     """The step's runs of this shard (all without one): one partition over every planned run."""
-    return set(select(step_planned(step), step.check.request.shard))
+    request = step.check.request
+    return set(select(step_planned(step), request.shard, request.access.transport))
 
 
 def step_cases(step: Step) -> list[tuple[str, str]]:
