@@ -41,11 +41,11 @@ from harness.cache import atomic_write_bytes
 from harness.capture import CapturePlan
 from harness.errors import CaptureError, QabiError
 from harness.qemu.process import private_dir, spawn
-from harness.transport.base import TransportResult
+from harness.transport.base import TransportResult, early_exit_error
 from harness.transport.framing import write_raw
 from harness.transport.launch import QMP_SOCKET, dump_vmstate_argv, qemu_argv
 from harness.transport.qmp import Qmp, QmpError
-from harness.transport.serial import SOCKET, TRANSPORT, LiveConsole, early_exit_error
+from harness.transport.serial import SOCKET, TRANSPORT, LiveConsole
 
 Direction = Literal["forward", "both"]
 DIRECTIONS: tuple[str, ...] = ("none", "forward", "both")

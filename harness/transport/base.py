@@ -16,13 +16,14 @@ capture.py writes the same bundle whatever the transport.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from harness.errors import QabiError
+from harness.errors import CaptureError, QabiError, UnsupportedError
 from harness.transport.framing import Record
 
 if TYPE_CHECKING:
@@ -109,3 +110,19 @@ def registered_transport(transport: Transport) -> Iterator[Transport]:
         yield transport
     finally:
         transports().pop(transport.name, None)
+
+
+_UNSUPPORTED = re.compile(
+    r"'([^']+)' is not a valid device model name|Property '([^']+)' not found|"
+    r"Parameter 'driver' expects a pluggable device type|can't apply global ([^ ]+)|"
+    r"(?:Bus|bus) '([^']+)' not found")
+
+
+def early_exit_error(stderr: str, console_log: Path) -> Exception:
+    text = stderr.strip()
+    match = _UNSUPPORTED.search(text)
+    if match:
+        what = next(g for g in match.groups() if g)
+        return UnsupportedError(f"unsupported on this build: {what}")
+    last = text.splitlines()[-1] if text else "no message"
+    return CaptureError(f"QEMU exited early: {last} (console log: {console_log})")

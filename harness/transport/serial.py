@@ -17,10 +17,10 @@ import pexpect
 from pexpect import fdpexpect
 from pexpect.fdpexpect import fdspawn
 
-from harness.errors import CaptureError, UnsupportedError
+from harness.errors import CaptureError
 from harness.guest import build_reference_image
 from harness.qemu.process import spawn, wait_for
-from harness.transport.base import Session, Setup, TransportResult
+from harness.transport.base import Session, Setup, TransportResult, early_exit_error
 from harness.transport.framing import parse
 
 if TYPE_CHECKING:
@@ -35,22 +35,6 @@ READ_CHUNK = 1 << 14
 # across reads, or anywhere inside one read, is still seen
 SEARCH_WINDOW = 4 * READ_CHUNK
 SOCKET = "serial.sock"
-_UNSUPPORTED = re.compile(
-    r"'([^']+)' is not a valid device model name|Property '([^']+)' not found|"
-    r"Parameter 'driver' expects a pluggable device type|can't apply global ([^ ]+)|"
-    r"(?:Bus|bus) '([^']+)' not found")
-
-
-def early_exit_error(stderr: str, console_log: Path) -> Exception:
-    text = stderr.strip()
-    match = _UNSUPPORTED.search(text)
-    if match:
-        what = next(g for g in match.groups() if g)
-        return UnsupportedError(f"unsupported on this build: {what}")
-    last = text.splitlines()[-1] if text else "no message"
-    return CaptureError(f"QEMU exited early: {last} (console log: {console_log})")
-
-
 class BoundedConsole(fdpexpect.fdspawn):
     """The console as pexpect reads it, refusing more than `limit` bytes as they arrive (a guest that
     floods its console is stopped at the cap, not after it has filled the host's memory)."""

@@ -38,9 +38,8 @@ from harness.errors import CaptureError, QabiError
 from harness.guest import REFERENCE_DIR, build_reference_image
 from harness.guest.user_image import open_guest_image
 from harness.qemu.process import spawn, wait_for
-from harness.transport.base import Session, Setup, TransportResult
+from harness.transport.base import Session, Setup, TransportResult, early_exit_error
 from harness.transport.framing import parse
-from harness.transport.serial import early_exit_error
 
 if TYPE_CHECKING:
     from harness.capture import CapturePlan

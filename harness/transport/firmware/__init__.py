@@ -1,0 +1,138 @@
+"""Firmware transport: read the guest-visible hardware at the firmware's hand-off, over qtest.
+
+QEMU boots the profile's hardware with the reference payload (guests/payload/) as `-kernel`, the
+same way the serial transport boots the reference kernel (so the same linuxboot option ROM and
+fw_cfg layout), the same ISA serial port (its output goes to a file), and a private qtest socket
+in the 0700 run dir. At hand-off the payload runs INT 15h E820 and CPUID on the boot vCPU, stores
+the results at 0x30000 and halts. The host then reads, over the qtest line protocol
+(`read ADDR LEN`, `outl`/`inl` on CF8/CFC), what the reference guest's probe reads from Linux:
+
+- ACPI: RSDP (EBDA, then 0xE0000-0xFFFFF, as Linux searches) -> XSDT (revision >= 2 and set) or
+  RSDT -> every table, plus the FADT's DSDT (X_DSDT preferred) and FACS (both pointers),
+  named as Linux's /sys/firmware/acpi/tables names them (SSDT1, SSDT2 for repeats);
+- SMBIOS: the entry point Linux picks (_SM3_ first, then _SM_, 16-byte aligned in
+  0xF0000-0xFFFFF) and the table, trimmed as Linux trims it (after type 127 for 3.x, after the
+  structure count for 2.x);
+- PCI: every function from bus 0, bridges followed through the secondary bus numbers the
+  firmware assigned (a bus seen twice is a looping chain: an error); config space through
+  CF8/CFC (256 bytes), and through ECAM at the MCFG base (4096 bytes) for a PCI Express function
+  when there is an MCFG, as Linux sizes the sysfs `config` file;
+- PCI resources: the sysfs `resource` text Linux would print, derived without touching config
+  space: addresses from the BARs the firmware assigned, sizes from QEMU's own `query-pci` over
+  QMP (sizing a BAR by writing it would change the state being measured), flags as Linux's
+  __pci_read_base sets them, Linux's two fixups that change this file on these machines applied
+  (legacy IDE ranges, the boot VGA's shadowed ROM);
+- CPUID of vCPU0 as /dev/cpu/0/cpuid, the leaves and subleaves the guest probe keeps (only the
+  boot vCPU runs the payload: manifest `probe.cpuid_vcpus` is "0");
+- the memory map as /sys/firmware/memmap/N, after Linux's e820 sanitizing.
+
+The records have the guest probe's paths, so capture() writes the same bundle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from harness.errors import CaptureError
+from harness.qemu.process import spawn
+from harness.transport.base import Session, Setup, TransportResult, early_exit_error
+from harness.transport.firmware.pci import _mcfg_base, pci_records, qmp_query_pci
+from harness.transport.firmware.qtest import Memory, Qtest
+from harness.transport.firmware.records import cpuid_record, memmap_records, sanitize_e820
+from harness.transport.firmware.seabios import MARKER, PAYLOAD, RESULT, payload_sha256, read_payload
+from harness.transport.firmware.tables import acpi_records, smbios_records
+from harness.transport.framing import Record
+
+if TYPE_CHECKING:
+    from harness.capture import CapturePlan
+
+__all__ = [
+    "PAYLOAD",
+    "TRANSPORT",
+    "FirmwareTransport",
+    "Memory",
+    "payload_sha256",
+    "pci_records",
+    "run",
+    "sanitize_e820",
+]
+
+QTEST_SOCKET = "qtest.sock"
+CONSOLE = "console.out"
+
+
+class FirmwareTransport:
+    """The hardware as the firmware hands it to a boot loader, read by the host over qtest."""
+
+    name = "firmware"
+    needs_nic = False
+
+    def setup(self, plan: CapturePlan, workdir: Path, console_log: Path) -> Setup:
+        digest = payload_sha256()
+        return Setup(args=("-kernel", str(PAYLOAD),
+                           "-chardev", f"file,id=qabicon,path={workdir / CONSOLE}", "-serial", "chardev:qabicon",
+                           "-qtest", f"unix:{workdir / QTEST_SOCKET}"),
+                     image={"sha256": digest, "payload": "guests/payload/payload.bin"})
+
+    def run(self, session: Session) -> TransportResult:
+        return run(session.argv, session.env, session.workdir, session.console_log, session.timeout)
+
+
+def run(argv: list[str], env: dict[str, str], workdir: Path, console_log: Path, timeout: float) -> TransportResult:
+    started = time.monotonic()
+    deadline = started + timeout
+    stderr_path = workdir / "qemu.stderr"
+    timings: dict[str, float] = {}
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(str(workdir / QTEST_SOCKET))
+        listener.listen(1)
+        with spawn(argv, env, stderr_path=stderr_path) as proc:
+            def alive() -> None:
+                if proc.poll() is not None:
+                    raise early_exit_error(stderr_path.read_text(errors="replace"), console_log)
+
+            conn = None
+            listener.settimeout(0.02)
+            while conn is None:
+                try:
+                    conn, _ = listener.accept()
+                except TimeoutError:
+                    alive()
+                    if time.monotonic() > deadline:
+                        raise CaptureError(f"QEMU never connected to its qtest socket within {timeout:.0f}s") from None
+            with contextlib.closing(conn):
+                qt = Qtest(conn, deadline + 10, alive)    # replies: a grace beyond the wait
+                while qt.readl(RESULT) != MARKER:
+                    if time.monotonic() > deadline:
+                        raise CaptureError(f"the reference payload never signalled completion within "
+                                           f"{timeout:.0f}s (console log: {console_log})")
+                    time.sleep(0.005)
+                timings["boot_to_handoff"] = round(time.monotonic() - started, 3)
+                result = read_payload(qt)
+                if result.e820_status not in (0, 3) or not result.e820:
+                    raise CaptureError(f"the firmware's INT 15h E820 failed (status {result.e820_status}, "
+                                       f"{len(result.e820)} entries)")
+                mem = Memory.from_e820(result.e820)
+                acpi = acpi_records(qt, mem)
+                smbios = smbios_records(qt, mem)
+                sizes = qmp_query_pci(workdir / "qmp.sock", deadline, alive)
+                pci = pci_records(qt, _mcfg_base(acpi), sizes)
+                records = [*acpi, *smbios, *pci, Record("/dev/cpu/0/cpuid", cpuid_record(result.cpuid)),
+                           *memmap_records(result.e820)]
+            timings["transfer"] = round(time.monotonic() - started - timings["boot_to_handoff"], 3)
+    finally:
+        listener.close()
+        console_log.parent.mkdir(parents=True, exist_ok=True)
+        out = workdir / CONSOLE
+        console_log.write_bytes(out.read_bytes()[:1 << 20] if out.is_file() else b"")
+    timings["total"] = round(time.monotonic() - started, 3)
+    info = {"payload": "1", "cpuid_vcpus": "0", "e820_entries": str(len(result.e820))}
+    return TransportResult(records, info, timings, details={"cpuid_vcpus": [0]})
+
+
+TRANSPORT = FirmwareTransport()
