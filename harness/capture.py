@@ -25,7 +25,7 @@ from harness.guest.profile import GuestProfile, check_supported, machine_family
 from harness.guest.user_image import GuestImage, open_guest_image
 from harness.qemu import QemuBuild
 from harness.qemu.process import private_dir
-from harness.transport.base import Session, get_transport
+from harness.transport.base import DEFAULT_TRANSPORT, Session, check_transport, get_transport
 from harness.transport.framing import write_raw
 from harness.transport.launch import check_accel, qemu_argv
 
@@ -34,7 +34,6 @@ DEFAULT_TIMEOUT = 180.0
 # The default transport of every front door (capture, record, check, pytest harness/): the hardware
 # at the firmware hand-off, read over qtest. It is ~10x faster than booting Linux and sees PCI
 # before any driver wrote it; serial and ssh remain for a real OS's view and your own images.
-DEFAULT_TRANSPORT = "firmware"
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,7 @@ class GuestAccess:
     ssh_host_keys: Path | None = None
 
     def __post_init__(self) -> None:
-        get_transport(self.transport)
+        check_transport(self.transport)
         ssh_opts = [name for name, value in (("--ssh-user", self.ssh_user), ("--ssh-key", self.ssh_key),
                                              ("--ssh-host-key", self.ssh_host_keys)) if value]
         if self.guest_image is None:

@@ -109,11 +109,10 @@ def _access(args: argparse.Namespace) -> Any:
 
 
 def _add_transport_option(p: argparse.ArgumentParser) -> None:
-    from harness.capture import DEFAULT_TRANSPORT
-    from harness.transport.base import transports
+    from harness.transport.base import DEFAULT_TRANSPORT, transport_names
 
-    p.add_argument("--transport", choices=list(transports()), default=DEFAULT_TRANSPORT,
-                   help=f"how the hardware is read: {', '.join(transports())} (default: {DEFAULT_TRANSPORT}, "
+    p.add_argument("--transport", choices=transport_names(), default=DEFAULT_TRANSPORT,
+                   help=f"how the hardware is read: {', '.join(transport_names())} (default: {DEFAULT_TRANSPORT}, "
                         "at the firmware hand-off; serial/ssh boot the reference Linux guest)")
 
 

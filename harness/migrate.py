@@ -35,7 +35,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from harness.cache import atomic_write_bytes
 from harness.capture import CapturePlan
@@ -45,7 +45,9 @@ from harness.transport.base import TransportResult, early_exit_error
 from harness.transport.framing import write_raw
 from harness.transport.launch import QMP_SOCKET, dump_vmstate_argv, qemu_argv
 from harness.transport.qmp import Qmp, QmpError
-from harness.transport.serial import SOCKET, TRANSPORT, LiveConsole
+
+if TYPE_CHECKING:
+    from harness.transport.serial import LiveConsole
 
 Direction = Literal["forward", "both"]
 DIRECTIONS: tuple[str, ...] = ("none", "forward", "both")
@@ -112,6 +114,8 @@ class LiveVM:
         self.dir = work / name
         self.dir.mkdir(mode=0o700)
         self.stderr = self.dir / "qemu.stderr"
+        from harness.transport.serial import SOCKET, TRANSPORT  # the live guest is on its serial console
+
         setup = TRANSPORT.setup(plan, self.dir, console.console_log, stay=True)
         argv = qemu_argv(plan, self.dir, setup, incoming=incoming, paused=paused)
         self.proc = stack.enter_context(spawn(argv, plan.build.environ(), stderr_path=self.stderr))
@@ -373,6 +377,8 @@ def migrate_run(old: CapturePlan, new: CapturePlan, direction: str, rundir: Path
     observed: dict[str, Any] = {}
     props: dict[str, dict[str, Any]] = {}
     with _session() as (work, stack):
+        from harness.transport.serial import LiveConsole
+
         console = LiveConsole(rundir / "console.log")
         stack.callback(console.close)
         # properties are read where both VMs are built and nothing has run yet (no firmware or

@@ -34,7 +34,7 @@ from harness.drift.model import SEVERITIES, Severity, at_least
 from harness.errors import QabiError
 from harness.matrix.shard import parse_shard
 from harness.report import Run, RunSet
-from harness.transport.base import transports
+from harness.transport.base import transport_names
 
 DEFAULTS: dict[str, Any] = {
     "qemu-old": "debian:bookworm-security",
@@ -71,7 +71,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--fail-on", metavar="S", help="lowest severity that fails: break, warn, info (default: warn)")
     group.addoption("--report", metavar="DIR", help="where index.html and qabi.json go (default: reports/)")
     group.addoption("--transport", metavar="T",
-                    help=f"how the hardware is read: {', '.join(transports())} (default: {DEFAULT_TRANSPORT})")
+                    help=f"how the hardware is read: {', '.join(transport_names())} (default: {DEFAULT_TRANSPORT})")
     group.addoption("--guest-image", metavar="FILE",
                     help="boot this qcow2/raw image (snapshot=on) instead of the reference guest; needs ssh")
     group.addoption("--ssh-user", metavar="U", help="login for --guest-image (default root)")

@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -39,6 +37,9 @@ def download(packages: list[PackageFile]) -> list[Path]:
         if dest.exists():
             verify_deb(dest, pkg)
         else:
+            import urllib.error
+            import urllib.request
+
             try:
                 with urllib.request.urlopen(pkg.uri, timeout=DOWNLOAD_TIMEOUT) as resp:
                     data = resp.read(pkg.size + 1)

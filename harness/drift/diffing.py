@@ -14,9 +14,6 @@ from dataclasses import dataclass
 from difflib import SequenceMatcher
 from typing import Any
 
-from deepdiff import DeepDiff
-from deepdiff.helper import notpresent
-
 from harness.drift.model import Change
 
 
@@ -114,7 +111,13 @@ def align(old: Any, new: Any) -> tuple[Any, Any]:
 
 
 def changes(old: Any, new: Any, prefix: tuple[Any, ...] = ()) -> list[Atom]:
-    """Every difference between `old` and `new` as atoms, in path order."""
+    """Every difference between `old` and `new` as atoms, in path order (none for equal entries: DeepDiff
+    is imported only when there is a difference to describe)."""
+    if type(old) is type(new) and old == new:
+        return []
+    from deepdiff import DeepDiff
+    from deepdiff.helper import notpresent
+
     a, b = align(old, new)
     tree = DeepDiff(a, b, ignore_order=False, verbose_level=2, view="tree")
     atoms: list[Atom] = []

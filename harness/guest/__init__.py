@@ -7,10 +7,24 @@ elf (the ELF reader), libraries (shared-library closure), cpio (the archive writ
 (host and client keys) and image (the build, its cache and the ReferenceImage record).
 """
 
-from harness.guest.image import SSH_READY, TRANSPORTS, ReferenceImage, build_reference_image
-from harness.guest.kernel import KERNEL_CMDLINE
-from harness.guest.recipe import REFERENCE_DIR, ImageError
-from harness.guest.sshkeys import client_key
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from harness.lazy import lazy_attributes
+
+if TYPE_CHECKING:
+    from harness.guest.image import SSH_READY, TRANSPORTS, ReferenceImage, build_reference_image
+    from harness.guest.kernel import KERNEL_CMDLINE
+    from harness.guest.recipe import REFERENCE_DIR, ImageError
+    from harness.guest.sshkeys import client_key
+
+_LAZY = {"SSH_READY": "harness.guest.image", "TRANSPORTS": "harness.guest.image",
+         "ReferenceImage": "harness.guest.image", "build_reference_image": "harness.guest.image",
+         "KERNEL_CMDLINE": "harness.guest.kernel", "REFERENCE_DIR": "harness.guest.recipe",
+         "ImageError": "harness.guest.recipe", "client_key": "harness.guest.sshkeys"}
 
 __all__ = ["KERNEL_CMDLINE", "REFERENCE_DIR", "SSH_READY", "TRANSPORTS", "ImageError", "ReferenceImage",
            "build_reference_image", "client_key"]
+
+__getattr__ = lazy_attributes(__name__, _LAZY)

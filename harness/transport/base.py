@@ -16,6 +16,7 @@ capture.py writes the same bundle whatever the transport.
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -72,35 +73,41 @@ class Transport(Protocol):
     def run(self, session: Session) -> TransportResult: ...
 
 
-_TABLE: dict[str, Transport] = {}
+DEFAULT_TRANSPORT = "firmware"
+# the built-in transports by name, each imported on first use (a verb that reads no guest imports none)
+_BUILTIN = {"firmware": "harness.transport.firmware", "serial": "harness.transport.serial",
+            "ssh": "harness.transport.ssh"}
+_TABLE: dict[str, Transport] = {}     # the transports loaded or registered so far
 
 
-def _builtins() -> None:
-    from harness.transport import firmware, serial, ssh
-
-    for transport in (firmware.TRANSPORT, serial.TRANSPORT, ssh.TRANSPORT):
-        _TABLE.setdefault(transport.name, transport)
+def transport_names() -> list[str]:
+    """Every transport's name (the built-in ones first), without importing any of them."""
+    return [*_BUILTIN, *(name for name in _TABLE if name not in _BUILTIN)]
 
 
-def transports() -> dict[str, Transport]:
-    """Every transport by name (the built-in ones first)."""
-    if not _TABLE:
-        _builtins()
-    return _TABLE
+def check_transport(name: str) -> str:
+    """`name` if it is a transport's name (nothing imported), else a QabiError listing them."""
+    if name not in _BUILTIN and name not in _TABLE:
+        raise QabiError(f"unknown transport '{name}' (use {' or '.join(transport_names())})")
+    return name
 
 
 def get_transport(name: str) -> Transport:
-    table = transports()
-    if name not in table:
-        raise QabiError(f"unknown transport '{name}' (use {' or '.join(table)})")
-    return table[name]
+    check_transport(name)
+    if name not in _TABLE:
+        _TABLE[name] = importlib.import_module(_BUILTIN[name]).TRANSPORT
+    return _TABLE[name]
+
+
+def transports() -> dict[str, Transport]:
+    """Every transport by name (the built-in ones first), each loaded."""
+    return {name: get_transport(name) for name in transport_names()}
 
 
 def register_transport(transport: Transport) -> None:
-    table = transports()
-    if transport.name in table:
+    if transport.name in _BUILTIN or transport.name in _TABLE:
         raise ValueError(f"transport {transport.name!r} is already registered")
-    table[transport.name] = transport
+    _TABLE[transport.name] = transport
 
 
 @contextmanager
@@ -109,7 +116,7 @@ def registered_transport(transport: Transport) -> Iterator[Transport]:
     try:
         yield transport
     finally:
-        transports().pop(transport.name, None)
+        _TABLE.pop(transport.name, None)
 
 
 _UNSUPPORTED = re.compile(
