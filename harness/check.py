@@ -196,7 +196,7 @@ class RunRequest:
     fail_on: Severity = "warn"
     reuse: bool = True                    # False: boot every side afresh
     firmware_from: str | None = None      # run the new build with this build's firmware
-    jobs: int = 1
+    jobs: int | None = None               # runs side by side; None: what the host can carry (default_jobs)
     shard: Shard | None = None            # (I, N): only shard I of N of the runs (harness/matrix/shard.py)
     migrate: str | None = None            # "none"/None, "forward" (old -> new) or "both" (and back)
 
@@ -211,8 +211,8 @@ class RunRequest:
         for machine in self.machines:
             split_machine(machine)
         severity_rank(self.fail_on)
-        if self.jobs < 1:
-            raise QabiError(f"--jobs must be at least 1, not {self.jobs}")
+        if self.jobs is not None and not 1 <= self.jobs <= MAX_JOBS:
+            raise QabiError(f"--jobs must be between 1 and {MAX_JOBS}, not {self.jobs}")
         if not self.timeout > 0:
             raise QabiError(f"--timeout must be a positive number of seconds, not {self.timeout}")
 
@@ -223,8 +223,13 @@ class Check:
 
     def __init__(self, request: RunRequest) -> None:
         self.request = request
-        self.old = Side.open(request.old)
-        self.new = Side.open(request.new, request.firmware_from)
+        # the two sides are provisioned side by side (a fresh machine fetches two builds)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            old = pool.submit(Side.open, request.old)
+            new = pool.submit(Side.open, request.new, request.firmware_from)
+            self.old, self.new = old.result(), new.result()
         self.waivers = load_waivers_option(request.waivers)
         self._planned: list[tuple[str, str]] | None = None
 
@@ -401,14 +406,35 @@ class Check:
             return run
 
         cases = self.cases() if cases is None else cases
-        if self.request.jobs == 1:
+        jobs = min(self.request.jobs or default_jobs(), max(len(cases), 1))
+        if jobs == 1:
             runs = [one(case) for case in cases]
         else:  # captures are QEMU processes: threads are enough to run `jobs` of them side by side
             from concurrent.futures import ThreadPoolExecutor
 
-            with ThreadPoolExecutor(max_workers=self.request.jobs) as pool:
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
                 runs = list(pool.map(one, cases))
         return RunSet(tuple(runs), self.request.fail_on, shard=self.shard_info())
+
+
+MAX_JOBS = 64
+GUEST_MEMORY_BUDGET = 1 << 30      # what one capture's QEMU may need, at most, for the default
+
+
+def default_jobs() -> int:
+    """Runs side by side when --jobs is not given: one per core this process may use (a TCG guest
+    runs single-threaded), no more than the available memory holds at 1 GiB a capture."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    available = cores
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024 // GUEST_MEMORY_BUDGET
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    return max(1, min(cores, available, MAX_JOBS))
 
 
 def default_machines(old: Side, new: Side) -> list[str]:

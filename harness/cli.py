@@ -407,8 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="boot every side afresh instead of reusing cached captures with identical inputs")
     p.add_argument("--fail-on", choices=["break", "warn", "info"], default="warn")
     p.add_argument("--timeout", type=float, default=180.0, metavar="S")
-    p.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
-                   help="runs (machine, guest) captured side by side (default 1; the host's cores bound it)")
+    p.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
+                   help="runs (machine, guest) captured side by side (default: one per core, as memory allows)")
     p.add_argument("--shard", metavar="I/N", help="only shard I of N of the runs (CI runners; merge with "
                                                   "qabi report --merge)")
     p.add_argument("--migrate", choices=["none", "forward", "both"], default=None,
@@ -430,7 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fail-on", choices=["break", "warn", "info"], default="warn")
     p.add_argument("--timeout", type=float, default=180.0, metavar="S")
     p.add_argument("--no-reuse", action="store_true", help="boot every side afresh")
-    p.add_argument("-j", "--jobs", type=int, default=1, metavar="N", help="runs captured side by side")
+    p.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
+                   help="runs captured side by side (default: one per core, as memory allows)")
     p.add_argument("--shard", metavar="I/N", help="only shard I of N of each step's runs")
     p.add_argument("-o", "--output", required=True, metavar="DIR",
                    help="matrix.csv, matrix.md, matrix.json, index.html and steps/*/ (each step's report)")

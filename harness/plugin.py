@@ -17,6 +17,7 @@ firmware transport.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -126,6 +127,7 @@ class QabiSession:
     started: float = field(default_factory=time.monotonic)
     runs: dict[tuple[str, str], Run] = field(default_factory=dict)
     verdict: str | None = None
+    wanted: list[tuple[str, str]] = field(default_factory=list)   # runs this process's items need, in order
 
     @property
     def request(self) -> RunRequest:
@@ -134,6 +136,11 @@ class QabiSession:
     def run(self, machine: str, guest: str) -> Run:
         """The report Run of (machine, guest): captured and compared on first use."""
         key = (machine, guest)
+        if key not in self.runs and key in self.wanted:
+            # the first item captures every run this process's items need, side by side (--jobs)
+            pending = [case for case in self.wanted if case not in self.runs]
+            for run in self.check.run_all(cases=pending).runs:
+                self.runs[(run.machine, run.guest)] = run
         if key not in self.runs:
             self.runs[key] = self.check.run(machine, guest)
         return self.runs[key]
@@ -155,6 +162,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.dist = "loadgroup"
     if getattr(config, "workerinput", {}).get("qabi_loadgroup"):
         config.option.loadgroup = True   # the worker tags each item with its group, as xdist does
+    _steps_past_capture(config)
     report = Path(str(_setting(config, "report")))
     if not report.is_absolute():
         report = Path(str(config.invocation_params.dir)) / report
@@ -177,6 +185,31 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 _CASES_KEY = pytest.StashKey[list[tuple[str, str]]]()
+_STEPS_KEY = pytest.StashKey[contextlib.ExitStack]()
+
+
+def _steps_past_capture(config: pytest.Config) -> None:
+    """Provisioning a build says what it does (harness/steps.py): past pytest's output capture, so a
+    fresh machine's first item is not a long silence."""
+    import sys
+
+    from harness.steps import lines_to
+
+    capman = config.pluginmanager.getplugin("capturemanager")
+
+    def write(line: str) -> None:
+        with capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext():
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(lines_to(write))
+    config.stash[_STEPS_KEY] = stack
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _STEPS_KEY in config.stash:
+        config.stash[_STEPS_KEY].close()
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -197,6 +230,21 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     cases = [pytest.param((m, g, c), marks=pytest.mark.xdist_group(f"{m}-{g}"), id=f"{m}-{g}-{c}")
              for m, g in metafunc.config.stash[_CASES_KEY] for c in qabi_session(metafunc.config).check.categories()]
     metafunc.parametrize("qabi_case", cases, scope="function")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Without xdist, the runs the selected items need are known now: the first item captures them all,
+    `jobs` side by side. An xdist worker takes its items one run group at a time, as it is given them."""
+    config = session.config
+    if _SESSION_KEY not in config.stash or getattr(config, "workerinput", None) is not None:
+        return
+    wanted: list[tuple[str, str]] = []
+    for item in session.items:
+        callspec = getattr(item, "callspec", None)
+        case = callspec.params.get("qabi_case") if callspec is not None else None
+        if case is not None and tuple(case[:2]) not in wanted:
+            wanted.append((case[0], case[1]))
+    qabi_session(config).wanted = wanted
 
 
 class CaptureFailed(Exception):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,8 +29,9 @@ def verify_deb(path: Path, pkg: PackageFile) -> None:
             f"{digest} (delete it to download it again)")
 
 
-def download(packages: list[PackageFile]) -> list[Path]:
-    """Return the verified .deb of every package, downloading the ones the pool lacks."""
+def download(packages: list[PackageFile], tick: Callable[[], None] | None = None) -> list[Path]:
+    """Return the verified .deb of every package, downloading the ones the pool lacks (`tick` is
+    called as each one is ready)."""
     pool = _pool()
 
     def one(pkg: PackageFile) -> Path:
@@ -50,6 +52,8 @@ def download(packages: list[PackageFile]) -> list[Path]:
                 raise VerificationError(f"checksum mismatch for {pkg.uri}: the signed index says sha256 "
                                         f"{pkg.sha256}, the download has {digest}")
             atomic_write_bytes(dest, data)
+        if tick is not None:
+            tick()
         return dest
 
     with ThreadPoolExecutor(max_workers=4) as pool_exec:

@@ -41,7 +41,7 @@ class MatrixRequest:
     waivers: str | None = None
     fail_on: Severity = "warn"
     reuse: bool = True
-    jobs: int = 1
+    jobs: int | None = None
     shard: Shard | None = None
 
     def __post_init__(self) -> None:

@@ -17,6 +17,7 @@ from harness import archive
 from harness.cache import cache_dir, file_lock, sha256_file, staging_dir, write_json
 from harness.errors import BuildError, VerificationError
 from harness.qemu.process import private_dir, spawn
+from harness.steps import step
 from harness.tools import require
 
 QEMU_PACKAGE = "qemu-system-x86"
@@ -202,8 +203,10 @@ def provision(suite: str, version: str | None, refresh: bool = False, offline: b
     if offline:
         raise BuildError(f"debian:{suite}{'=' + version if version else ''} is not in the cache and "
                          "the network may not be used")
+    who = f"debian:{suite}"
     s = archive.Suite(suite)
-    s.ensure_index(refresh=refresh)
+    with step(who, "the suite's signed index (fetched with apt, verified with gpgv)"):
+        s.ensure_index(refresh=refresh)
     if version is None:
         version = s.candidate(QEMU_PACKAGE)
     elif version not in s.versions(QEMU_PACKAGE):
@@ -217,9 +220,13 @@ def provision(suite: str, version: str | None, refresh: bool = False, offline: b
         if not (prefix / PREFIX_MANIFEST).is_file():
             requests = [f"{QEMU_PACKAGE}={version}"] + [p for p in FIRMWARE_PACKAGES if s.exists(p)]
             started = time.monotonic()
-            files = s.resolve(requests)
-            debs = archive.download(files)
-            with staging_dir(prefix) as tmp:
+            with step(who, f"resolving {QEMU_PACKAGE} {version} and its firmware"):
+                files = s.resolve(requests)
+            megabytes = sum(f.size for f in files) / 1e6
+            with step(who, f"{len(files)} packages ({megabytes:.0f} MB): download and verify against the "
+                           "signed index", total=len(files)) as tick:
+                debs = archive.download(files, tick)
+            with staging_dir(prefix) as tmp, step(who, f"unpacking into {prefix}"):
                 archive.unpack(debs, tmp)
                 manifest = {
                     "suite": suite, "package": QEMU_PACKAGE, "version": version,
