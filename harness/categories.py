@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,14 +68,23 @@ def _builtins() -> None:
         Category("smbios", "SMBIOS", (smbios.ENTRY_POINT_FILE, smbios.TABLE_FILE), smbios.decode,
                  smbios_drift.compare, policy.SMBIOS),
         Category("e820", "memory map (e820)", (str(e820.MEMMAP),), e820.decode, e820_drift.compare, policy.E820),
-        Category("migration", "live migration", (host.MIGRATION,), host.decode_migration,
-                 host_drift.compare_migration, policy.MIGRATION, host_side=True),
+        Category("migration", "live migration", (host.MIGRATION,), partial(host.decode_migration, guest=_decoders),
+                 partial(host_drift.compare_migration, guest=_comparers), policy.MIGRATION, host_side=True),
         Category("vmstate", "migration schema (vmstate)", (host.VMSTATE,), host.decode_vmstate,
                  host_drift.compare_vmstate, policy.VMSTATE, host_side=True),
         Category("props", "device properties", (host.PROPS,), host.decode_props, host_drift.compare_props,
                  policy.PROPS, host_side=True),
     ):
         _REGISTRY.setdefault(category.name, category)
+
+
+def _decoders() -> dict[str, Decoder]:
+    """The guest-side decoders, for the migration category (the hardware seen after each leg)."""
+    return {name: c.decode for name, c in registry().items() if not c.host_side}
+
+
+def _comparers() -> dict[str, Comparer]:
+    return {name: c.compare for name, c in registry().items() if not c.host_side}
 
 
 def registry() -> dict[str, Category]:
@@ -106,14 +116,20 @@ def get(name: str) -> Category:
 
 
 def register(category: Category) -> None:
+    from harness.drift.policy import add_rows
+
     reg = registry()
     if category.name in reg:
         raise ValueError(f"category {category.name!r} is already registered")
     reg[category.name] = category
+    add_rows(category.name, category.policy)
 
 
 def unregister(name: str) -> None:
-    registry().pop(name, None)
+    from harness.drift.policy import remove_rows
+
+    if registry().pop(name, None) is not None:
+        remove_rows(name)
 
 
 @contextmanager

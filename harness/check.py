@@ -35,8 +35,9 @@ from harness.capture import (
     plan_capture,
     resolve_machine,
 )
-from harness.drift import DEFAULT_WAIVERS, Waivers, compare, load_waivers
+from harness.drift.engine import compare
 from harness.drift.model import Severity, severity_rank
+from harness.drift.waivers import DEFAULT_WAIVERS, Waivers, load_waivers
 from harness.errors import CaptureError, QabiError, UnsupportedError
 from harness.guest import build_reference_image
 from harness.guest.profile import GuestProfile, close_devices, load_profile, profile_names
@@ -277,7 +278,7 @@ class Check:
     def run(self, machine: str, guest: str) -> Run:
         """Capture and compare one (machine, guest) run; a run-level problem becomes an
         "unsupported" or "error" run, never an exception."""
-        from harness.fingerprint import fingerprint_capture
+        from harness.fingerprint.decode import fingerprint_capture
 
         started = time.monotonic()
         caps: list[Capture] = []

@@ -130,7 +130,9 @@ def _add_access_options(p: argparse.ArgumentParser) -> None:
 # -- qabi diff ----------------------------------------------------------------------------------
 def cmd_diff(args: argparse.Namespace) -> int:
     """Compare two fingerprints (JSON files or capture directories): 0 unchanged, 1 drift, 2 error."""
-    from harness.drift import DEFAULT_WAIVERS, compare, load_fingerprint, load_waivers
+    from harness.drift.engine import compare
+    from harness.drift.waivers import DEFAULT_WAIVERS, load_waivers
+    from harness.fingerprint.decode import load_fingerprint
     from harness.report import Run, RunSet, render_text, write_json
 
     old_fp: dict[str, Any] | None = None
@@ -156,7 +158,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_fingerprint(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from harness.fingerprint import fingerprint_capture
+    from harness.fingerprint.decode import fingerprint_capture
 
     data = fingerprint_capture(Path(args.capture))
     text = json.dumps(data, indent=1, sort_keys=True) + "\n"

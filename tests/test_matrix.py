@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from conftest import REPO, run_qabi
 
+from harness.categories import names
 from harness.drift.model import Comparison, Drift
 from harness.errors import QabiError
 from harness.matrix.bump import bump_waivers, is_generated, split_machine, with_bump
@@ -91,7 +92,7 @@ def test_cli_bad_shard_exits_2_with_one_line():
 
 def _run(machine: str, guest: str, drifts: tuple[Drift, ...] = (), spec: str = "debian:trixie") -> Run:
     side = {"spec": spec, "sha256": "ab" * 32, "version": "10.0.13"}
-    return Run(machine, guest, side, side, comparison=Comparison(drifts))
+    return Run(machine, guest, side, side, comparison=Comparison(drifts, categories=names()))
 
 
 DRIFT = Drift("pci", "pci 0000:00:03.0 [1af4:1000] Virtio network device", "revision", 0, 1, "break")

@@ -20,49 +20,21 @@ The comparers and policy rows of each category are found through the category re
 
 from __future__ import annotations
 
-from harness.drift.engine import check_fingerprint, compare, load_fingerprint
-from harness.drift.impact import (
-    IMPACT,
-    LEVELS,
-    DriftGroup,
-    Impact,
-    ImpactRule,
-    groups,
-    impact_for,
-    impact_markdown,
-    run_impact,
-)
-from harness.drift.model import SEVERITIES, Comparison, Drift, Severity, Verdict, at_least
-from harness.drift.policy import PolicyRule, policy_markdown, policy_rows, rule_for, severity_for
-from harness.drift.waivers import DEFAULT_WAIVERS, Waiver, Waivers, load_waivers, parse_waivers
+from harness.lazy import lazy_attributes
 
-__all__ = [
-    "DEFAULT_WAIVERS",
-    "IMPACT",
-    "LEVELS",
-    "SEVERITIES",
-    "Comparison",
-    "Drift",
-    "DriftGroup",
-    "Impact",
-    "ImpactRule",
-    "PolicyRule",
-    "Severity",
-    "Verdict",
-    "Waiver",
-    "Waivers",
-    "at_least",
-    "check_fingerprint",
-    "compare",
-    "groups",
-    "impact_for",
-    "impact_markdown",
-    "load_fingerprint",
-    "load_waivers",
-    "parse_waivers",
-    "policy_markdown",
-    "policy_rows",
-    "rule_for",
-    "run_impact",
-    "severity_for",
-]
+# The stage's names, each from its module on first use. The package imports nothing itself: the
+# category registry imports the comparers (harness.drift.acpi, …) below it without pulling in the
+# engine above it, which reads the registry (tests/test_imports.py keeps the import graph acyclic).
+# Code in harness/ imports from the modules themselves.
+_MODULES = {
+    "harness.drift.engine": ("check_fingerprint", "compare"),
+    "harness.drift.impact": ("IMPACT", "LEVELS", "DriftGroup", "Impact", "ImpactRule", "groups", "impact_for",
+                             "impact_markdown", "run_impact"),
+    "harness.drift.model": ("SEVERITIES", "Comparison", "Drift", "Severity", "Verdict", "at_least"),
+    "harness.drift.policy": ("PolicyRule", "policy_markdown", "policy_rows", "rule_for", "severity_for"),
+    "harness.drift.waivers": ("DEFAULT_WAIVERS", "Waiver", "Waivers", "load_waivers", "parse_waivers"),
+    "harness.fingerprint.decode": ("load_fingerprint",),
+}
+_LAZY = {name: module for module, names in _MODULES.items() for name in names}
+
+__getattr__ = lazy_attributes(__name__, _LAZY)

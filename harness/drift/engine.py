@@ -12,7 +12,6 @@ from harness.drift.model import Comparison, Drift
 from harness.drift.pci_state import comparing
 from harness.drift.waivers import Waivers
 from harness.errors import QabiError
-from harness.fingerprint import load_fingerprint  # noqa: F401 - re-exported by harness.drift
 
 SCHEMA_VERSION = 1
 

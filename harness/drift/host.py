@@ -21,6 +21,7 @@ does not have, `NAME` for a changed value (an `x-*` compat property names itself
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from harness.drift.common import make_drift, presence_drift
@@ -32,9 +33,10 @@ ONE_DUMP = "one-dump"
 
 # -- migration ---------------------------------------------------------------------------------------
 
-def compare_migration(old: dict[str, Any], new: dict[str, Any]) -> list[Drift]:
-    from harness.categories import get, guest_names
-
+def compare_migration(old: dict[str, Any], new: dict[str, Any],
+                      guest: Callable[[], Mapping[str, Callable[[Any, Any], list[Drift]]]]) -> list[Drift]:
+    """Each leg's status, and the hardware the guest saw after it moved compared category by category
+    with `guest()`'s comparers (the registry hands them in: it sits above this module)."""
     drifts: list[Drift] = []
     for leg in sorted(old.keys() | new.keys()):
         if leg not in old or leg not in new:
@@ -54,8 +56,8 @@ def compare_migration(old: dict[str, Any], new: dict[str, Any]) -> list[Drift]:
             drifts.append(make_drift("migration", leg, f"migration {leg} ({route})", "hardware",
                                      "captured" if before else None, "captured" if after else None))
             continue
-        for category in guest_names():
-            for d in get(category).compare(before[category], after[category]):
+        for category, compare in guest().items():
+            for d in compare(before[category], after[category]):
                 path = f"{category}.{d.path}" if d.path else category
                 drifts.append(make_drift("migration", leg, f"migration {leg}: {d.subject}", path, d.old, d.new,
                                          d.change, detail=d.detail, key=f"{leg}/{category}/{d.key}"))

@@ -32,13 +32,12 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any
 
 from harness.drift.acpi import identity_facet
 from harness.drift.glob import glob_match
-from harness.drift.model import Drift
+from harness.drift.model import Drift, Impact, Level
 
-Level = Literal["none", "driver", "device", "activation"]
 LEVELS: tuple[Level, ...] = ("none", "driver", "device", "activation")
 _RANK = {level: i for i, level in enumerate(LEVELS)}
 
@@ -85,21 +84,6 @@ ACPI_SPEC = "ACPI 6.5 specification, §5.2 (system description tables) and §6.1
 SMBIOS_SPEC = "DMTF DSP0134 SMBIOS Reference Specification 3.x, §5.2 (entry points) and §7 (structures)"
 HIBERNATE = ("Linux arch/x86/power/hibernate.c (resume refuses an image whose e820 map differs); Windows "
              "resume from hibernation likewise needs the same memory map")
-
-
-@dataclass(frozen=True)
-class Impact:
-    """What each guest does about one drift. `component` names the Windows activation component
-    (or "" when the Windows level is not activation); `rule` is the table row's name."""
-
-    windows: Level
-    linux: Level
-    why: str
-    component: str = ""
-    rule: str = ""
-
-    def as_dict(self) -> dict[str, str]:
-        return {"windows": self.windows, "linux": self.linux, "why": self.why}
 
 
 @dataclass(frozen=True)

@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 from difflib import SequenceMatcher
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-if TYPE_CHECKING:
-    from harness.drift.impact import Impact
-    from harness.drift.waivers import Waiver
+from harness.drift.glob import glob_match
 
 Severity = Literal["break", "warn", "info"]
 Change = Literal["added", "removed", "changed"]
 Verdict = Literal["unchanged", "drift"]
+Level = Literal["none", "driver", "device", "activation"]   # a guest's reaction (harness/drift/impact.py)
 
 SEVERITIES: tuple[Severity, ...] = ("break", "warn", "info")
 _RANK: dict[str, int] = {s: i for i, s in enumerate(SEVERITIES)}
@@ -37,6 +36,62 @@ def value_text(value: Any) -> str:
     if isinstance(value, str):
         return value
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Impact:
+    """What each guest does about one drift. `component` names the Windows activation component
+    (or "" when the Windows level is not activation); `rule` is the table row's name."""
+
+    windows: Level
+    linux: Level
+    why: str
+    component: str = ""
+    rule: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return {"windows": self.windows, "linux": self.linux, "why": self.why}
+
+
+@dataclass(frozen=True)
+class Waiver:
+    category: str
+    subject: str
+    reason: str
+    path: str = "*"
+    old: str | None = None
+    new: str | None = None
+    index: int = 0            # 1-based position in the file
+    line: int | None = None   # line where its [[waiver]] starts
+    source: str | None = None
+
+    def applies_to(self, category: str) -> bool:
+        return glob_match(self.category, category)
+
+    def matches(self, drift: Drift) -> bool:
+        return (glob_match(self.category, drift.category)
+                and glob_match(self.subject, drift.subject)
+                and glob_match(self.path, drift.path)
+                and (self.old is None or self.old == value_text(drift.old))
+                and (self.new is None or self.new == value_text(drift.new)))
+
+    @property
+    def where(self) -> str:
+        place = self.source or "waivers"
+        return f"{place}:{self.line}" if self.line else f"{place} waiver #{self.index}"
+
+    def describe(self) -> str:
+        parts = [f"category={self.category}", f"subject={self.subject}", f"path={self.path}"]
+        if self.old is not None:
+            parts.append(f"old={self.old}")
+        if self.new is not None:
+            parts.append(f"new={self.new}")
+        return " ".join(parts)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"category": self.category, "subject": self.subject, "path": self.path, "old": self.old,
+                "new": self.new, "reason": self.reason, "index": self.index, "line": self.line,
+                "source": self.source}
 
 
 @dataclass(frozen=True)
@@ -112,12 +167,6 @@ def _short(value: Any, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _all_categories() -> tuple[str, ...]:
-    from harness.categories import names
-
-    return names()
-
-
 @dataclass(frozen=True)
 class Comparison:
     """The drifts between two fingerprints (most severe first), with waivers applied.
@@ -128,7 +177,7 @@ class Comparison:
 
     drifts: tuple[Drift, ...]
     stale_waivers: tuple[Waiver, ...] = ()
-    categories: tuple[str, ...] = field(default_factory=_all_categories)
+    categories: tuple[str, ...] = ()   # what was compared (the engine names them)
     waivers_source: str | None = field(default=None)
     notes: tuple[str, ...] = ()     # "category: what was (not) compared", e.g. across transports
 

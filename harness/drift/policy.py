@@ -1,7 +1,8 @@
 """Severity policy: ONE table, first matching row wins.
 
-The rows are kept here, grouped by category; the category registry (harness/categories.py)
-names each category's rows, and `policy_rows()` is the table in registry order.
+The rows are kept here, grouped by category (`CATEGORY_ROWS`, in the registry's order); a category
+registered later (a plugin, a test) brings its own rows, which the registry (harness/categories.py,
+above this module: it is never imported here) adds with `add_rows`. `policy_rows()` is the table.
 
 Each row is (category, path glob, severity) plus an optional entry glob and a docstring saying
 why. The path is the drift's path inside its entry (`capabilities[MSI-X].fields.table_size`,
@@ -262,12 +263,26 @@ FALLBACK: tuple[PolicyRule, ...] = (
 )
 
 
-def policy_rows() -> tuple[PolicyRule, ...]:
-    """The whole table: rows for every category, each registered category's rows (registry
-    order), then the catch-all."""
-    from harness.categories import registry
+# every category's rows, built-in ones first (the registry's order); add_rows/remove_rows for the rest
+CATEGORY_ROWS: dict[str, tuple[PolicyRule, ...]] = {
+    "pci": PCI, "cpuid": CPUID, "acpi": ACPI, "smbios": SMBIOS, "e820": E820, "migration": MIGRATION,
+    "vmstate": VMSTATE, "props": PROPS,
+}
 
-    return COMMON + tuple(rule for c in registry().values() for rule in c.policy) + FALLBACK
+
+def add_rows(category: str, rows: tuple[PolicyRule, ...]) -> None:
+    """The rows of a category registered after the built-in ones (harness/categories.py register)."""
+    CATEGORY_ROWS[category] = rows
+
+
+def remove_rows(category: str) -> None:
+    CATEGORY_ROWS.pop(category, None)
+
+
+def policy_rows() -> tuple[PolicyRule, ...]:
+    """The whole table: rows for every category, each category's rows (registry order), then the
+    catch-all."""
+    return COMMON + tuple(rule for rows in CATEGORY_ROWS.values() for rule in rows) + FALLBACK
 
 
 def rule_for(category: str, entry: str, path: str, facet: str = "") -> PolicyRule:

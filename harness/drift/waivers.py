@@ -22,11 +22,10 @@ import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from harness.categories import names
 from harness.drift.glob import glob_match, glob_problem, matches_everything
-from harness.drift.model import Drift, value_text
+from harness.drift.model import Drift, Waiver, value_text
 from harness.errors import QabiError
 
 DEFAULT_WAIVERS = Path("fingerprints") / "waivers.toml"
@@ -35,47 +34,6 @@ _KEYS = {"category", "subject", "path", "old", "new", "reason", "scope"}
 _REQUIRED = ("category", "subject", "reason")
 _TABLE_HEADER = re.compile(r"^\s*\[\[\s*waiver\s*\]\]")
 _TOML_LINE = re.compile(r"\(at line (\d+), column (\d+)\)")
-
-
-@dataclass(frozen=True)
-class Waiver:
-    category: str
-    subject: str
-    reason: str
-    path: str = "*"
-    old: str | None = None
-    new: str | None = None
-    index: int = 0            # 1-based position in the file
-    line: int | None = None   # line where its [[waiver]] starts
-    source: str | None = None
-
-    def applies_to(self, category: str) -> bool:
-        return glob_match(self.category, category)
-
-    def matches(self, drift: Drift) -> bool:
-        return (glob_match(self.category, drift.category)
-                and glob_match(self.subject, drift.subject)
-                and glob_match(self.path, drift.path)
-                and (self.old is None or self.old == value_text(drift.old))
-                and (self.new is None or self.new == value_text(drift.new)))
-
-    @property
-    def where(self) -> str:
-        place = self.source or "waivers"
-        return f"{place}:{self.line}" if self.line else f"{place} waiver #{self.index}"
-
-    def describe(self) -> str:
-        parts = [f"category={self.category}", f"subject={self.subject}", f"path={self.path}"]
-        if self.old is not None:
-            parts.append(f"old={self.old}")
-        if self.new is not None:
-            parts.append(f"new={self.new}")
-        return " ".join(parts)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"category": self.category, "subject": self.subject, "path": self.path, "old": self.old,
-                "new": self.new, "reason": self.reason, "index": self.index, "line": self.line,
-                "source": self.source}
 
 
 @dataclass(frozen=True)

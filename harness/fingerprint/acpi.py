@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import DecodeError
-from harness.fingerprint import aml
+from harness.fingerprint import aml  # the module (the package's own names are lazy)
 from harness.fingerprint.binary import Blob, hx, read_raw
 
 TABLES = "sys/firmware/acpi/tables"
