@@ -74,7 +74,8 @@ def _fail(path: Path, message: str) -> QabiError:
 
 
 # -- the schema: every key known, every value of a bounded shape that cannot reach a host file or
-# another QEMU option (profile files are hostile input: they may come from anyone) -------------------
+# another QEMU option (profile files are hostile input: they may come from anyone); drivers and their
+# properties only from the allow-list of harness/guest/drivers.py -----------------------------------
 _TOP_KEYS = {"name", "description", "cpu", "memory", "smp", "uuid", "device"}
 _SMP_KEYS = ("cpus", "sockets", "dies", "clusters", "cores", "threads", "maxcpus")
 MAX_VCPUS = 288
