@@ -18,12 +18,12 @@ else (square brackets included) literal; unbalanced braces are refused. Waived d
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.cache import TOML_LIMIT, parse_toml, read_text
 from harness.categories import names
 from harness.drift.glob import glob_match, glob_problem, matches_everything
 from harness.drift.model import Drift, value_text
@@ -34,7 +34,6 @@ DEFAULT_WAIVERS = Path("fingerprints") / "waivers.toml"
 _KEYS = {"category", "subject", "path", "old", "new", "reason", "scope"}
 _REQUIRED = ("category", "subject", "reason")
 _TABLE_HEADER = re.compile(r"^\s*\[\[\s*waiver\s*\]\]")
-_TOML_LINE = re.compile(r"\(at line (\d+), column (\d+)\)")
 
 
 @dataclass(frozen=True)
@@ -111,14 +110,7 @@ def _waiver_lines(text: str) -> list[int]:
 
 def parse_waivers(text: str, source: str = "<waivers>") -> Waivers:
     """Waivers from TOML text; QabiError naming `source` and the line on any problem."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        found = _TOML_LINE.search(str(exc))
-        line = getattr(exc, "lineno", None) or (int(found.group(1)) if found else None)
-        message = _TOML_LINE.sub("", str(exc)).strip()
-        where = f"{source}:{line}" if line else source
-        raise QabiError(f"{where}: malformed waivers file: {message}") from None
+    data = parse_toml(text, source, "waivers file")
     unknown_top = sorted(set(data) - {"waiver"})
     if unknown_top:
         raise QabiError(f"{source}: unknown top-level key {unknown_top[0]!r} (expected [[waiver]] entries)")
@@ -170,10 +162,4 @@ def parse_waivers(text: str, source: str = "<waivers>") -> Waivers:
 def load_waivers(path: Path | str) -> Waivers:
     """Waivers from a TOML file; a missing or malformed file is a QabiError naming file and line."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise QabiError(f"cannot read waivers file {p}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise QabiError(f"{p}: waivers file is not UTF-8 text") from None
-    return parse_waivers(text, str(p))
+    return parse_waivers(read_text(p, "a waivers file", TOML_LIMIT), str(p))

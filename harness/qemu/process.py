@@ -33,19 +33,41 @@ class Terminated(BaseException):
     temporary run dirs removed), then the front door exits 2."""
 
 
+_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+
 def _on_signal(signum: int, frame: object) -> None:
     kill_all()
-    for sig in (signal.SIGTERM, signal.SIGHUP):   # a second signal must not interrupt the cleanup
+    for sig in _SIGNALS:   # a second signal must not interrupt the cleanup (nor the error line)
         with contextlib.suppress(ValueError):
             signal.signal(sig, signal.SIG_IGN)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise Terminated(signal.Signals(signum).name)
 
 
 def install_signal_handlers() -> None:
-    """SIGTERM and SIGHUP handled like SIGINT: kill QEMU, unwind with cleanup, exit 2."""
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    """SIGTERM and SIGHUP handled like SIGINT: kill QEMU, unwind with cleanup, exit 2. The first of
+    them raises (Terminated, or KeyboardInterrupt for SIGINT) and every later one is ignored, so the
+    front door sees at most one."""
+    for sig in _SIGNALS:
         with contextlib.suppress(ValueError):
             signal.signal(sig, _on_signal)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGTERM, SIGHUP and SIGINT held (blocked, delivered when the block ends): for a write that must
+    not be cut in two, such as the one error line."""
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    except (ValueError, OSError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 @contextlib.contextmanager
