@@ -259,12 +259,14 @@ JSON_LIMIT = 64 << 20        # reports, fingerprints
 MANIFEST_LIMIT = 16 << 20    # capture manifests, build records
 TOML_LIMIT = 4 << 20         # profiles, waivers, config, pyproject.toml
 TEXT_LIMIT = 1 << 20         # key files and other small text inputs
+NULL_DEVICE = os.makedev(1, 3)   # /dev/null, read as an empty file
 
 
 def read_input(path: Path, what: str, limit: int) -> bytes:
     """The bytes of the input file `path`, at most `limit` of them. Opened without blocking and checked
     on the opened descriptor, so a FIFO, a device (`/dev/zero`), a link to one or a directory is
     refused at once, never read (a FIFO with no writer never hangs); a file over `limit` is refused.
+    /dev/null reads as an empty file.
     The project's one input opener: read_json, read_text and read_toml go through it."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
@@ -276,6 +278,8 @@ def read_input(path: Path, what: str, limit: int) -> bytes:
         raise QabiError(f"cannot read {path} ({what}): {exc.strerror or exc}") from None
     with os.fdopen(fd, "rb") as handle:
         st = os.fstat(fd)
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == NULL_DEVICE:
+            return b""      # /dev/null: the usual way to say "an empty file" (`--waivers /dev/null`)
         if not stat.S_ISREG(st.st_mode):
             raise QabiError(f"{path}: not {what} (a {file_kind(st.st_mode)}, not a regular file)")
         if st.st_size > limit:

@@ -7,8 +7,8 @@
     old      = "0x0"                                  # optional: exact value, compared as strings
     new      = "0x1"                                  # optional
     reason   = "virtio-rng gained MSI-X in 7.2.0; accepted for our fleet"   # required
-    scope    = "all"                                  # required only by a catch-all waiver (every
-                                                      # glob '*', no old/new): it waives everything
+    scope    = "all"                                  # required only by a catch-all waiver (globs that
+                                                      # match anything, no old/new): it waives everything
 
 Glob syntax: `*` any run of characters, `?` one character, `{a,b}` alternatives, everything
 else (square brackets included) literal; unbalanced braces are refused. Waived drifts stay in the comparison with
@@ -25,7 +25,7 @@ from typing import Any
 
 from harness.cache import TOML_LIMIT, parse_toml, read_text
 from harness.categories import names
-from harness.drift.glob import glob_match, glob_problem, matches_everything
+from harness.drift.glob import PATH_PROBES, SUBJECT_PROBES, glob_match, glob_problem, matches_everything
 from harness.drift.model import Drift, value_text
 from harness.errors import QabiError
 
@@ -140,11 +140,12 @@ def parse_waivers(text: str, source: str = "<waivers>") -> Waivers:
         scope = entry.get("scope")
         if scope is not None and scope != "all":
             raise QabiError(f"{where}: scope must be \"all\" (or left out), not {scope!r}")
-        catch_all = (all(matches_everything(entry.get(k, "*")) for k in ("category", "subject", "path"))
+        probes = {"category": names(), "subject": SUBJECT_PROBES, "path": PATH_PROBES}
+        catch_all = (all(matches_everything(entry.get(k, "*"), probes[k]) for k in probes)
                      and entry.get("old") is None and entry.get("new") is None)
         if catch_all and scope != "all":
-            raise QabiError(f"{where}: this waiver matches every drift (category, subject and path all '*', no "
-                            "old/new): write scope = \"all\" if that is really meant")
+            raise QabiError(f"{where}: this waiver matches every drift (its category, subject and path globs match "
+                            "anything, no old/new): write scope = \"all\" if that is really meant")
         if not any(glob_match(entry["category"], c) for c in names()):
             raise QabiError(f"{where}: category {entry['category']!r} matches none of {', '.join(names())}")
         values: dict[str, str | None] = {}
