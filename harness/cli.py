@@ -253,7 +253,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         from harness.report.html import REPORT_FILES
         from harness.report.jsonreport import report_folder
 
-        report_folder(args.report, REPORT_FILES, (args.waivers,) if args.waivers else ())
+        report_folder(args.report, REPORT_FILES, (args.waivers,) if args.waivers else (), create=False)
     request = RunRequest(args.old, args.new, tuple(args.machine or ()), tuple(args.guest or ()), args.accel,
                          args.timeout, _access(args), args.waivers, args.fail_on, not args.no_reuse,
                          args.firmware_from, args.jobs, parse_shard(args.shard), _migrate_option(args.migrate))
@@ -302,7 +302,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         from harness.report.html import REPORT_FILES
         from harness.report.jsonreport import report_folder
 
-        report_folder(args.output, REPORT_FILES, args.report)   # never over an input shard
+        report_folder(args.output, REPORT_FILES, args.report, create=False)   # never over an input shard
         runset = merge_reports(args.report)
         sys.stdout.write(render_text(runset))
         _json_path, html_path = write_reports(runset, Path(args.output), inputs=args.report)

@@ -37,7 +37,7 @@ def setting(key: str, default: str | None = None) -> str | None:
     if os.environ.get(env):
         return os.environ[env]
     for path in _config_files():
-        if path.is_file():
+        if path.exists() or path.is_symlink():   # there but not a regular file: refused, not skipped
             value = read_toml(path, "a qabi config file").get(key)
             if value is not None:
                 return str(value)

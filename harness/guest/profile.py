@@ -195,7 +195,7 @@ def load_profile(name_or_path: str) -> GuestProfile:
         if not NAME.fullmatch(name_or_path):
             raise QabiError(f"bad guest profile name {name_or_path[:80]!r} (known: {', '.join(profile_names())})")
         path = GUESTS_DIR / f"{name_or_path}.toml"
-    if not path.is_file():
+    if not (path.exists() or path.is_symlink()):   # there but not a regular file: read_toml says so
         raise QabiError(f"unknown guest profile '{name_or_path[:200]}' (known: {', '.join(profile_names())})")
     data = read_toml(path, "a guest profile")
     unknown = sorted(set(data) - _TOP_KEYS)

@@ -45,7 +45,7 @@ def run_matrix(request: MatrixRequest, directory: Path, progress: RunProgress | 
     from harness.matrix.table import MATRIX_FILES, frame, verdict, write_outputs
     from harness.report.jsonreport import report_folder
 
-    report_folder(directory, MATRIX_FILES, what="matrix folder")   # refused before any run, not after
+    report_folder(directory, MATRIX_FILES, what="matrix folder", create=False)   # refused before any run
     started = time.monotonic()
     steps = open_steps(request)
     total = sum(len(step_cases(s)) for s in steps)

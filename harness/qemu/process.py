@@ -34,6 +34,8 @@ class Terminated(BaseException):
 
 
 _SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+_HOLDING: list[bool] = []     # inside `signals_held`
+_PENDING: list[int] = []      # the signal that arrived meanwhile
 
 
 def _on_signal(signum: int, frame: object) -> None:
@@ -41,6 +43,13 @@ def _on_signal(signum: int, frame: object) -> None:
     for sig in _SIGNALS:   # a second signal must not interrupt the cleanup (nor the error line)
         with contextlib.suppress(ValueError):
             signal.signal(sig, signal.SIG_IGN)
+    if _HOLDING:
+        _PENDING.append(signum)
+        return
+    _raise(signum)
+
+
+def _raise(signum: int) -> None:
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
     raise Terminated(signal.Signals(signum).name)
@@ -57,17 +66,16 @@ def install_signal_handlers() -> None:
 
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
-    """SIGTERM, SIGHUP and SIGINT held (blocked, delivered when the block ends): for a write that must
-    not be cut in two, such as the one error line."""
-    try:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-    except (ValueError, OSError):
-        yield
-        return
+    """A signal that arrives inside the block (SIGTERM, SIGHUP, SIGINT) is raised when it ends: for a
+    write that must not be cut in two, such as the one error line. (A flag the handler reads, not a
+    signal mask: a mask is per thread, and a signal may be delivered to another thread.)"""
+    _HOLDING.append(True)
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        _HOLDING.pop()
+        if _PENDING and not _HOLDING:
+            _raise(_PENDING.pop())
 
 
 @contextlib.contextmanager

@@ -280,11 +280,12 @@ MARKER_TEXT = "qabi report folder v1: qabi writes here and replaces only the fil
 
 
 def report_folder(directory: Path | str, names: Sequence[str], inputs: Sequence[Path | str] = (),
-                  what: str = "report folder") -> Path:
+                  what: str = "report folder", create: bool = True) -> Path:
     """Claim `directory` for the report files `names`: it must be new, empty or one qabi made (its
     REPORT_MARKER holds MARKER_TEXT); each named file must be absent or a regular file (never a
     link, so a report never writes through a link into a user's file) and none of `inputs`.
-    Creates the folder and its marker; returns it. Anything else is a QabiError."""
+    Creates the folder and its marker (unless not `create`: a check before a run); returns it.
+    Anything else is a QabiError."""
     folder = Path(directory)
     if folder.is_symlink() or folder.exists():
         if not folder.is_dir():
@@ -303,7 +304,7 @@ def report_folder(directory: Path | str, names: Sequence[str], inputs: Sequence[
             raise QabiError(f"{target} is not a file qabi wrote (a link or not a regular file); refusing to "
                             "replace it")
         refuse_inputs(target, inputs, what.replace("folder", "file"))
-    if not _marked(folder):
+    if create and not _marked(folder):
         atomic_write_bytes(folder / REPORT_MARKER, MARKER_TEXT, what=what)
     return folder
 
