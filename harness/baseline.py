@@ -13,7 +13,6 @@ file is verified against the manifest's sha256 before use.
 from __future__ import annotations
 
 import io
-import json
 import lzma
 import re
 import shutil
@@ -21,7 +20,16 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from harness.cache import cache_dir, file_lock, read_json, sha256_file, staging_dir
+from harness.cache import (
+    MANIFEST_LIMIT,
+    atomic_write_bytes,
+    cache_dir,
+    file_lock,
+    read_json,
+    sha256_file,
+    staging_dir,
+    write_json,
+)
 from harness.capture import MANIFEST, Capture, load_capture
 from harness.errors import QabiError
 
@@ -45,7 +53,7 @@ def is_baseline_dir(path: Path) -> bool:
 
 
 def baseline_provenance(path: Path) -> dict[str, Any]:
-    data = read_json(path / BUILD_JSON, "a baseline's build record")
+    data = read_json(path / BUILD_JSON, "a baseline's build record", limit=MANIFEST_LIMIT)
     if not isinstance(data.get("build"), dict):
         raise QabiError(f"{path / BUILD_JSON}: not a baseline's build record (no 'build' object)")
     return dict(data["build"])
@@ -76,10 +84,9 @@ def record(capture_dir: Path, out_root: Path) -> Path:
     m = cap.manifest
     build_dir = out_root / build_label(m["build"])
     dest = build_dir / m["machine"]["resolved"] / m["profile"]["name"]
-    dest.mkdir(parents=True, exist_ok=True)
-    (dest / MANIFEST).write_text(json.dumps(m, indent=2, sort_keys=True) + "\n")
-    (dest / RAW_TAR).write_bytes(_tar_bytes(cap.raw))
-    (build_dir / BUILD_JSON).write_text(json.dumps({"build": m["build"]}, indent=2, sort_keys=True) + "\n")
+    write_json(dest / MANIFEST, m)
+    atomic_write_bytes(dest / RAW_TAR, _tar_bytes(cap.raw), what="baseline archive")
+    write_json(build_dir / BUILD_JSON, {"build": m["build"]})
     return dest
 
 

@@ -1,4 +1,5 @@
-"""The cache under $XDG_CACHE_HOME/qabi: safe for concurrent runs (file locks, atomic renames)."""
+"""The cache under $XDG_CACHE_HOME/qabi: safe for concurrent runs (file locks, atomic renames); and the
+one file writer and the one input reader every output and input goes through."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
-from collections.abc import Iterator
+import tomllib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,21 +118,30 @@ def atomic_write_bytes(path: Path, data: bytes | str, mode: int = 0o644, what: s
     """Write `data` to `path` through a temporary sibling renamed onto it: readers see the old file or
     the whole new one, never a part. The file is created 0600 and set to `mode` before the rename, so
     a private file (mode 0o600) is never readable by others, even for a moment. The project's one
-    atomic file write. A failure (a directory in the way, a full or read-only disk) is a QabiError
-    naming `path` (and `what` it is), and leaves nothing behind."""
+    file write, and the one place that decides what an output path may be (`output_target`):
+    `-` is standard output; a character device or FIFO is written through, never replaced; a
+    symlink is followed to the regular file it names (the rename happens in that file's directory)
+    or refused; a directory, block device or socket is refused. A failure (a full or read-only
+    disk) is a QabiError naming `path` (and `what` it is), and leaves nothing behind."""
     name = f"{what} {path}" if what else str(path)
-    if path.is_dir():
-        raise QabiError(f"{name} is a directory; give a file name")
+    payload = data.encode() if isinstance(data, str) else data
+    if str(path) == STDOUT:
+        _write_stdout(payload, name)
+        return
+    target, through = output_target(Path(path), name)
+    if through:
+        _write_through(target, payload, name)
+        return
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     except OSError as exc:
         raise QabiError(f"cannot write {name}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data.encode() if isinstance(data, str) else data)
+            handle.write(payload)
         os.chmod(tmp, mode)
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -138,22 +150,166 @@ def atomic_write_bytes(path: Path, data: bytes | str, mode: int = 0o644, what: s
         raise
 
 
+STDOUT = "-"
+FIFO_READER_WAIT = 10.0     # seconds an output FIFO may go without a reader before the write is refused
+
+
+def output_target(path: Path, name: str) -> tuple[Path, bool]:
+    """Where a write to `path` goes, and whether it is written through (a character device or a FIFO:
+    opened and written, never renamed onto) rather than replaced atomically (a regular file, or a
+    new one). A symlink is followed: to a regular file (its resolved path, so that the rename
+    replaces that file, not the link), a device or FIFO (written through), or nothing yet (the file
+    it names is created, if that file's directory exists). A loop, a directory, a block device or a
+    socket is refused."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if not os.path.islink(path):
+            return path, False
+        resolved = Path(os.path.realpath(path))
+        if not resolved.parent.is_dir():
+            raise QabiError(f"{name} is a symlink to {resolved}, in no existing directory; "
+                            "give a file name") from None
+        return resolved, False
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise QabiError(f"{name} is a symlink loop; give a file name") from None
+        raise QabiError(f"cannot write {name}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise QabiError(f"{name} is a directory; give a file name")
+    if stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode):
+        return path, True
+    if not stat.S_ISREG(st.st_mode):
+        raise QabiError(f"{name} is a {file_kind(st.st_mode)}; refusing to write to it (give a file name)")
+    return (Path(os.path.realpath(path)) if os.path.islink(path) else path), False
+
+
+def file_kind(mode: int) -> str:
+    """What a stat mode is, in words (for messages)."""
+    for test, kind in ((stat.S_ISREG, "regular file"), (stat.S_ISDIR, "directory"), (stat.S_ISLNK, "symlink"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                       (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return kind
+    return "special file"
+
+
+def _write_stdout(payload: bytes, name: str) -> None:
+    import sys
+
+    try:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(payload)
+        sys.stdout.buffer.flush()
+    except OSError as exc:
+        raise QabiError(f"cannot write {name} to standard output: {exc.strerror or exc}") from None
+
+
+def _write_through(path: Path, payload: bytes, name: str) -> None:
+    """Write into a character device or FIFO without creating, truncating or replacing anything; a FIFO
+    that finds no reader within FIFO_READER_WAIT seconds is refused."""
+    deadline = time.monotonic() + FIFO_READER_WAIT
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+            break
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:      # ENXIO: a FIFO with no reader yet
+                raise QabiError(f"cannot write {name}: {exc.strerror or exc}") from None
+            if time.monotonic() >= deadline:
+                raise QabiError(f"{name} is a FIFO that nobody reads; refusing to wait for a reader") from None
+            time.sleep(0.05)
+    try:
+        st = os.fstat(fd)
+        if not (stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
+            raise QabiError(f"{name} changed into a {file_kind(st.st_mode)} while it was opened; not written")
+        os.set_blocking(fd, True)
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError as exc:
+        raise QabiError(f"cannot write {name}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+
+
+def same_file(a: Path | str, b: Path | str) -> bool:
+    """`a` and `b` are the same file (one inode, whatever the path), or would be (same resolved path)."""
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def refuse_inputs(output: Path | str, inputs: Iterable[Path | str], what: str) -> None:
+    """A QabiError when `output` is one of `inputs`: qabi never writes over what it reads."""
+    for source in inputs:
+        if same_file(output, source):
+            raise QabiError(f"{what} {output} is the input {source}; refusing to overwrite it (give another path)")
+
+
 def write_json(path: Path, data: object, mode: int = 0o644) -> None:
     """`data` as sorted, indented JSON, written atomically."""
     atomic_write_bytes(path, json.dumps(data, indent=2, sort_keys=True) + "\n", mode)
 
 
-def read_json(path: Path, what: str, kind: type = dict) -> Any:
-    """A JSON file that must hold a `kind` (dict by default): a missing, unreadable, invalid, too
-    deeply nested or wrongly shaped file is a QabiError naming it and `what` it should be."""
+# -- readers: every input file is a regular file, bounded in bytes (a per-kind maximum) -------------
+JSON_LIMIT = 64 << 20        # reports, fingerprints
+MANIFEST_LIMIT = 16 << 20    # capture manifests, build records
+TOML_LIMIT = 4 << 20         # profiles, waivers, config, pyproject.toml
+TEXT_LIMIT = 1 << 20         # key files and other small text inputs
+NULL_DEVICE = os.makedev(1, 3)   # /dev/null, read as an empty file
+
+
+def read_input(path: Path, what: str, limit: int) -> bytes:
+    """The bytes of the input file `path`, at most `limit` of them. Opened without blocking and checked
+    on the opened descriptor, so a FIFO, a device (`/dev/zero`), a link to one or a directory is
+    refused at once, never read (a FIFO with no writer never hangs); a file over `limit` is refused.
+    /dev/null reads as an empty file.
+    The project's one input opener: read_json, read_text and read_toml go through it."""
     try:
-        text = path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise QabiError(f"{path}: no such file ({what})") from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise QabiError(f"{path}: a symlink loop, not {what}") from None
         raise QabiError(f"cannot read {path} ({what}): {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as handle:
+        st = os.fstat(fd)
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == NULL_DEVICE:
+            return b""      # /dev/null: the usual way to say "an empty file" (`--waivers /dev/null`)
+        if not stat.S_ISREG(st.st_mode):
+            raise QabiError(f"{path}: not {what} (a {file_kind(st.st_mode)}, not a regular file)")
+        if st.st_size > limit:
+            raise QabiError(f"{path}: not {what} (over {_size(limit)})")
+        try:
+            data = handle.read(limit + 1)
+        except OSError as exc:
+            raise QabiError(f"cannot read {path} ({what}): {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise QabiError(f"{path}: not {what} (over {_size(limit)})")
+    return data
+
+
+def _size(limit: int) -> str:
+    return f"{limit >> 20} MiB" if limit >= 1 << 20 else f"{limit} bytes"
+
+
+def read_text(path: Path, what: str, limit: int = TEXT_LIMIT) -> str:
+    """An input file as UTF-8 text (`read_input`'s rules)."""
+    try:
+        return read_input(path, what, limit).decode("utf-8")
     except UnicodeDecodeError:
         raise QabiError(f"{path}: not {what} (not UTF-8 text)") from None
+
+
+def read_json(path: Path, what: str, kind: type = dict, limit: int = JSON_LIMIT) -> Any:
+    """A JSON file that must hold a `kind` (dict by default): a missing, unreadable, non-regular,
+    oversized, invalid, too deeply nested or wrongly shaped file is a QabiError naming it and `what`
+    it should be."""
+    text = read_text(path, what, limit)
     try:
         data = json.loads(text)
     except RecursionError:
@@ -166,9 +322,35 @@ def read_json(path: Path, what: str, kind: type = dict) -> Any:
     return data
 
 
+_TOML_AT = re.compile(r"\s*\(at line (\d+), column (\d+)\)")
+
+
+def parse_toml(text: str, source: str, what: str = "TOML", error: type[QabiError] = QabiError) -> dict[str, Any]:
+    """TOML text as a dict; malformed or too deeply nested text is an `error` naming `source`, the
+    line when known, and `what` it should be (the project's one TOML parser)."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        found = _TOML_AT.search(str(exc))
+        where = f"{source}:{found.group(1)}" if found else source
+        raise error(f"{where}: malformed {what}: {_TOML_AT.sub('', str(exc)).strip()}") from None
+    except RecursionError:
+        raise error(f"{source}: malformed {what}: nested too deeply") from None
+
+
+def read_toml(path: Path, what: str, limit: int = TOML_LIMIT) -> dict[str, Any]:
+    """A TOML input file (`read_input`'s rules, then `parse_toml`)."""
+    return parse_toml(read_text(path, what, limit), str(path), what)
+
+
 def sha256_file(path: Path) -> str:
+    """The sha256 of a regular file (a device, FIFO or link to one is refused, never read)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise QabiError(f"{path}: a {file_kind(st.st_mode)}, not a regular file")
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

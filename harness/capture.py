@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import __version__
-from harness.cache import atomic_write_bytes, read_json, sha256_file, sweep_stale
+from harness.cache import MANIFEST_LIMIT, atomic_write_bytes, read_json, sha256_file, sweep_stale
 from harness.errors import CaptureError, QabiError, UnsupportedError
 from harness.guest.profile import GuestProfile, check_supported, machine_family
 from harness.guest.user_image import GuestImage, open_guest_image
@@ -146,8 +146,8 @@ def resolve_machine(build: QemuBuild, machine: str) -> str:
 
 def is_complete(path: Path) -> bool:
     try:
-        return bool(json.loads((path / MANIFEST).read_text()).get("complete"))
-    except (OSError, ValueError):
+        return bool(read_json(path / MANIFEST, "a capture manifest", limit=MANIFEST_LIMIT).get("complete"))
+    except QabiError:
         return False
 
 
@@ -156,7 +156,7 @@ def load_capture(path: Path, verify: bool = True) -> Capture:
     if not (path / MANIFEST).is_file():
         raise CaptureError(f"{path}: not a capture (no {MANIFEST})")
     try:
-        manifest = read_json(path / MANIFEST, "a capture manifest")
+        manifest = read_json(path / MANIFEST, "a capture manifest", limit=MANIFEST_LIMIT)
     except QabiError as exc:
         raise CaptureError(str(exc)) from None
     if manifest.get("complete") is not True:
@@ -328,7 +328,7 @@ def _fail(staging: Path, out: Path, exc: BaseException) -> None:
     at `out`, marked FAILED with qabi's signature (so a later capture may replace it), no manifest.
     Best effort: on a full or read-only disk the marker may be missing, never the original error."""
     shutil.rmtree(staging, ignore_errors=True)
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError, QabiError):
         out.mkdir(parents=True, exist_ok=True)
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:2000]
-        (out / FAILED).write_text(f"{FAILED_SIGNATURE}\n{reason}\n")
+        atomic_write_bytes(out / FAILED, f"{FAILED_SIGNATURE}\n{reason}\n")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
 from dataclasses import replace
@@ -137,8 +139,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
     old_fp: dict[str, Any] | None = None
     new_fp: dict[str, Any] | None = None
+    waivers_path = args.waivers or (DEFAULT_WAIVERS if DEFAULT_WAIVERS.is_file() else None)
+    _refuse_inputs(args.json, (args.old, args.new, waivers_path))
     try:
-        waivers_path = args.waivers or (DEFAULT_WAIVERS if DEFAULT_WAIVERS.is_file() else None)
         waivers = load_waivers(waivers_path) if waivers_path else None
         old_fp = load_fingerprint(args.old)
         new_fp = load_fingerprint(args.new)
@@ -158,17 +161,21 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_fingerprint(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from harness.cache import STDOUT, atomic_write_bytes
     from harness.fingerprint.decode import fingerprint_capture
 
     data = fingerprint_capture(Path(args.capture))
-    text = json.dumps(data, indent=1, sort_keys=True) + "\n"
-    if args.output and args.output != "-":
-        from harness.cache import atomic_write_bytes
-
-        atomic_write_bytes(Path(args.output), text.encode())
-    else:
-        sys.stdout.write(text)
+    atomic_write_bytes(Path(args.output or STDOUT), json.dumps(data, indent=1, sort_keys=True) + "\n",
+                       what="fingerprint")
     return 0
+
+
+def _refuse_inputs(output: str | None, inputs: Any) -> None:
+    """An output option (--json, -o) that names one of the command's input files is refused."""
+    from harness.cache import STDOUT, refuse_inputs
+
+    if output and output != STDOUT:
+        refuse_inputs(output, [i for i in inputs if i], "output")
 
 
 def cmd_record(args: argparse.Namespace) -> int:
@@ -242,6 +249,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     from harness.matrix.shard import parse_shard
     from harness.report import render_text, write_json
 
+    _refuse_inputs(args.json, (args.waivers,))
+    if args.report:   # refused before any run, not after
+        from harness.report.html import REPORT_FILES
+        from harness.report.jsonreport import report_folder
+
+        report_folder(args.report, REPORT_FILES, (args.waivers,) if args.waivers else (), create=False)
     request = RunRequest(args.old, args.new, tuple(args.machine or ()), tuple(args.guest or ()), args.accel,
                          args.timeout, _access(args), args.waivers, args.fail_on, not args.no_reuse,
                          args.firmware_from, args.jobs, parse_shard(args.shard), _migrate_option(args.migrate))
@@ -287,17 +300,20 @@ def cmd_report(args: argparse.Namespace) -> int:
 
         if not args.output:
             raise QabiError("--merge needs -o DIR (where the merged report goes)")
+        from harness.report.html import REPORT_FILES
+        from harness.report.jsonreport import report_folder
+
+        report_folder(args.output, REPORT_FILES, args.report, create=False)   # never over an input shard
         runset = merge_reports(args.report)
         sys.stdout.write(render_text(runset))
-        _json_path, html_path = write_reports(runset, Path(args.output))
+        _json_path, html_path = write_reports(runset, Path(args.output), inputs=args.report)
         print(f"HTML report: {html_path}")
         return int(runset.exit_code)
     if len(args.report) != 1:
         raise QabiError("qabi report takes one JSON report (several only with --merge)")
     source = Path(args.report[0])
     target = Path(args.output) if args.output else source.with_suffix(".html")
-    if target.resolve() == source.resolve():
-        raise QabiError(f"{target}: the HTML report would overwrite its own JSON input")
+    _refuse_inputs(str(target), (source,))
     written = write_html(load_report(source), target)
     print(f"{written}: HTML report from {source}")
     return 0
@@ -493,6 +509,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     install_signal_handlers()
     try:
+        try:
+            return _run(args)
+        finally:
+            kill_all()
+    except (Terminated, KeyboardInterrupt) as exc:
+        # the one signal arrived while an error line was printed or QEMU was being killed (later ones
+        # are ignored): still one line and exit 2, never a traceback
+        kill_all()
+        return 2 if _PRINTED else _error("interrupted" if isinstance(exc, KeyboardInterrupt) else f"stopped by {exc}")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from harness.qemu.process import Terminated
+
+    try:
         return int(args.func(args))
     except QabiError as exc:
         return _error(str(exc), exc.exit_code)
@@ -508,16 +539,28 @@ def main(argv: list[str] | None = None) -> int:
         return _error("input nested too deeply")
     except (ValueError, UnicodeError, MemoryError) as exc:
         return _error(f"{type(exc).__name__}: {exc}")
-    finally:
-        kill_all()
+
+
+_PRINTED: list[str] = []   # the error lines written
 
 
 def _error(message: str, code: int = 2) -> int:
-    """One line on stderr, control characters escaped (guest text can be in it)."""
+    """One line on stderr, control characters escaped (guest text can be in it), written whole: a
+    signal that arrives meanwhile is held until the line is out (and then ends the run quietly)."""
+    from harness.qemu.process import signals_held
     from harness.report.text import escape_controls
 
     first = " ".join(message.split("\n")) if message else "unknown error"
-    print(f"qabi: error: {escape_controls(first, keep='')}", file=sys.stderr)
+    line = f"qabi: error: {escape_controls(first, keep='')}\n"
+    with signals_held():
+        try:
+            sys.stderr.flush()
+            os.write(sys.stderr.fileno(), line.encode("utf-8", "backslashreplace"))
+        except (OSError, ValueError):   # no file descriptor (a captured stream): through the stream
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.write(line)
+                sys.stderr.flush()
+        _PRINTED.append(line)
     return code
 
 

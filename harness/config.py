@@ -10,24 +10,15 @@ When no mirror is configured, the first Debian archive found in the host's apt s
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Any
 
-from harness.errors import QabiError
+from harness.cache import read_toml
 
 
 def _config_files() -> list[Path]:
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     return [Path(base) / "qabi" / "config.toml"]
-
-
-def _load_toml(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as handle:
-            return tomllib.load(handle)
-    except tomllib.TOMLDecodeError as exc:
-        raise QabiError(f"{path}: malformed TOML: {exc}") from None
 
 
 def pyproject_settings(start: Path | None = None) -> dict[str, Any]:
@@ -36,7 +27,7 @@ def pyproject_settings(start: Path | None = None) -> dict[str, Any]:
     for folder in [here, *here.parents]:
         candidate = folder / "pyproject.toml"
         if candidate.is_file():
-            table = _load_toml(candidate).get("tool", {}).get("qabi", {})
+            table = read_toml(candidate, "a pyproject.toml").get("tool", {}).get("qabi", {})
             return dict(table) if isinstance(table, dict) else {}
     return {}
 
@@ -46,8 +37,8 @@ def setting(key: str, default: str | None = None) -> str | None:
     if os.environ.get(env):
         return os.environ[env]
     for path in _config_files():
-        if path.is_file():
-            value = _load_toml(path).get(key)
+        if path.exists() or path.is_symlink():   # there but not a regular file: refused, not skipped
+            value = read_toml(path, "a qabi config file").get(key)
             if value is not None:
                 return str(value)
     value = pyproject_settings().get(key)

@@ -806,3 +806,329 @@ def test_readme_documents_the_allow_list_exactly():
     assert block.strip() == drivers_markdown().strip()
     refusals = text.split("## What qabi refuses, and how it fails", 1)[1].split("\n## ", 1)[0]
     assert "usb-host" in refusals and "vfio-pci" in refusals and "not on the allow-list" in refusals
+
+
+# --- writers and readers (issue 19 class 4) ---
+# Every output option goes through the one writer (harness/cache.py `atomic_write_bytes`): a symlink is
+# followed to the file it names (or refused), a device or FIFO is written through, never replaced, a
+# directory is refused; report folders are new, empty or qabi's own and never an input. Every input
+# goes through the one reader (`read_input`): regular files only, bounded, never a hang.
+import stat as _stat
+
+from harness.drift.model import Comparison
+from harness.report import Run as _Run
+from harness.report import RunSet as _RunSet
+from harness.report import ShardInfo as _ShardInfo
+from harness.report.html import write_reports as _write_reports
+from harness.report.jsonreport import REPORT_MARKER
+
+_SIDE = {"spec": "debian:trixie", "sha256": "ab" * 32, "version": "10.0.13"}
+_PLANNED = (("pc-i440fx-7.2", "minimal"), ("pc-q35-7.2", "minimal"))
+_FW_CHECK = ("check", "--old", "system", "--new", "system", "--machine", "pc-q35-5.2", "--guest", "minimal",
+             "--transport", "firmware", "--waivers", "/dev/null", "--timeout", "60")
+
+
+@pytest.fixture(scope="module")
+def io_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Inputs that need no capture: a fingerprint of the committed capture, a diff report of it, and
+    two shard reports of one check (written by the one report writer)."""
+    root = tmp_path_factory.mktemp("io")
+    fp = root / "fp.json"
+    assert run_qabi("fingerprint", str(CAPTURE), "-o", str(fp)).returncode == 0
+    report = root / "diff.json"
+    assert run_qabi("diff", str(fp), str(fp), "--waivers", "/dev/null", "--json", str(report)).returncode == 0
+    shards = []
+    for i, case in enumerate(_PLANNED, 1):
+        runset = _RunSet((_Run(*case, _SIDE, _SIDE, comparison=Comparison(())),),
+                         shard=_ShardInfo(i, 2, _PLANNED))
+        shards.append(_write_reports(runset, root / f"shard{i}")[0])
+    return {"fp": fp, "report": report, "shard1": shards[0], "shard2": shards[1], "empty": root / "empty-cache"}
+
+
+# file outputs: argv with T for the target, exit statuses that mean "written", the output's first bytes
+FILE_WRITERS = {
+    "diff --json": (lambda i: ("diff", str(i["fp"]), str(i["fp"]), "--waivers", "/dev/null", "--json", "T"), {0}, b"{"),
+    "fingerprint -o": (lambda i: ("fingerprint", str(CAPTURE), "-o", "T"), {0}, b"{"),
+    "report -o": (lambda i: ("report", str(i["report"]), "-o", "T"), {0}, b"<!"),
+    "cache export": (lambda i: ("cache", "export", "T"), {0}, b""),
+    "check --json": (lambda i: (*_FW_CHECK, "--json", "T"), {0, 1}, b"{"),
+}
+# folder outputs
+DIR_WRITERS = {
+    "check --report": lambda i: (*_FW_CHECK, "--report", "T"),
+    "matrix -o": lambda i: ("matrix", "system", "system", "--machine", "pc-q35-5.2", "--guest", "minimal",
+                            "--transport", "firmware", "--waivers", "/dev/null", "-o", "T"),
+    "report --merge -o": lambda i: ("report", "--merge", str(i["shard1"]), str(i["shard2"]), "-o", "T"),
+}
+
+
+def _qabi_io(argv: tuple[str, ...], target: Path | str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    cache = tmp_path / "private-cache"   # cache export reads the cache: a private, empty one
+    env = {"XDG_CACHE_HOME": str(cache)} if argv[:2] == ("cache", "export") else None
+    return run_qabi(*(str(target) if a == "T" else a for a in argv), env=env, timeout=300)
+
+
+def _char_device(tmp_path: Path) -> Path:
+    """A character device node of our own (the null device's numbers), so that a regression replaces
+    this node, never the system's /dev/null."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (mknod)")
+    node = tmp_path / "null"
+    os.mknod(node, 0o666 | _stat.S_IFCHR, os.makedev(1, 3))
+    return node
+
+
+def _fifo_reader(path: Path) -> tuple[threading.Thread, list[bytes]]:
+    got: list[bytes] = []
+
+    def read() -> None:
+        with open(path, "rb") as handle:
+            got.append(handle.read())
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread, got
+
+
+@pytest.mark.parametrize("writer", sorted(FILE_WRITERS))
+@pytest.mark.parametrize("kind", ["symlink to a file", "dangling symlink", "dangling into nowhere", "symlink loop",
+                                  "FIFO", "character device", "directory", "user's file"])
+def test_every_file_writer_obeys_the_output_rule(tmp_path, io_inputs, writer, kind):
+    argv_of, ok, head = FILE_WRITERS[writer]
+    argv = argv_of(io_inputs)
+    real, out = tmp_path / "real.out", tmp_path / "out"
+    if kind == "symlink to a file":
+        real.write_bytes(b"old")
+        out.symlink_to(real)
+    elif kind == "dangling symlink":
+        out.symlink_to(real)
+    elif kind == "dangling into nowhere":
+        out.symlink_to(tmp_path / "no" / "such" / "dir" / "x")
+    elif kind == "symlink loop":
+        out.symlink_to(tmp_path / "loop")
+        (tmp_path / "loop").symlink_to(out)
+    elif kind == "FIFO":
+        os.mkfifo(out)
+        reader, got = _fifo_reader(out)
+    elif kind == "character device":
+        out = _char_device(tmp_path)
+    elif kind == "directory":
+        out.mkdir()
+        (out / "keep").write_text("mine")
+    else:
+        out.write_bytes(b"old")
+    done = _qabi_io(argv, out, tmp_path)
+    if kind in ("dangling into nowhere", "symlink loop", "directory"):
+        _one_line_exit_2(done)
+        assert out.is_symlink() or (out / "keep").read_text() == "mine"
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []   # no temp file left
+        return
+    assert done.returncode in ok, (done.returncode, done.stderr)
+    assert "Traceback" not in done.stderr
+    if kind in ("symlink to a file", "dangling symlink"):
+        assert out.is_symlink() and os.readlink(out) == str(real)       # the link kept, the file it names written
+        written = real.read_bytes()
+    elif kind == "FIFO":
+        reader.join(30)
+        assert _stat.S_ISFIFO(os.lstat(out).st_mode) and got, "the FIFO was replaced or never written"
+        written = got[0]
+    elif kind == "character device":
+        assert _stat.S_ISCHR(os.lstat(out).st_mode), "the device node was replaced"
+        return
+    else:
+        assert _stat.S_ISREG(os.lstat(out).st_mode)
+        written = out.read_bytes()
+    assert written != b"old" and written.startswith(head) and len(written) > 100
+
+
+@pytest.mark.parametrize("writer", sorted(FILE_WRITERS))
+def test_dash_is_standard_output(tmp_path, io_inputs, writer):
+    argv_of, ok, head = FILE_WRITERS[writer]
+    argv = argv_of(io_inputs)
+    done = subprocess.run([sys.executable, "-m", "harness.cli", *(a if a != "T" else "-" for a in argv)],
+                          capture_output=True, timeout=300, cwd=tmp_path, check=False,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "XDG_CACHE_HOME": str(tmp_path / "c")}
+                          if writer == "cache export" else {**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode in ok, done.stderr[-2000:]
+    assert not (tmp_path / "-").exists()
+    assert head in done.stdout
+
+
+@pytest.mark.parametrize("writer", sorted(DIR_WRITERS))
+@pytest.mark.parametrize("kind", ["symlink to a file", "dangling symlink", "FIFO", "character device",
+                                  "user's directory", "user's file", "a named file is a link"])
+def test_every_report_folder_writer_refuses_what_is_not_its_own(tmp_path, io_inputs, writer, kind):
+    out = tmp_path / "out"
+    victim = tmp_path / "victim"
+    victim.write_text("mine")
+    if kind == "symlink to a file":
+        out.symlink_to(victim)
+    elif kind == "dangling symlink":
+        out.symlink_to(tmp_path / "nowhere")
+    elif kind == "FIFO":
+        os.mkfifo(out)
+    elif kind == "character device":
+        out = _char_device(tmp_path)
+    elif kind == "user's directory":
+        out.mkdir()
+        (out / "index.html").write_text("mine")
+        victim = out / "index.html"
+    elif kind == "user's file":
+        out = victim
+    else:   # a folder qabi made, whose index.html someone turned into a link to their file
+        from harness.report.jsonreport import MARKER_TEXT
+
+        out.mkdir()
+        (out / REPORT_MARKER).write_text(MARKER_TEXT)
+        (out / "index.html").symlink_to(victim)
+    kind_before = os.lstat(out).st_mode
+    _one_line_exit_2(_qabi_io(DIR_WRITERS[writer](io_inputs), out, tmp_path))
+    assert victim.read_text() == "mine" and os.lstat(out).st_mode == kind_before
+
+
+def test_report_folders_are_new_empty_or_qabis_own_and_never_an_input(tmp_path, io_inputs):
+    shards = (str(io_inputs["shard1"]), str(io_inputs["shard2"]))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for target in (tmp_path / "new" / "deeper", empty, empty):   # new, empty, then qabi's own again
+        done = run_qabi("report", "--merge", *shards, "-o", str(target))
+        assert done.returncode == 0, done.stderr
+        assert (target / REPORT_MARKER).is_file() and json.loads((target / "qabi.json").read_text())["runs"]
+    before = io_inputs["shard1"].read_bytes()
+    # the output folder is one input's folder: refused by inode, not by spelling
+    (tmp_path / "alias").symlink_to(io_inputs["shard1"].parent)
+    for out in (io_inputs["shard1"].parent, tmp_path / "alias"):
+        line = _one_line_exit_2(run_qabi("report", "--merge", *shards, "-o", str(out)))
+        assert "is the input" in line
+    assert io_inputs["shard1"].read_bytes() == before
+    # the HTML of a report written over its own JSON input, through a hard link
+    os.link(io_inputs["report"], tmp_path / "hard.json")
+    assert "is the input" in _one_line_exit_2(run_qabi("report", str(io_inputs["report"]), "-o",
+                                                         str(tmp_path / "hard.json")))
+
+
+# -- readers: every input against what is not a regular file, too big or too deep ------------------
+READERS = {
+    "merge input": lambda i, x, t: ("report", "--merge", str(x), str(i["shard2"]), "-o", str(t / "m")),
+    "waiver file": lambda i, x, t: ("diff", str(i["fp"]), str(i["fp"]), "--waivers", str(x)),
+    "profile": lambda i, x, t: ("check", "--old", "system", "--new", "system", "--guest", str(x),
+                                "--transport", "firmware"),
+    "config": lambda i, x, t: ("check", "--old", "system", "--new", "system", "--guest", "minimal",
+                               "--machine", "pc-q35-5.2", "--transport", "firmware"),
+    "report": lambda i, x, t: ("report", str(x), "-o", str(t / "r.html")),
+    "fingerprint": lambda i, x, t: ("diff", str(x), str(i["fp"]), "--waivers", "/dev/null"),
+}
+_TOML = {"waiver file", "profile", "config"}
+
+
+def _bad_input(tmp_path: Path, reader: str, kind: str) -> Path:
+    path = tmp_path / ("qabi" if reader == "config" else "in") / ("config.toml" if reader == "config" else
+                                                                  "x.toml" if reader in _TOML else "x.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "/dev/zero":
+        if reader == "config" or reader == "profile":   # a fixed name: a link is the way to give /dev/zero
+            path.symlink_to("/dev/zero")
+            return path
+        return Path("/dev/zero")
+    if kind == "symlink to /dev/zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "FIFO with no writer":
+        os.mkfifo(path)
+    elif kind == "oversized":
+        from harness.cache import JSON_LIMIT, TOML_LIMIT
+
+        with open(path, "wb") as handle:     # sparse: over the bound without using the disk
+            handle.truncate((TOML_LIMIT if reader in _TOML else JSON_LIMIT) + 1)
+    else:   # deeply nested
+        path.write_text("a = " + "[" * 50_000 + "]" * 50_000 + "\n" if reader in _TOML
+                        else "[" * 200_000 + "]" * 200_000)
+    return path
+
+
+@pytest.mark.parametrize("reader", sorted(READERS))
+@pytest.mark.parametrize("kind", ["/dev/zero", "symlink to /dev/zero", "FIFO with no writer", "oversized",
+                                  "deeply nested"])
+def test_every_reader_refuses_what_is_not_a_bounded_regular_file(tmp_path, io_inputs, reader, kind):
+    bad = _bad_input(tmp_path, reader, kind)
+    env = {"XDG_CONFIG_HOME": str(tmp_path)} if reader == "config" else None
+    argv = READERS[reader](io_inputs, bad, tmp_path)
+    try:
+        done = run_qabi(*argv, env=env, timeout=60)   # a hang is a failure, not a wait
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{reader} on {kind} hung")
+    line = _one_line_exit_2(done)
+    expected = {"/dev/zero": "not a regular file", "symlink to /dev/zero": "not a regular file",
+                "FIFO with no writer": "not a regular file", "oversized": "over ",
+                "deeply nested": "nested too deeply"}[kind]
+    assert expected in line, line
+
+
+# -- waivers: a catch-all by what it matches; globs that cannot blow up -------------------------------
+@pytest.mark.parametrize("subject", ["*", "**", "{*}", "{,*}", "?*", "{*,x}", "{{*}}", "{p,a,c,s,e,m,v}*", "*{,}"])
+def test_a_catch_all_is_decided_by_what_the_glob_matches(subject):
+    from harness.drift.waivers import parse_waivers
+    from harness.errors import QabiError
+
+    text = f'[[waiver]]\ncategory = "{{pci,cpuid,acpi,smbios,e820,migration,vmstate,props}}"\nsubject = "{subject}"\n' \
+           'path = "{*}"\nreason = "r"\n'
+    with pytest.raises(QabiError, match="matches every drift"):
+        parse_waivers(text)
+    assert len(parse_waivers(text + 'scope = "all"\n')) == 1
+    assert len(parse_waivers(text.replace('path = "{*}"', 'path = "revision"'))) == 1   # narrowed: not a catch-all
+
+
+@pytest.mark.parametrize("glob", ["{a," * 40 + "b" + "}" * 40, "{a,b}" * 300, "x" * 5000],
+                         ids=["nested", "repeated", "long"])
+def test_oversized_or_deeply_nested_brace_globs_are_one_line(tmp_path, io_inputs, glob):
+    waivers = tmp_path / "w.toml"
+    waivers.write_text(f'[[waiver]]\ncategory = "pci"\nsubject = "{glob}"\nreason = "r"\n')
+    started = time.monotonic()
+    line = _one_line_exit_2(run_qabi("diff", str(io_inputs["fp"]), str(io_inputs["fp"]), "--waivers", str(waivers),
+                                     timeout=60))
+    assert "glob" in line and time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("glob,text", [("*a" * 12 + "b", "a" * 5000), ("{a,a}" * 100 + "b", "a" * 100 + "c"),
+                                       ("{*,*}" * 8 + "b", "a" * 5000)])
+def test_glob_matching_is_linear_not_backtracking(glob, text):
+    from harness.drift.glob import glob_match
+
+    started = time.monotonic()
+    assert not glob_match(glob, text) and glob_match(glob, text[:-1] + "b")
+    assert time.monotonic() - started < 2.0
+
+
+# -- a signal while the error line is written ------------------------------------------------------
+_SIGNAL_MID_LINE = """
+import os, sys
+from harness import cli
+real_write = os.write
+def write(fd, data):    # the signal arrives while the error line is being written
+    os.kill(os.getpid(), int(sys.argv[1]))
+    return real_write(fd, data)
+cli.os.write = write
+sys.exit(cli.main(["report", "/nonexistent.json"]))
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_signal_during_the_error_line_is_still_one_line_and_exit_2(sig):
+    """The error line is written with signals held: a signal arriving while it is printed ends the
+    run after that one line, exit 2, never a traceback."""
+    done = subprocess.run([sys.executable, "-c", _SIGNAL_MID_LINE, str(int(sig))], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, check=False)
+    line = _one_line_exit_2(done)
+    assert done.stderr.count("\n") == 1 and "nonexistent.json" in line, done.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_qemu_is_killed_after_an_error_is_one_line(sig):
+    """The one signal lands in the cleanup after the error line (kill_all): still one line, exit 2."""
+    script = _SIGNAL_MID_LINE.replace("cli.os.write = write", "import harness.qemu.process as p\n"
+                                      "real_kill, sent = p.kill_all, []\n"
+                                      "p.kill_all = lambda: (sent or (sent.append(1), os.kill(os.getpid(), "
+                                      "int(sys.argv[1]))), real_kill())")
+    done = subprocess.run([sys.executable, "-c", script, str(int(sig))], cwd=REPO, capture_output=True, text=True,
+                          timeout=60, check=False)
+    _one_line_exit_2(done)
+    assert done.stderr.count("\n") == 1, done.stderr

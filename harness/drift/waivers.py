@@ -7,8 +7,8 @@
     old      = "0x0"                                  # optional: exact value, compared as strings
     new      = "0x1"                                  # optional
     reason   = "virtio-rng gained MSI-X in 7.2.0; accepted for our fleet"   # required
-    scope    = "all"                                  # required only by a catch-all waiver (every
-                                                      # glob '*', no old/new): it waives everything
+    scope    = "all"                                  # required only by a catch-all waiver (globs that
+                                                      # match anything, no old/new): it waives everything
 
 Glob syntax: `*` any run of characters, `?` one character, `{a,b}` alternatives, everything
 else (square brackets included) literal; unbalanced braces are refused. Waived drifts stay in the comparison with
@@ -18,13 +18,13 @@ else (square brackets included) literal; unbalanced braces are refused. Waived d
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.cache import TOML_LIMIT, parse_toml, read_text
 from harness.categories import names
-from harness.drift.glob import glob_match, glob_problem, matches_everything
+from harness.drift.glob import PATH_PROBES, SUBJECT_PROBES, glob_match, glob_problem, matches_everything
 from harness.drift.model import Drift, Waiver, value_text
 from harness.errors import QabiError
 
@@ -33,7 +33,6 @@ DEFAULT_WAIVERS = Path("fingerprints") / "waivers.toml"
 _KEYS = {"category", "subject", "path", "old", "new", "reason", "scope"}
 _REQUIRED = ("category", "subject", "reason")
 _TABLE_HEADER = re.compile(r"^\s*\[\[\s*waiver\s*\]\]")
-_TOML_LINE = re.compile(r"\(at line (\d+), column (\d+)\)")
 
 
 @dataclass(frozen=True)
@@ -69,14 +68,7 @@ def _waiver_lines(text: str) -> list[int]:
 
 def parse_waivers(text: str, source: str = "<waivers>") -> Waivers:
     """Waivers from TOML text; QabiError naming `source` and the line on any problem."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        found = _TOML_LINE.search(str(exc))
-        line = getattr(exc, "lineno", None) or (int(found.group(1)) if found else None)
-        message = _TOML_LINE.sub("", str(exc)).strip()
-        where = f"{source}:{line}" if line else source
-        raise QabiError(f"{where}: malformed waivers file: {message}") from None
+    data = parse_toml(text, source, "waivers file")
     unknown_top = sorted(set(data) - {"waiver"})
     if unknown_top:
         raise QabiError(f"{source}: unknown top-level key {unknown_top[0]!r} (expected [[waiver]] entries)")
@@ -106,11 +98,12 @@ def parse_waivers(text: str, source: str = "<waivers>") -> Waivers:
         scope = entry.get("scope")
         if scope is not None and scope != "all":
             raise QabiError(f"{where}: scope must be \"all\" (or left out), not {scope!r}")
-        catch_all = (all(matches_everything(entry.get(k, "*")) for k in ("category", "subject", "path"))
+        probes = {"category": names(), "subject": SUBJECT_PROBES, "path": PATH_PROBES}
+        catch_all = (all(matches_everything(entry.get(k, "*"), probes[k]) for k in probes)
                      and entry.get("old") is None and entry.get("new") is None)
         if catch_all and scope != "all":
-            raise QabiError(f"{where}: this waiver matches every drift (category, subject and path all '*', no "
-                            "old/new): write scope = \"all\" if that is really meant")
+            raise QabiError(f"{where}: this waiver matches every drift (its category, subject and path globs match "
+                            "anything, no old/new): write scope = \"all\" if that is really meant")
         if not any(glob_match(entry["category"], c) for c in names()):
             raise QabiError(f"{where}: category {entry['category']!r} matches none of {', '.join(names())}")
         values: dict[str, str | None] = {}
@@ -128,10 +121,4 @@ def parse_waivers(text: str, source: str = "<waivers>") -> Waivers:
 def load_waivers(path: Path | str) -> Waivers:
     """Waivers from a TOML file; a missing or malformed file is a QabiError naming file and line."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise QabiError(f"cannot read waivers file {p}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise QabiError(f"{p}: waivers file is not UTF-8 text") from None
-    return parse_waivers(text, str(p))
+    return parse_waivers(read_text(p, "a waivers file", TOML_LIMIT), str(p))

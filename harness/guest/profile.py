@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import difflib
 import re
-import tomllib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from harness.cache import read_toml
 from harness.errors import QabiError, UnsupportedError
 from harness.guest.drivers import DriverRule, NotAllowed, check_driver, check_key, check_property
 
@@ -197,14 +197,9 @@ def load_profile(name_or_path: str) -> GuestProfile:
         if not NAME.fullmatch(name_or_path):
             raise QabiError(f"bad guest profile name {name_or_path[:80]!r} (known: {', '.join(profile_names())})")
         path = GUESTS_DIR / f"{name_or_path}.toml"
-    if not path.is_file():
+    if not (path.exists() or path.is_symlink()):   # there but not a regular file: read_toml says so
         raise QabiError(f"unknown guest profile '{name_or_path[:200]}' (known: {', '.join(profile_names())})")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise _fail(path, f"malformed TOML: {exc}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise _fail(path, f"cannot read the profile: {exc}") from None
+    data = read_toml(path, "a guest profile")
     unknown = sorted(set(data) - _TOP_KEYS)
     if unknown:
         raise _fail(path, f"unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(_TOP_KEYS))})")

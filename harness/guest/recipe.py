@@ -9,15 +9,16 @@ Debian removes superseded versions at each point release, so an exact pin would 
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.cache import parse_toml, read_input
 from harness.errors import QabiError
 
 REFERENCE_DIR = Path(__file__).resolve().parents[2] / "guests" / "reference"
 RECIPE_FILES = ("packages.toml", "init", "probe.sh")
+RECIPE_LIMIT = 1 << 20     # bytes per recipe file
 
 # Package roles in packages.toml: exactly one of each, except "library" (any number).
 SINGLE_ROLES = ("kernel", "busybox", "dropbear", "sftp-server")
@@ -75,14 +76,15 @@ def load_recipe(directory: Path | None = None) -> Recipe:
     for name in RECIPE_FILES:
         path = directory / name
         try:
-            files[name] = path.read_bytes()
-        except OSError as exc:
-            raise ImageError(f"reference guest recipe file {path} cannot be read: {exc.strerror}") from None
+            files[name] = read_input(path, "a reference guest recipe file", RECIPE_LIMIT)
+        except QabiError as exc:
+            raise ImageError(str(exc)) from None
     toml = directory / "packages.toml"
     try:
-        data = tomllib.loads(files["packages.toml"].decode())
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ImageError(f"{toml}: malformed TOML: {exc}") from None
+        text = files["packages.toml"].decode()
+    except UnicodeDecodeError:
+        raise ImageError(f"{toml}: malformed TOML: not UTF-8 text") from None
+    data = parse_toml(text, str(toml), error=ImageError)
     suite = data.get("suite")
     if not isinstance(suite, str) or not suite:
         raise ImageError(f"{toml}: 'suite' must be a Debian suite name")

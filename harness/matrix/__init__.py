@@ -42,8 +42,10 @@ def run_matrix(request: MatrixRequest, directory: Path, progress: RunProgress | 
     report and the matrix files under `directory`."""
     from harness.matrix.progress import RunProgress
     from harness.matrix.run import open_steps, run_steps, step_cases, write_steps
-    from harness.matrix.table import frame, verdict, write_outputs
+    from harness.matrix.table import MATRIX_FILES, frame, verdict, write_outputs
+    from harness.report.jsonreport import report_folder
 
+    report_folder(directory, MATRIX_FILES, what="matrix folder", create=False)   # refused before any run
     started = time.monotonic()
     steps = open_steps(request)
     total = sum(len(step_cases(s)) for s in steps)

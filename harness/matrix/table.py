@@ -16,7 +16,7 @@ from harness.drift.model import SEVERITIES
 from harness.matrix.bump import split_machine
 from harness.matrix.merge import run_order
 from harness.matrix.run import Step
-from harness.report.jsonreport import write_report_file
+from harness.report.jsonreport import report_folder, write_report_file
 from harness.report.view import count_drifts, worst
 
 COLUMNS = ["step", "step_label", "old", "new", "old_version", "new_version", "machine", "guest", "outcome",
@@ -132,11 +132,15 @@ def matrix_json(steps: list[Step], data: pd.DataFrame, table: pd.DataFrame, seco
     }
 
 
+MATRIX_FILES = ("matrix.csv", "matrix.md", "matrix.json", "index.html")
+
+
 def write_outputs(steps: list[Step], data: pd.DataFrame, directory: Path, seconds: float | None,
                   title: str) -> dict[str, Path]:
     """matrix.csv, matrix.md, matrix.json and index.html in `directory`."""
     table = pivot(data)
-    out = {name: directory / name for name in ("matrix.csv", "matrix.md", "matrix.json", "index.html")}
+    folder = report_folder(directory, MATRIX_FILES, what="matrix folder")
+    out = {name: folder / name for name in MATRIX_FILES}
     write_report_file(out["matrix.csv"], data.to_csv(index=False), "matrix CSV")
     write_report_file(out["matrix.md"], f"# {title}\n\nverdict: {verdict(data)}\n\n" + markdown(table), "matrix")
     write_report_file(out["matrix.json"], json.dumps(matrix_json(steps, data, table, seconds), indent=2,

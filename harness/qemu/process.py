@@ -33,19 +33,49 @@ class Terminated(BaseException):
     temporary run dirs removed), then the front door exits 2."""
 
 
+_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+_HOLDING: list[bool] = []     # inside `signals_held`
+_PENDING: list[int] = []      # the signal that arrived meanwhile
+
+
 def _on_signal(signum: int, frame: object) -> None:
     kill_all()
-    for sig in (signal.SIGTERM, signal.SIGHUP):   # a second signal must not interrupt the cleanup
+    for sig in _SIGNALS:   # a second signal must not interrupt the cleanup (nor the error line)
         with contextlib.suppress(ValueError):
             signal.signal(sig, signal.SIG_IGN)
+    if _HOLDING:
+        _PENDING.append(signum)
+        return
+    _raise(signum)
+
+
+def _raise(signum: int) -> None:
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise Terminated(signal.Signals(signum).name)
 
 
 def install_signal_handlers() -> None:
-    """SIGTERM and SIGHUP handled like SIGINT: kill QEMU, unwind with cleanup, exit 2."""
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    """SIGTERM and SIGHUP handled like SIGINT: kill QEMU, unwind with cleanup, exit 2. The first of
+    them raises (Terminated, or KeyboardInterrupt for SIGINT) and every later one is ignored, so the
+    front door sees at most one."""
+    for sig in _SIGNALS:
         with contextlib.suppress(ValueError):
             signal.signal(sig, _on_signal)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """A signal that arrives inside the block (SIGTERM, SIGHUP, SIGINT) is raised when it ends: for a
+    write that must not be cut in two, such as the one error line. (A flag the handler reads, not a
+    signal mask: a mask is per thread, and a signal may be delivered to another thread.)"""
+    _HOLDING.append(True)
+    try:
+        yield
+    finally:
+        _HOLDING.pop()
+        if _PENDING and not _HOLDING:
+            _raise(_PENDING.pop())
 
 
 @contextlib.contextmanager

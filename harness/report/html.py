@@ -32,6 +32,7 @@ from harness.errors import QabiError
 from harness.report.jsonreport import (
     FingerprintPair,
     json_text,
+    report_folder,
     runset_from_json,
     to_json,
     validate_report,
@@ -371,6 +372,9 @@ def write_html(report: RunSet | Mapping[str, Any], path: Path | str) -> Path:
     return target
 
 
+REPORT_FILES = ("qabi.json", "index.html")
+
+
 def load_report(path: Path | str) -> dict[str, Any]:
     """A JSON report file, validated; QabiError (one line) when missing or invalid."""
     p = Path(path)
@@ -388,9 +392,11 @@ def load_report(path: Path | str) -> dict[str, Any]:
 def write_reports(runset: RunSet, directory: Path | str, *,
                   fingerprints: Sequence[FingerprintPair | None] | None = None, seconds: float | None = None,
                   run_seconds: Sequence[float | None] | None = None,
-                  generated: datetime | str | None = None) -> tuple[Path, Path]:
+                  generated: datetime | str | None = None,
+                  inputs: Sequence[Path | str] = ()) -> tuple[Path, Path]:
     """Write DIRECTORY/qabi.json (with the optional detail fields) and DIRECTORY/index.html, both
-    atomically, from the same RunSet; returns their paths.
+    atomically, from the same RunSet; returns their paths. DIRECTORY is new, empty or a report
+    folder qabi made, and neither file is one of `inputs` (`report_folder`).
 
     `fingerprints` (one (old, new) pair per run), `seconds`, `run_seconds` and `generated` add
     facts that the page shows (config hex views, image hash, timing); see `with_facts`."""
@@ -398,7 +404,7 @@ def write_reports(runset: RunSet, directory: Path | str, *,
                       generated=generated or datetime.now(UTC))
     data = to_json(full, details=True)
     validate_report(data)
-    folder = Path(directory)
+    folder = report_folder(directory, REPORT_FILES, inputs)
     json_path, html_path = folder / "qabi.json", folder / "index.html"
     write_report_file(json_path, json_text(data), "JSON report")
     write_html(full, html_path)

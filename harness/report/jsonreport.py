@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from harness.cache import atomic_write_bytes
+from harness.cache import atomic_write_bytes, refuse_inputs
 from harness.categories import names
 from harness.drift.impact import IMPACT, Impact, run_impact
 from harness.drift.model import Change, Comparison, Drift, Severity
@@ -259,15 +260,9 @@ def _check_shard(data: Mapping[str, Any]) -> None:
 
 def write_json(result: RunSet, path: Path | str, *, details: bool = False) -> None:
     """Validate and write the JSON report ("-" for standard output); `details` as in `to_json`."""
-    import sys
-
     data = to_json(result, details=details)
     validate_report(data)
-    text = json_text(data)
-    if str(path) == "-":
-        sys.stdout.write(text)
-        return
-    write_report_file(Path(path), text, "JSON report")
+    write_report_file(Path(path), json_text(data), "JSON report")
 
 
 def json_text(data: Mapping[str, Any]) -> str:
@@ -278,3 +273,48 @@ def write_report_file(path: Path, text: str, what: str) -> None:
     """Write a report file atomically (readers never see half a report), readable by others
     (0644: reports are meant to be read); QabiError naming `what` when it cannot be written."""
     atomic_write_bytes(path, text.encode("utf-8"), mode=0o644, what=what)
+
+
+REPORT_MARKER = ".qabi-report"
+MARKER_TEXT = "qabi report folder v1: qabi writes here and replaces only the files it names\n"
+
+
+def report_folder(directory: Path | str, names: Sequence[str], inputs: Sequence[Path | str] = (),
+                  what: str = "report folder", create: bool = True) -> Path:
+    """Claim `directory` for the report files `names`: it must be new, empty or one qabi made (its
+    REPORT_MARKER holds MARKER_TEXT); each named file must be absent or a regular file (never a
+    link, so a report never writes through a link into a user's file) and none of `inputs`.
+    Creates the folder and its marker (unless not `create`: a check before a run); returns it.
+    Anything else is a QabiError."""
+    folder = Path(directory)
+    if folder.is_symlink() or folder.exists():
+        if not folder.is_dir():
+            raise QabiError(f"{what} {folder} exists and is not a directory; give a new or empty directory")
+        try:
+            entries = sorted(os.listdir(folder))
+        except OSError as exc:
+            raise QabiError(f"cannot write {what} {folder}: {exc.strerror or exc}") from None
+        if entries and not _marked(folder):
+            shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+            raise QabiError(f"{what} {folder} holds files qabi did not write ({shown}); refusing to write into "
+                            "it: give a new or empty directory")
+    for name in names:
+        target = folder / name
+        if target.is_symlink() or (target.exists() and not target.is_file()):
+            raise QabiError(f"{target} is not a file qabi wrote (a link or not a regular file); refusing to "
+                            "replace it")
+        refuse_inputs(target, inputs, what.replace("folder", "file"))
+    if create and not _marked(folder):
+        atomic_write_bytes(folder / REPORT_MARKER, MARKER_TEXT, what=what)
+    return folder
+
+
+def _marked(folder: Path) -> bool:
+    marker = folder / REPORT_MARKER
+    if marker.is_symlink() or not marker.is_file():
+        return False
+    try:
+        with open(marker, encoding="utf-8", errors="replace") as handle:
+            return handle.read(len(MARKER_TEXT) + 1) == MARKER_TEXT
+    except OSError:
+        return False

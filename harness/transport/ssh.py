@@ -34,6 +34,7 @@ import paramiko
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 logging.getLogger("paramiko").propagate = False
 
+from harness.cache import read_text
 from harness.errors import CaptureError, QabiError
 from harness.guest import REFERENCE_DIR, build_reference_image
 from harness.guest.user_image import open_guest_image
@@ -126,10 +127,7 @@ def parse_public_key(line: str, origin: str = "host key") -> paramiko.PKey:
 
 def read_host_keys(path: Path) -> tuple[str, ...]:
     """Pinned host keys from a file: .pub lines or known_hosts lines (comments and blanks skipped)."""
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise QabiError(f"cannot read host key file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    text = read_text(path, "a host key file")
     lines = tuple(ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#"))
     if not lines:
         raise QabiError(f"host key file {path} holds no key")
