@@ -405,9 +405,8 @@ def manifest_key(cap: Capture) -> str:
             raise CaptureError(f"{path}: {MANIFEST} records the input {field} {str(inputs[field])[:80]!r} "
                                f"but ran {str(value)[:80]!r}")
     dirs = build.get("firmware_dirs")
-    if not isinstance(dirs, list) or len(dirs) != len(firmware) or not all(
-            isinstance(d, str) and (d == f["dir"] or d.endswith(f["dir"].removeprefix("$CACHE")))
-            for d, f in zip(dirs, firmware, strict=False)):
+    if not isinstance(dirs, list) or len(dirs) != len(firmware) \
+            or not all(isinstance(d, str) and _same_dir(d, f["dir"]) for d, f in zip(dirs, firmware, strict=False)):
         raise CaptureError(f"{path}: {MANIFEST} records firmware inputs other than the firmware dirs that ran")
     return inputs_key(inputs)
 
@@ -415,10 +414,19 @@ def manifest_key(cap: Capture) -> str:
 def portable_path(path: str) -> str:
     """A path as a key input: relative to the cache root when inside it, so that captures moved to
     another runner (`qabi cache export/import`) keep their keys there."""
-    try:
-        return "$CACHE/" + str(Path(path).resolve().relative_to(cache_root().resolve()))
-    except ValueError:
-        return path
+    root = cache_root()
+    for inside, base in ((Path(path).absolute(), root.absolute()), (Path(path).resolve(), root.resolve())):
+        if inside.is_relative_to(base):   # as named (a cache whose builds are links elsewhere), or resolved
+            return "$CACHE/" + str(inside.relative_to(base))
+    return path
+
+
+def _same_dir(ran: str, recorded: str) -> bool:
+    """The firmware dir a manifest says ran is the one its inputs record (`portable_path`: inside
+    the cache on whichever runner made it, or the same path)."""
+    if recorded.startswith("$CACHE/"):
+        return ran.endswith(recorded.removeprefix("$CACHE"))
+    return ran == recorded or Path(ran).resolve() == Path(recorded)
 
 
 @functools.cache

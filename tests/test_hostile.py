@@ -572,3 +572,143 @@ def test_ssh_stderr_is_bounded():
     for _ in range(100):
         buf = _tail(buf + b"E" * (1 << 16))
         assert len(buf) <= MAX_STDERR
+
+
+# --- capture provenance and archives (issue 19 class 2) ---
+# A capture proves what it is: its cache key is recomputed from the inputs its manifest records, on
+# import and on every reuse. Real captures over the firmware transport of two builds that differ
+# (the host's `system` QEMU and debian:bookworm: other firmware dirs), in a private capture cache.
+FW_RUN = ("--machine", "pc-i440fx-7.2", "--transport", "firmware")
+Any = object   # members of tarfile, imported where used (this section's imports stay in it)
+
+
+@pytest.fixture(scope="module")
+def two_builds(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private cache home holding real captures of `minimal` and of `my_guest` (a profile whose
+    name has a `_`) by the `system` build and by debian:bookworm."""
+    from conftest import private_captures
+
+    root = tmp_path_factory.mktemp("two_builds")
+    guest = _profile(root, "", name="my_guest")
+    home = root / "home"
+    done = run_qabi("check", "--old", "system", "--new", "debian:bookworm", *FW_RUN, "--guest", "minimal",
+                    "--guest", str(guest), env=private_captures(home))
+    assert done.returncode in (0, 1), done.stderr
+    assert len(_captures(home)) == 4, _captures(home)
+    return home
+
+
+def _captures(home: Path) -> dict[str, Path]:
+    root = home / "qabi" / "captures"
+    return {p.name: p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+
+
+def _copy_of(home: Path, tmp_path: Path, name: str = "copy") -> tuple[Path, dict[str, str]]:
+    from conftest import private_captures
+
+    mine = tmp_path / name
+    env = private_captures(mine)
+    for folder in _captures(home).values():
+        shutil.copytree(folder, mine / "qabi" / "captures" / folder.name)
+    return mine, env
+
+
+def _of_build(home: Path, guest: str, debian: bool) -> Path:
+    """The capture of `guest` by debian:bookworm (`debian`) or by the system build."""
+    (found,) = [p for p in _captures(home).values() if p.name.split("_", 1)[1].rsplit("_", 1)[0] == guest
+                and (json.loads((p / "manifest.json").read_text())["build"]["kind"] == "debian") == debian]
+    return found
+
+
+def test_a_capture_renamed_to_another_builds_key_is_recaptured_on_reuse(two_builds, tmp_path):
+    home, env = _copy_of(two_builds, tmp_path)
+    system, debian = _of_build(home, "minimal", False), _of_build(home, "minimal", True)
+    assert system.name != debian.name and system.name.rsplit("_", 1)[0] == debian.name.rsplit("_", 1)[0]
+    shutil.rmtree(debian)
+    system.rename(debian)          # the system build's capture under debian:bookworm's key
+    done = run_qabi("check", "--old", "debian:bookworm", "--new", "debian:bookworm", *FW_RUN, "--guest", "minimal",
+                    env=env)
+    assert done.returncode == 0, done.stderr
+    notes = [line for line in done.stderr.splitlines() if line.startswith("qabi: note:")]
+    assert len(notes) == 1 and debian.name in notes[0] and "another key" in notes[0], done.stderr
+    recaptured = json.loads((debian / "manifest.json").read_text())
+    assert recaptured["build"]["kind"] == "debian" and recaptured["build"]["firmware_dirs"]
+    again = run_qabi("check", "--old", "debian:bookworm", "--new", "debian:bookworm", *FW_RUN, "--guest", "minimal",
+                     env=env)
+    assert again.returncode == 0 and "qabi: note:" not in again.stderr, again.stderr   # now it proves its key
+
+
+def _tar_members(path: Path) -> list[tuple[Any, bytes | None]]:
+    import tarfile
+
+    with tarfile.open(path) as tar:
+        return [(m, tar.extractfile(m).read() if m.isfile() else None) for m in tar.getmembers()]  # type: ignore[union-attr]
+
+
+def _write_tar(path: Path, members: list[tuple[Any, bytes | None]], mode: str = "w:gz") -> Path:
+    import io
+    import tarfile
+
+    with tarfile.open(path, mode, format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+def test_a_capture_filed_under_another_builds_key_in_a_tarball_is_refused_on_import(two_builds, tmp_path):
+    home, env = _copy_of(two_builds, tmp_path)
+    system, debian = _of_build(home, "minimal", False), _of_build(home, "minimal", True)
+    tarball = tmp_path / "all.tar.gz"
+    exported = run_qabi("cache", "export", str(tarball), env=env)
+    assert exported.returncode == 0 and "4 captures exported" in exported.stdout, exported.stderr
+    members = []
+    for info, data in _tar_members(tarball):   # debian's capture dropped, the system's renamed to its key
+        top, _, rest = info.name.partition("/")
+        if top == debian.name:
+            continue
+        if top == system.name:
+            info.name = f"{debian.name}/{rest}" if rest else debian.name
+        members.append((info, data))
+    forged = _write_tar(tmp_path / "forged.tar.gz", members)
+    from conftest import private_captures
+
+    target = tmp_path / "b"
+    done = run_qabi("cache", "import", str(forged), env=private_captures(target))
+    line = _one_line_exit_2(done)
+    assert debian.name in line and "another key" in line and "2 captures imported" in line, line
+    assert debian.name not in _captures(target) and len(_captures(target)) == 2
+
+
+def test_every_recorded_input_decides_the_key(two_builds, tmp_path):
+    from harness.capture import INPUT_FIELDS, check_provenance, inputs_key, load_capture, manifest_key
+    from harness.errors import CaptureError
+
+    source = _of_build(two_builds, "minimal", True)
+    cap = load_capture(source)
+    check_provenance(cap)
+    inputs = cap.manifest["inputs"]
+    assert inputs_key(inputs) == manifest_key(cap) == source.name.rsplit("_", 1)[1]
+    assert sorted(inputs) == sorted(INPUT_FIELDS) and inputs["firmware"]
+    mirror = {"qabi": ("qabi_version",), "build": ("build", "sha256"), "machine": ("machine", "resolved"),
+              "accel": ("accel",), "transport": ("transport",), "image": ("image", "sha256")}
+    for field in INPUT_FIELDS:
+        altered = json.loads(json.dumps(cap.manifest))
+        if field == "firmware":
+            altered["inputs"]["firmware"][0]["sha256"] = "0" * 64
+        else:
+            altered["inputs"][field] = "x" + str(altered["inputs"][field])
+        assert inputs_key(altered["inputs"]) != inputs_key(inputs), field
+        forged = type(cap)(cap.path, altered)
+        with pytest.raises(CaptureError):     # the folder's key is not the altered inputs' key
+            check_provenance(forged)
+        with pytest.raises(CaptureError, match="other inputs"):     # nor what this run would launch
+            check_provenance(cap, altered["inputs"])
+        if field in mirror:   # the manifest's own record of what ran, changed alone, disagrees with its inputs
+            lie = json.loads(json.dumps(cap.manifest))
+            *where, last = mirror[field]
+            node = lie
+            for part in where:
+                node = node[part]
+            node[last] = "x" + str(node[last])
+            with pytest.raises(CaptureError, match="records the input"):
+                manifest_key(type(cap)(cap.path, lie))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO, run_qabi
+from conftest import REPO, private_captures, run_qabi
 
 from harness.drift.model import Comparison, Drift
 from harness.errors import QabiError
@@ -269,23 +269,6 @@ def test_cache_import_refuses_hostile_archives(tmp_path, members, message):
 
 # -- integration: real builds, firmware transport ---------------------------------------------------
 
-SHARED = ("builds", "info", "images", "series", "apt", "debs", "baselines")
-
-
-def _private_captures(home: Path) -> dict[str, str]:
-    """XDG_CACHE_HOME `home` sharing the real cache's builds and images, with captures of its own."""
-    from harness.cache import cache_root
-
-    real = cache_root()
-    (home / "qabi" / "captures").mkdir(parents=True, exist_ok=True)
-    for part in SHARED:
-        (real / part).mkdir(exist_ok=True)
-        link = home / "qabi" / part
-        if not link.exists():
-            link.symlink_to(real / part)
-    return {"XDG_CACHE_HOME": str(home)}
-
-
 def _snapshot(home: Path) -> dict[str, int]:
     root = home / "qabi" / "captures"
     return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if not p.name.endswith(".lock")}
@@ -299,7 +282,7 @@ BUMP = ("check", "--old", "debian:trixie", "--new", "debian:trixie", "--machine"
 def test_bump_reports_the_entry_point_and_waives_the_machine_name_and_cache_moves_between_runners(tmp_path):
     # runners A and B: the same cache path (as CI runners have), A's captures only in the archive
     runner = tmp_path / "runner"
-    env_a = _private_captures(runner)
+    env_a = private_captures(runner)
     first = run_qabi(*BUMP, "--json", str(tmp_path / "a.json"), env=env_a)
     assert first.returncode == 1, first.stdout + first.stderr
     report = json.loads((tmp_path / "a.json").read_text())
@@ -319,7 +302,7 @@ def test_bump_reports_the_entry_point_and_waives_the_machine_name_and_cache_move
     assert exported.returncode == 0 and "2 captures exported" in exported.stdout, exported.stdout + exported.stderr
     made = _snapshot(runner)
     runner.rename(tmp_path / "runner-a")
-    env_b = _private_captures(runner)
+    env_b = private_captures(runner)
     assert _snapshot(runner) == {}
     imported = run_qabi("cache", "import", str(tarball), env=env_b)
     assert imported.returncode == 0 and "2 captures imported" in imported.stdout, imported.stderr
@@ -339,7 +322,7 @@ def test_bump_reports_the_entry_point_and_waives_the_machine_name_and_cache_move
     assert data
     members[raw] = (info, bytes([data[0] ^ 1]) + data[1:])
     bad = _tar(tmp_path / "tampered.tar", members)
-    env_c = _private_captures(tmp_path / "c")
+    env_c = private_captures(tmp_path / "c")
     refused = run_qabi("cache", "import", str(bad), env=env_c)
     assert refused.returncode == 2 and "does not match its sha256" in refused.stderr, refused.stderr
     assert refused.stderr.count("\n") == 1
