@@ -175,11 +175,12 @@ def _members(source: Path, stream: _Stream, limits: Limits) -> Iterator[tuple[Me
     long_name: str | None = None
     while True:
         header = stream.read(BLOCK)
-        if first and not header:
-            raise _refuse(source, "it is empty (not a tar archive)")
+        if not header:
+            raise _refuse(source, "it is empty (not a tar archive)" if first else
+                          "it is truncated (no end-of-archive marker)")
         first = False
-        if not header or header == bytes(BLOCK):
-            return          # the end-of-archive blocks (or a plain end at a block boundary)
+        if header == bytes(BLOCK):
+            return          # the end-of-archive blocks
         if len(header) < BLOCK:
             raise _refuse(source, "it is truncated (a header is cut short)")
         _check_sum(source, header)

@@ -712,3 +712,55 @@ def test_every_recorded_input_decides_the_key(two_builds, tmp_path):
             node[last] = "x" + str(node[last])
             with pytest.raises(CaptureError, match="records the input"):
                 manifest_key(type(cap)(cap.path, lie))
+
+
+def test_export_takes_any_profile_name_and_names_and_skips_a_corrupted_capture(two_builds, tmp_path):
+    from conftest import private_captures
+
+    home, env = _copy_of(two_builds, tmp_path)
+    underscored = _of_build(home, "my_guest", True)
+    corrupted = _of_build(home, "minimal", False)
+    raw = next(p for p in sorted((corrupted / "raw").rglob("*")) if p.is_file())
+    raw.write_bytes(raw.read_bytes() + b"\0")
+    tarball = tmp_path / "out.tar.gz"
+    line = _one_line_exit_2(run_qabi("cache", "export", str(tarball), env=env))
+    assert "3 captures exported" in line and corrupted.name in line and "does not match its sha256" in line, line
+    tops = {info.name.split("/")[0] for info, _data in _tar_members(tarball)}
+    assert tops == set(_captures(home)) - {corrupted.name} and underscored.name in tops
+    target = tmp_path / "b"
+    done = run_qabi("cache", "import", str(tarball), env=private_captures(target))
+    assert done.returncode == 0 and "3 captures imported" in done.stdout, done.stderr
+    assert underscored.name in _captures(target)
+    again = run_qabi("check", "--old", "debian:bookworm", "--new", "debian:bookworm", *FW_RUN, "--guest",
+                     str(two_builds.parent / "my_guest.toml"), env={"XDG_CACHE_HOME": str(target)})
+    assert again.returncode == 0 and "qabi: note:" not in again.stderr, again.stderr
+    assert set(_captures(target)) == tops      # the imported `_` capture was reused, nothing captured
+
+
+@pytest.fixture(scope="module")
+def exported(two_builds: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`qabi cache export` of the two builds' captures."""
+    tarball = tmp_path_factory.mktemp("exported") / "export.tar.gz"
+    done = run_qabi("cache", "export", str(tarball), env={"XDG_CACHE_HOME": str(two_builds)})
+    assert done.returncode == 0, done.stderr
+    return tarball
+
+
+@pytest.mark.parametrize("mode,suffix", [("w:gz", "tar.gz"), ("w:xz", "tar.xz"), ("w", "tar")])
+def test_a_truncated_archive_is_one_line_and_adds_nothing(exported, tmp_path, monkeypatch, mode, suffix):
+    from conftest import private_captures
+
+    from harness.errors import QabiError
+    from harness.matrix.cachefile import import_captures
+
+    whole = _write_tar(tmp_path / f"whole.{suffix}", _tar_members(exported), mode).read_bytes()
+    for cut in (len(whole) // 2, 512 * (len(whole) // 1024), 100):   # mid-member, at a block, in a header
+        short = tmp_path / f"short{cut}.{suffix}"
+        short.write_bytes(whole[:cut])
+        env = private_captures(tmp_path / f"b{cut}")
+        if cut == 100:   # the CLI's contract once, the reader's refusal at every cut
+            _one_line_exit_2(run_qabi("cache", "import", str(short), env=env))
+        monkeypatch.setenv("XDG_CACHE_HOME", env["XDG_CACHE_HOME"])
+        with pytest.raises(QabiError, match="truncated|not a tar|checksum"):
+            import_captures(short)
+        assert list((tmp_path / f"b{cut}" / "qabi" / "captures").iterdir()) == []
