@@ -141,21 +141,21 @@ class _Stream:
     """Exact reads over the chunk iterator; at most one chunk and one request are held."""
 
     def __init__(self, source: Path, chunks: Iterator[bytes]) -> None:
-        self.source, self.chunks, self.buf = source, chunks, b""
+        self.source, self.chunks, self.buf, self.pos = source, chunks, b"", 0
 
     def read(self, size: int) -> bytes:
         """Exactly `size` bytes, or fewer only at the end of the stream."""
         parts, have = [], 0
         while have < size:
-            if not self.buf:
-                self.buf = next(self.chunks, b"")
+            if self.pos == len(self.buf):
+                self.buf, self.pos = next(self.chunks, b""), 0
                 if not self.buf:
                     break
-            take = self.buf[:size - have]
-            self.buf = self.buf[len(take):]
+            take = self.buf[self.pos:self.pos + size - have]
+            self.pos += len(take)
             parts.append(take)
             have += len(take)
-        return b"".join(parts)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def pieces(self, size: int) -> Iterator[bytes]:
         """`size` bytes as they come, in chunks; a short stream is a truncated archive."""

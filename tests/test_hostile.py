@@ -764,3 +764,122 @@ def test_a_truncated_archive_is_one_line_and_adds_nothing(exported, tmp_path, mo
         with pytest.raises(QabiError, match="truncated|not a tar|checksum"):
             import_captures(short)
         assert list((tmp_path / f"b{cut}" / "qabi" / "captures").iterdir()) == []
+
+
+def _bounded_qabi(*args: str, env: dict[str, str], memory: int = 600 << 20) -> tuple[subprocess.CompletedProcess[str], float]:
+    """The CLI under an address-space limit: a reader that held a bomb in memory would fail."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=REPO, env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=120, preexec_fn=limit, check=False)
+    return done, time.monotonic() - started
+
+
+def _header(name: str, size: int = 0, kind: bytes = b"0") -> bytes:
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    info.size, info.type = size, kind
+    return info.tobuf(format=tarfile.USTAR_FORMAT if len(name) < 100 else tarfile.GNU_FORMAT)
+
+
+CAP_NAME = "pc-q35-7.2_my_guest_0123456789abcdef01234567"
+
+
+def _bomb(kind: str) -> bytes:
+    """A small archive that, read naively, costs hundreds of MB or more."""
+    if kind == "members":        # 10^5 empty members (a 520 KB file of these reached 565 MB)
+        return _header(f"{CAP_NAME}/raw/x") * 100_000 + bytes(1024)
+    if kind == "pax":            # a pax header declaring 100 MB, its body zeros
+        return _header("pax", 100 << 20, b"x") + bytes(100 << 20)
+    if kind == "long-name":      # a GNU long name of 10 MB
+        return _header("././@LongLink", 10 << 20, b"L") + b"a" * (10 << 20)
+    if kind == "huge-member":    # a member declaring 3 GiB
+        return _header(f"{CAP_NAME}/console.log", 3 << 30)
+    # a 5000-byte name in a pax header (under the header bound, over the name bound)
+    record = f"path={CAP_NAME}/raw/{'n' * 5000}\n"
+    length = len(record) + 5
+    record = f"{length} {record}"
+    body = record.encode().ljust(-(-len(record) // 512) * 512, b"\0")
+    return _header("pax", len(record), b"x") + body + _header("short") + bytes(1024)
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("members", "more than 50000 members"), ("pax", "a pax header of 104857600 bytes"),
+    ("long-name", "a long-name header of 10485760 bytes"), ("huge-member", "has 3221225472 bytes"),
+    ("long-path", "a member name over 1024 bytes"),
+])
+def test_tar_header_bombs_are_refused_in_bounded_memory_and_time(tmp_path, kind, message):
+    import gzip
+
+    from conftest import private_captures
+
+    bomb = tmp_path / "bomb.tar.gz"
+    bomb.write_bytes(gzip.compress(_bomb(kind), 1))
+    assert bomb.stat().st_size < 600 << 10
+    done, seconds = _bounded_qabi("cache", "import", str(bomb), env=private_captures(tmp_path / "b"))
+    line = _one_line_exit_2(done)
+    assert message in line and seconds < 30, (line, seconds)
+    assert list((tmp_path / "b" / "qabi" / "captures").iterdir()) == []
+
+
+BASELINE = next(p for p in sorted((REPO / "fingerprints").iterdir()) if p.name.startswith("debian-bookworm-"))
+
+
+def _baseline_copy(tmp_path: Path) -> Path:
+    """A copy of the committed bookworm baseline with one recording: pc-q35-7.2/minimal."""
+    base = tmp_path / BASELINE.name
+    shutil.copytree(BASELINE / "pc-q35-7.2" / "minimal", base / "pc-q35-7.2" / "minimal")
+    shutil.copy2(BASELINE / "build.json", base / "build.json")
+    return base
+
+
+def _check_baseline(base: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    return run_qabi("check", "--old", str(base), "--new", str(BASELINE), "--machine", "pc-q35-7.2", "--guest", "minimal",
+                    env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
+
+
+def test_an_xz_bomb_in_a_baseline_is_refused_in_bounded_memory_and_time(tmp_path):
+    import lzma
+
+    base = _baseline_copy(tmp_path)
+    squeeze = lzma.LZMACompressor(preset=0)
+    parts = []
+    for index in range(6):   # six 15 MiB members of zeros: each under the member bound, 90 MiB in all
+        parts.append(squeeze.compress(_header(f"raw/bomb{index}", 15 << 20)))
+        parts += [squeeze.compress(bytes(1 << 20)) for _ in range(15)]
+    parts += [squeeze.compress(bytes(1024)), squeeze.flush()]
+    (base / "pc-q35-7.2" / "minimal" / "raw.tar.xz").write_bytes(b"".join(parts))
+    assert (base / "pc-q35-7.2" / "minimal" / "raw.tar.xz").stat().st_size < 1 << 20
+    done, seconds = _bounded_qabi("check", "--old", str(base), "--new", str(BASELINE), "--machine", "pc-q35-7.2",
+                                  "--guest", "minimal", env={"XDG_CACHE_HOME": str(tmp_path / "cache")},
+                                  memory=600 << 20)
+    line = _one_line_exit_2(done)
+    assert "unpacks to more than 67108864 bytes" in line and seconds < 30, (line, seconds)
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda b: b.update(sha256="0" * 64), "a capture of another build (sha256"),
+    (lambda b: b.update(version="10.0.13"), "a capture of another build (version"),
+    (lambda b: b.pop("spec"), "no valid build.spec"),
+    (lambda b: b.update(sha256="not a hash"), "build.sha256 is not a sha256"),
+])
+def test_a_baseline_recording_must_be_of_the_build_its_build_json_names(tmp_path, edit, message):
+    base = _baseline_copy(tmp_path)
+    data = json.loads((base / "build.json").read_text())
+    edit(data["build"])
+    (base / "build.json").write_text(json.dumps(data))
+    assert message in _one_line_exit_2(_check_baseline(base, tmp_path))
+
+
+def test_a_baseline_recording_filed_under_another_machine_or_profile_is_refused(tmp_path):
+    base = _baseline_copy(tmp_path)
+    (base / "pc-q35-7.2" / "minimal").rename(base / "pc-q35-7.2" / "windows")
+    shutil.copytree(BASELINE / "pc-i440fx-7.2" / "minimal", base / "pc-q35-7.2" / "minimal")
+    line = _one_line_exit_2(_check_baseline(base, tmp_path))
+    assert "a capture of pc-i440fx-7.2/minimal filed as pc-q35-7.2/minimal" in line, line
+    assert _check_baseline(_baseline_copy(tmp_path / "good"), tmp_path).returncode in (0, 1)   # the untouched copy

@@ -34,9 +34,9 @@ def test_help_lists_the_transport_table(capsys):
 
 def test_cache_keys_differ_per_transport():
     from harness.capture import capture_inputs, capture_key
-    from harness.transport.firmware import payload_sha256
     from harness.guest.profile import load_profile
     from harness.qemu import resolve
+    from harness.transport.firmware import payload_sha256
 
     build, profile = resolve("system"), load_profile("linux-virtio")
     keys = {t: capture_key(plan_capture(build, profile, "pc-q35-7.2", access=GuestAccess(transport=t)))
