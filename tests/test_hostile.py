@@ -883,3 +883,52 @@ def test_a_baseline_recording_filed_under_another_machine_or_profile_is_refused(
     line = _one_line_exit_2(_check_baseline(base, tmp_path))
     assert "a capture of pc-i440fx-7.2/minimal filed as pc-q35-7.2/minimal" in line, line
     assert _check_baseline(_baseline_copy(tmp_path / "good"), tmp_path).returncode in (0, 1)   # the untouched copy
+
+
+def test_a_no_reuse_capture_stopped_by_sigterm_or_sigkill_leaves_no_fresh_dir(tmp_path):
+    """A real build (the host's QEMU behind a wrapper that, once told to, hangs at the capture
+    instead of booting): SIGTERM removes the `--no-reuse` scratch dir at once; after a SIGKILL the
+    next run sweeps it once its process is gone and it is stale."""
+    from conftest import private_captures
+
+    hang, mark = tmp_path / "hang", tmp_path / "mark"
+    wrapper = tmp_path / "qemu-system-x86_64"
+    wrapper.write_text(f'#!/bin/sh\ncase "$*" in *-qtest*) if [ -e {hang} ]; then echo $$ > {mark}; exec sleep 60; fi;; '
+                       'esac\nexec /usr/bin/qemu-system-x86_64 "$@"\n')
+    wrapper.chmod(0o755)
+    env = private_captures(tmp_path / "home")
+    captures = tmp_path / "home" / "qabi" / "captures"
+    argv = [sys.executable, "-m", "harness.cli", "check", "--old", str(wrapper), "--new", str(wrapper), *FW_RUN,
+            "--guest", "minimal"]
+    first = subprocess.run(argv, cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=300,
+                           check=False)
+    assert first.returncode == 0, first.stderr
+    hang.touch()
+
+    def stopped(sig: signal.Signals) -> subprocess.Popen[str]:
+        mark.unlink(missing_ok=True)
+        with open(tmp_path / "stderr", "w") as stderr:   # not a pipe: a killed run's "QEMU" would hold it
+            proc = subprocess.Popen([*argv, "--no-reuse"], cwd=REPO, env={**os.environ, **env},
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+        deadline = time.monotonic() + 120
+        while not mark.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert mark.exists(), (tmp_path / "stderr").read_text()
+        assert [p for p in captures.iterdir() if p.name.startswith(".fresh-")]   # the scratch dir exists now
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+        return proc
+
+    proc = stopped(signal.SIGTERM)
+    assert proc.returncode == 2 and (tmp_path / "stderr").read_text().endswith("qabi: error: stopped by SIGTERM\n")
+    assert [p.name for p in captures.iterdir() if p.name.startswith(".fresh-")] == []
+    proc = stopped(signal.SIGKILL)
+    os.kill(int(mark.read_text()), signal.SIGKILL)   # the "QEMU" the killed run left
+    (left,) = [p for p in captures.iterdir() if p.name.startswith(".fresh-")]
+    hour_ago = time.time() - 3700
+    os.utime(left, (hour_ago, hour_ago))
+    hang.unlink()
+    again = subprocess.run(argv, cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=300,
+                           check=False)
+    assert again.returncode == 0, again.stderr
+    assert not left.exists()
