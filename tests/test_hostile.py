@@ -152,7 +152,7 @@ def test_invalid_baseline_build_json_is_exit_2(tmp_path):
     done = run_qabi("check", "--old", str(base), "--new", "system", "--machine", "pc-i440fx-7.2",
                     "--guest", "minimal")
     line = _one_line_exit_2(done)
-    assert "could not decide" in line
+    assert "build.json: not a baseline's build record" in line
 
 
 def test_guest_path_component_over_255_bytes_is_refused():
