@@ -314,7 +314,7 @@ def test_bump_reports_the_entry_point_and_waives_the_machine_name_and_cache_move
     assert json.loads((tmp_path / "b.json").read_text())["runs"][0]["drifts"] == drifts
     assert run_qabi("cache", "import", str(tarball), env=env_b).stdout.strip().endswith("2 already in the cache")
 
-    # a tampered capture is refused as a whole, and nothing is added
+    # a tampered capture is refused as a whole (named, exit 2), the verified one beside it is added
     with tarfile.open(tarball) as tar:
         members = [(m, tar.extractfile(m).read() if m.isfile() else None) for m in tar.getmembers()]  # type: ignore[union-attr]
     raw = next(i for i, (m, _d) in enumerate(members) if m.isfile() and "/raw/" in m.name)
@@ -326,7 +326,9 @@ def test_bump_reports_the_entry_point_and_waives_the_machine_name_and_cache_move
     refused = run_qabi("cache", "import", str(bad), env=env_c)
     assert refused.returncode == 2 and "does not match its sha256" in refused.stderr, refused.stderr
     assert refused.stderr.count("\n") == 1
-    assert _snapshot(tmp_path / "c") == {}
+    tampered = info.name.split("/")[0]     # that capture is refused whole; the other, verified, is added
+    assert tampered in refused.stderr and "1 captures imported" in refused.stderr
+    assert {name.split("/")[0] for name in _snapshot(tmp_path / "c")} == {m.name.split("/")[0] for m, _d in members} - {tampered}
 
 
 SHARD_CHECK = ("check", "--old", "debian:bookworm", "--new", "debian:trixie", "--machine", "pc-i440fx-7.2",
