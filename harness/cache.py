@@ -354,3 +354,24 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def sha256_tree(root: Path) -> str:
+    """One sha256 over a directory tree as a program reading it sees it: every file's path relative
+    to `root` and the sha256 of its bytes (symlinks followed; a dangling one recorded as such), in
+    sorted order. A missing `root` hashes as empty."""
+    digest = hashlib.sha256()
+    entries: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for dirpath, dirs, files in os.walk(root, followlinks=True):
+        seen.add(os.path.realpath(dirpath))
+        dirs[:] = [d for d in dirs if os.path.realpath(os.path.join(dirpath, d)) not in seen]  # no link loops
+        for name in files:
+            path = Path(dirpath) / name
+            try:
+                entries.append((str(path.relative_to(root)), sha256_file(path)))
+            except OSError:
+                entries.append((str(path.relative_to(root)), "unreadable"))
+    for rel, file_digest in sorted(entries):
+        digest.update(f"{rel}\0{file_digest}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()

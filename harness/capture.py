@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
+import hashlib
 import json
 import os
 import re
@@ -19,8 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from harness import __version__
-from harness.cache import MANIFEST_LIMIT, atomic_write_bytes, read_json, sha256_file, sweep_stale
+from harness.cache import (
+    MANIFEST_LIMIT,
+    atomic_write_bytes,
+    cache_root,
+    read_json,
+    sha256_file,
+    sha256_tree,
+    sweep_stale,
+)
 from harness.errors import CaptureError, QabiError, UnsupportedError
+from harness.guest.profile import NAME as PROFILE_NAME
 from harness.guest.profile import GuestProfile, check_supported, machine_family
 from harness.guest.user_image import GuestImage, open_guest_image
 from harness.qemu import QemuBuild
@@ -85,21 +96,6 @@ class GuestAccess:
         """Whether the reference guest (kernel + initramfs) boots: not for the firmware payload, nor
         for the user's own image."""
         return self.guest_image is None and self.transport != "firmware"
-
-    def key_parts(self, image: GuestImage | None = None) -> dict[str, Any]:
-        """What of this access decides a capture's bytes (for cache keys): the transport (serial
-        keys carry none, as before transports were named in them), the payload or the user image
-        (`image`: the opened one, when there is one)."""
-        if self.transport == "serial":
-            return {}
-        parts: dict[str, Any] = {"transport": self.transport}
-        if self.transport == "firmware":
-            from harness.transport.firmware import payload_sha256
-
-            parts["payload"] = payload_sha256()
-        if self.guest_image is not None:
-            parts["guest_image"] = (image or open_guest_image(self.guest_image)).sha256
-        return parts
 
 
 DEFAULT_ACCESS = GuestAccess()
@@ -197,7 +193,7 @@ def is_failed_capture(out: Path) -> bool:
 # what a complete manifest must hold, and of which JSON type (the decoders and reports read these)
 _MANIFEST_SHAPE: dict[str, type] = {"build": dict, "profile": dict, "machine": dict, "image": dict, "accel": str,
                                     "files": dict}
-_SHA256 = re.compile(r"[0-9a-f]{64}")
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 def check_manifest(path: Path, manifest: dict[str, Any]) -> None:
@@ -211,7 +207,7 @@ def check_manifest(path: Path, manifest: dict[str, Any]) -> None:
     for rel, digest in manifest["files"].items():
         parts = rel.split("/")
         if parts[0] != "raw" or len(parts) < 2 or any(p in ("", ".", "..") for p in parts) \
-                or not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+                or not isinstance(digest, str) or not SHA256_HEX.fullmatch(digest):
             raise CaptureError(f"{path}: {MANIFEST} lists a bad file entry {rel[:80]!r}")
 
 
@@ -301,6 +297,7 @@ def _manifest(plan: CapturePlan, transport: Any, argv: list[str], setup: Any, re
         "argv": _portable_argv(argv),
         "image": setup.image,
         "transport": transport.name,
+        "inputs": capture_inputs(plan),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "timings": result.timings,
         "probe": result.info,
@@ -332,3 +329,127 @@ def _fail(staging: Path, out: Path, exc: BaseException) -> None:
         out.mkdir(parents=True, exist_ok=True)
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:2000]
         atomic_write_bytes(out / FAILED, f"{FAILED_SIGNATURE}\n{reason}\n")
+
+
+# -- what a capture is of: its inputs, its cache key, its folder name ------------------------------------
+# A capture in the cache lives in MACHINE_PROFILE_KEY, KEY a pure function of its inputs (`inputs_key`).
+# The inputs are recorded in the manifest (`inputs`), so the key is recomputed from what the capture
+# says it is on import and on every reuse: a capture filed under another build's key is never used.
+KEY_LENGTH = 24
+INPUT_FIELDS = ("qabi", "build", "firmware", "machine", "profile", "accel", "transport", "image")
+CAPTURE_NAME = re.compile(rf"(?P<machine>[A-Za-z0-9][A-Za-z0-9.+-]*)_(?P<profile>{PROFILE_NAME.pattern})"
+                          rf"_(?P<key>[0-9a-f]{{{KEY_LENGTH}}})")
+
+
+def capture_inputs(plan: CapturePlan) -> dict[str, Any]:
+    """Everything that decides what a capture contains, as its manifest records it: qabi's version,
+    the binary's sha256, each firmware dir (portable) with the sha256 of its tree, the resolved
+    machine type, the profile file's sha256, the accelerator, the transport and the sha256 of what
+    boots (the firmware payload, the reference image or the user's image)."""
+    build, profile = plan.build, plan.profile
+    text = Path(profile.source).read_bytes() if profile.source else repr(profile).encode()
+    return {
+        "qabi": __version__, "build": build.sha256,
+        "firmware": [{"dir": portable_path(d), "sha256": _firmware_sha256(d)} for d in build.firmware_dirs],
+        "machine": plan.machine, "profile": hashlib.sha256(text).hexdigest(), "accel": plan.accel,
+        "transport": plan.access.transport, "image": _boot_sha256(plan),
+    }
+
+
+def inputs_key(inputs: dict[str, Any]) -> str:
+    """The cache key of a capture's inputs: the one function, for the plan about to capture and for
+    a manifest that says what it captured (identical inputs give identical raw bytes)."""
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:KEY_LENGTH]
+
+
+def capture_key(plan: CapturePlan) -> str:
+    return inputs_key(capture_inputs(plan))
+
+
+def capture_name(plan: CapturePlan, inputs: dict[str, Any] | None = None) -> str:
+    """The cache folder of `plan`'s capture: MACHINE_PROFILE_KEY."""
+    return f"{plan.machine}_{plan.profile.name}_{inputs_key(inputs or capture_inputs(plan))}"
+
+
+def check_provenance(cap: Capture, expected: dict[str, Any] | None = None) -> None:
+    """CaptureError unless `cap` is what its folder's name says: MACHINE_PROFILE_KEY with the
+    manifest's machine type and profile, and KEY recomputed from the manifest's recorded inputs,
+    which must agree with what the manifest says ran (build sha256, machine, accel, transport,
+    image). With `expected` (the inputs of the run about to use it) they must be exactly those."""
+    name = cap.path.name
+    parsed = CAPTURE_NAME.fullmatch(name)
+    if parsed is None:
+        raise CaptureError(f"{name[:120]}: not a capture folder name (MACHINE_PROFILE_KEY)")
+    manifest = cap.manifest
+    key = manifest_key(cap)
+    has = (manifest["machine"]["resolved"], manifest["profile"]["name"], key)
+    if (parsed["machine"], parsed["profile"], parsed["key"]) != has:
+        raise CaptureError(f"{name}: its manifest is a capture of {has[0]} {has[1]} whose inputs give the key "
+                           f"{key}: filed under another key")
+    if expected is not None and manifest["inputs"] != expected:
+        differ = [f for f in INPUT_FIELDS if manifest["inputs"].get(f) != expected.get(f)]
+        raise CaptureError(f"{name}: a capture of other inputs ({', '.join(differ) or 'all'} differ)")
+
+
+def manifest_key(cap: Capture) -> str:
+    """The key of the inputs `cap`'s manifest records, once they agree with the rest of the manifest."""
+    path, manifest = cap.path.name, cap.manifest
+    inputs = manifest.get("inputs")
+    if not isinstance(inputs, dict) or sorted(inputs) != sorted(INPUT_FIELDS):
+        raise CaptureError(f"{path}: {MANIFEST} records no valid capture inputs (made by an older qabi?)")
+    firmware = inputs["firmware"]
+    if not all(isinstance(inputs[f], str) for f in INPUT_FIELDS if f != "firmware") \
+            or not isinstance(firmware, list) \
+            or not all(isinstance(f, dict) and sorted(f) == ["dir", "sha256"] and all(isinstance(v, str) for v in f.values())
+                       for f in firmware):
+        raise CaptureError(f"{path}: {MANIFEST} records no valid capture inputs (bad field types)")
+    build = manifest["build"]
+    recorded = {"qabi": manifest.get("qabi_version"), "build": build.get("sha256"),
+                "machine": manifest["machine"]["resolved"], "accel": manifest["accel"],
+                "transport": manifest.get("transport"), "image": manifest["image"]["sha256"]}
+    for field, value in recorded.items():
+        if inputs[field] != value:
+            raise CaptureError(f"{path}: {MANIFEST} records the input {field} {str(inputs[field])[:80]!r} "
+                               f"but ran {str(value)[:80]!r}")
+    dirs = build.get("firmware_dirs")
+    if not isinstance(dirs, list) or len(dirs) != len(firmware) \
+            or not all(isinstance(d, str) and _same_dir(d, f["dir"]) for d, f in zip(dirs, firmware, strict=False)):
+        raise CaptureError(f"{path}: {MANIFEST} records firmware inputs other than the firmware dirs that ran")
+    return inputs_key(inputs)
+
+
+def portable_path(path: str) -> str:
+    """A path as a key input: relative to the cache root when inside it, so that captures moved to
+    another runner (`qabi cache export/import`) keep their keys there."""
+    root = cache_root()
+    for inside, base in ((Path(path).absolute(), root.absolute()), (Path(path).resolve(), root.resolve())):
+        if inside.is_relative_to(base):   # as named (a cache whose builds are links elsewhere), or resolved
+            return "$CACHE/" + str(inside.relative_to(base))
+    return path
+
+
+def _same_dir(ran: str, recorded: str) -> bool:
+    """The firmware dir a manifest says ran is the one its inputs record (`portable_path`: inside
+    the cache on whichever runner made it, or the same path)."""
+    if recorded.startswith("$CACHE/"):
+        return ran.endswith(recorded.removeprefix("$CACHE"))
+    return ran == recorded or Path(ran).resolve() == Path(recorded)
+
+
+@functools.cache
+def _firmware_sha256(path: str) -> str:
+    """A firmware dir's tree hash, once per process (builds in the cache do not change under a run)."""
+    return sha256_tree(Path(path))
+
+
+def _boot_sha256(plan: CapturePlan) -> str:
+    """The sha256 of what boots: the user's image, the firmware payload or the reference image."""
+    if plan.user_image is not None:
+        return plan.user_image.sha256
+    if plan.access.transport == "firmware":
+        from harness.transport.firmware import payload_sha256
+
+        return payload_sha256()
+    from harness.guest import build_reference_image
+
+    return build_reference_image(plan.reference).sha256

@@ -20,8 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from harness import __version__
-from harness.cache import cache_dir, cache_root, file_lock, sweep_stale
+from harness.cache import cache_dir, file_lock, sweep_stale
 from harness.capture import (
     DEFAULT_ACCESS,
     DEFAULT_TIMEOUT,
@@ -30,6 +29,10 @@ from harness.capture import (
     CapturePlan,
     GuestAccess,
     capture,
+    capture_inputs,
+    capture_key,
+    capture_name,
+    check_provenance,
     is_complete,
     load_capture,
     plan_capture,
@@ -38,8 +41,7 @@ from harness.capture import (
 from harness.drift.engine import compare
 from harness.drift.model import Severity, severity_rank
 from harness.drift.waivers import DEFAULT_WAIVERS, Waivers, load_waivers
-from harness.errors import CaptureError, QabiError, UnsupportedError
-from harness.guest import build_reference_image
+from harness.errors import CaptureError, QabiError, UnsupportedError, note
 from harness.guest.profile import GuestProfile, close_devices, load_profile, profile_names
 from harness.matrix.bump import is_generated, split_machine, with_bump
 from harness.matrix.shard import Shard, check_shard, select
@@ -76,6 +78,9 @@ class Side:
         from harness.baseline import is_baseline_dir
 
         if is_baseline_dir(Path(spec)):
+            from harness.baseline import baseline_provenance
+
+            baseline_provenance(Path(spec))     # a baseline proves what it is: a valid build.json
             return cls(spec, baseline=Path(spec))
         return cls(spec, build=resolve(spec, firmware_from=firmware_from))
 
@@ -112,28 +117,6 @@ def expand_guests(asked: list[str] | None) -> list[str]:
     return list(asked) if asked else profile_names()
 
 
-def capture_key(plan: CapturePlan) -> str:
-    """Everything that decides what a capture contains; identical keys give identical raw bytes."""
-    build, profile, access = plan.build, plan.profile, plan.access
-    image = build_reference_image(plan.reference) if access.boots_reference_image else None
-    parts = {
-        "qabi": __version__, "sha256": build.sha256, "firmware": [_portable(d) for d in build.firmware_dirs],
-        "profile": Path(profile.source).read_text() if profile.source else repr(profile),
-        "machine": plan.machine, "accel": plan.accel, "image": image.sha256 if image else None,
-        **access.key_parts(plan.user_image),
-    }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
-
-
-def _portable(path: str) -> str:
-    """A path as a cache key part: relative to the cache root when inside it, so that captures
-    moved to another runner (`qabi cache export/import`) keep their keys there."""
-    try:
-        return "$CACHE/" + str(Path(path).resolve().relative_to(cache_root().resolve()))
-    except ValueError:
-        return path
-
-
 def captured(plan: CapturePlan, reuse: bool = True) -> Capture:
     """A complete, verified capture for `plan`: the cached one with identical inputs, else one made
     now into the cache (so that the next run reuses it). One capture at a time per key.
@@ -143,18 +126,20 @@ def captured(plan: CapturePlan, reuse: bool = True) -> Capture:
     so that a cached capture another run may be reading is never deleted under it."""
     captures = cache_dir("captures")
     _sweep_once(captures)
-    folder = captures / f"{plan.machine}_{plan.profile.name}_{capture_key(plan)}"
+    inputs = capture_inputs(plan)
+    folder = captures / capture_name(plan, inputs)
     with file_lock(folder.with_name(folder.name + ".lock")):
         if is_complete(folder):
             if not reuse:
-                # named like a staging dir, so that one a killed run left is swept as stale
-                scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH}{folder.name}.partial-{os.getpid()}-",
-                                                dir=captures))
-                return capture(plan, scratch / "capture")
+                return _fresh(plan, captures, folder.name)
             try:
-                return load_capture(folder)  # verified before it is used
-            except CaptureError:
-                pass  # corrupted in the cache (a bad disk, a hand edit): made afresh below, once
+                cap = load_capture(folder)        # verified before it is used
+                check_provenance(cap, inputs)     # and of exactly this run's inputs (its key recomputed)
+                return cap
+            except CaptureError as exc:
+                # corrupted in the cache (a bad disk, a hand edit) or another capture filed under this
+                # run's key (a renamed folder): never used, made afresh below, once
+                note(f"not reusing the cached capture: {exc}; capturing afresh")
         if folder.exists():
             try:
                 shutil.rmtree(folder)
@@ -165,6 +150,21 @@ def captured(plan: CapturePlan, reuse: bool = True) -> Capture:
 
 
 SCRATCH = ".fresh-"
+
+
+def _fresh(plan: CapturePlan, captures: Path, name: str) -> Capture:
+    """A `--no-reuse` capture into a scratch dir beside the cached one, named like a staging dir
+    (`.fresh-NAME.partial-PID-…`) so that one a SIGKILLed run left is swept as stale; removed at once
+    when a signal (SIGTERM, SIGHUP, Ctrl-C) stops the capture (a failed one keeps its console log,
+    which its error names, until the sweep)."""
+    scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH}{name}.partial-{os.getpid()}-", dir=captures))
+    try:
+        return capture(plan, scratch / "capture")
+    except Exception:
+        raise
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
 
 
 def is_scratch(cap: Capture) -> bool:

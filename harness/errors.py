@@ -41,3 +41,13 @@ class DecodeError(QabiError):
         super().__init__(f"cannot decode {where}: {message}")
         self.file = file
         self.offset = offset
+
+
+def note(message: str) -> None:
+    """One `qabi: note: …` line on stderr (control characters escaped): something a run did instead
+    of what was asked, which is not an error (e.g. a cached capture it would not reuse)."""
+    import sys
+
+    from harness.report.text import escape_controls
+
+    print(f"qabi: note: {escape_controls(' '.join(message.split()), keep='')}", file=sys.stderr)

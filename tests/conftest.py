@@ -44,3 +44,20 @@ def cache_copy(tmp_path):
         return home
 
     return make
+
+
+SHARED = ("builds", "info", "images", "series", "apt", "debs", "baselines")
+
+
+def private_captures(home: Path) -> dict[str, str]:
+    """XDG_CACHE_HOME `home` sharing the real cache's builds and images, with captures of its own."""
+    from harness.cache import cache_root
+
+    real = cache_root()
+    (home / "qabi" / "captures").mkdir(parents=True, exist_ok=True)
+    for part in SHARED:
+        (real / part).mkdir(exist_ok=True)
+        link = home / "qabi" / part
+        if not link.exists():
+            link.symlink_to(real / part)
+    return {"XDG_CACHE_HOME": str(home)}

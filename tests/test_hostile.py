@@ -166,7 +166,7 @@ def test_invalid_baseline_build_json_is_exit_2(tmp_path):
     done = run_qabi("check", "--old", str(base), "--new", "system", "--machine", "pc-i440fx-7.2",
                     "--guest", "minimal")
     line = _one_line_exit_2(done)
-    assert "could not decide" in line
+    assert "build.json: not a baseline's build record" in line
 
 
 def test_guest_path_component_over_255_bytes_is_refused():
@@ -1132,3 +1132,362 @@ def test_a_signal_while_qemu_is_killed_after_an_error_is_one_line(sig):
                           timeout=60, check=False)
     _one_line_exit_2(done)
     assert done.stderr.count("\n") == 1, done.stderr
+
+
+# --- capture provenance and archives (issue 19 class 2) ---
+# A capture proves what it is: its cache key is recomputed from the inputs its manifest records, on
+# import and on every reuse. Real captures over the firmware transport of two builds that differ
+# (the host's `system` QEMU and debian:bookworm: other firmware dirs), in a private capture cache.
+FW_RUN = ("--machine", "pc-i440fx-7.2", "--transport", "firmware")
+
+
+@pytest.fixture(scope="module")
+def two_builds(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private cache home holding real captures of `minimal` and of `my_guest` (a profile whose
+    name has a `_`) by the `system` build and by debian:bookworm."""
+    from conftest import private_captures
+
+    root = tmp_path_factory.mktemp("two_builds")
+    guest = _profile(root, "", name="my_guest")
+    home = root / "home"
+    done = run_qabi("check", "--old", "system", "--new", "debian:bookworm", *FW_RUN, "--guest", "minimal",
+                    "--guest", str(guest), env=private_captures(home))
+    assert done.returncode in (0, 1), done.stderr
+    assert len(_captures(home)) == 4, _captures(home)
+    return home
+
+
+def _captures(home: Path) -> dict[str, Path]:
+    root = home / "qabi" / "captures"
+    return {p.name: p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+
+
+def _copy_of(home: Path, tmp_path: Path, name: str = "copy") -> tuple[Path, dict[str, str]]:
+    from conftest import private_captures
+
+    mine = tmp_path / name
+    env = private_captures(mine)
+    for folder in _captures(home).values():
+        shutil.copytree(folder, mine / "qabi" / "captures" / folder.name)
+    return mine, env
+
+
+def _of_build(home: Path, guest: str, debian: bool) -> Path:
+    """The capture of `guest` by debian:bookworm (`debian`) or by the system build."""
+    (found,) = [p for p in _captures(home).values() if p.name.split("_", 1)[1].rsplit("_", 1)[0] == guest
+                and (json.loads((p / "manifest.json").read_text())["build"]["kind"] == "debian") == debian]
+    return found
+
+
+def test_a_capture_renamed_to_another_builds_key_is_recaptured_on_reuse(two_builds, tmp_path):
+    home, env = _copy_of(two_builds, tmp_path)
+    system, debian = _of_build(home, "minimal", False), _of_build(home, "minimal", True)
+    assert system.name != debian.name and system.name.rsplit("_", 1)[0] == debian.name.rsplit("_", 1)[0]
+    shutil.rmtree(debian)
+    system.rename(debian)          # the system build's capture under debian:bookworm's key
+    done = run_qabi("check", "--old", "debian:bookworm", "--new", "debian:bookworm", *FW_RUN, "--guest", "minimal",
+                    env=env)
+    assert done.returncode == 0, done.stderr
+    notes = [line for line in done.stderr.splitlines() if line.startswith("qabi: note:")]
+    assert len(notes) == 1 and debian.name in notes[0] and "another key" in notes[0], done.stderr
+    recaptured = json.loads((debian / "manifest.json").read_text())
+    assert recaptured["build"]["kind"] == "debian" and recaptured["build"]["firmware_dirs"]
+    again = run_qabi("check", "--old", "debian:bookworm", "--new", "debian:bookworm", *FW_RUN, "--guest", "minimal",
+                     env=env)
+    assert again.returncode == 0 and "qabi: note:" not in again.stderr, again.stderr   # now it proves its key
+
+
+def _tar_members(path: Path) -> list[tuple[Any, bytes | None]]:
+    import tarfile
+
+    with tarfile.open(path) as tar:
+        return [(m, tar.extractfile(m).read() if m.isfile() else None) for m in tar.getmembers()]  # type: ignore[union-attr]
+
+
+def _write_tar(path: Path, members: list[tuple[Any, bytes | None]], mode: str = "w:gz") -> Path:
+    import io
+    import tarfile
+
+    with tarfile.open(path, mode, format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+def test_a_capture_filed_under_another_builds_key_in_a_tarball_is_refused_on_import(two_builds, tmp_path):
+    home, env = _copy_of(two_builds, tmp_path)
+    system, debian = _of_build(home, "minimal", False), _of_build(home, "minimal", True)
+    tarball = tmp_path / "all.tar.gz"
+    exported = run_qabi("cache", "export", str(tarball), env=env)
+    assert exported.returncode == 0 and "4 captures exported" in exported.stdout, exported.stderr
+    members = []
+    for info, data in _tar_members(tarball):   # debian's capture dropped, the system's renamed to its key
+        top, _, rest = info.name.partition("/")
+        if top == debian.name:
+            continue
+        if top == system.name:
+            info.name = f"{debian.name}/{rest}" if rest else debian.name
+        members.append((info, data))
+    forged = _write_tar(tmp_path / "forged.tar.gz", members)
+    from conftest import private_captures
+
+    target = tmp_path / "b"
+    done = run_qabi("cache", "import", str(forged), env=private_captures(target))
+    line = _one_line_exit_2(done)
+    assert debian.name in line and "another key" in line and "2 captures imported" in line, line
+    assert debian.name not in _captures(target) and len(_captures(target)) == 2
+
+
+def test_every_recorded_input_decides_the_key(two_builds, tmp_path):
+    from harness.capture import INPUT_FIELDS, check_provenance, inputs_key, load_capture, manifest_key
+    from harness.errors import CaptureError
+
+    source = _of_build(two_builds, "minimal", True)
+    cap = load_capture(source)
+    check_provenance(cap)
+    inputs = cap.manifest["inputs"]
+    assert inputs_key(inputs) == manifest_key(cap) == source.name.rsplit("_", 1)[1]
+    assert sorted(inputs) == sorted(INPUT_FIELDS) and inputs["firmware"]
+    mirror = {"qabi": ("qabi_version",), "build": ("build", "sha256"), "machine": ("machine", "resolved"),
+              "accel": ("accel",), "transport": ("transport",), "image": ("image", "sha256")}
+    for field in INPUT_FIELDS:
+        altered = json.loads(json.dumps(cap.manifest))
+        if field == "firmware":
+            altered["inputs"]["firmware"][0]["sha256"] = "0" * 64
+        else:
+            altered["inputs"][field] = "x" + str(altered["inputs"][field])
+        assert inputs_key(altered["inputs"]) != inputs_key(inputs), field
+        forged = type(cap)(cap.path, altered)
+        with pytest.raises(CaptureError):     # the folder's key is not the altered inputs' key
+            check_provenance(forged)
+        with pytest.raises(CaptureError, match="other inputs"):     # nor what this run would launch
+            check_provenance(cap, altered["inputs"])
+        if field in mirror:   # the manifest's own record of what ran, changed alone, disagrees with its inputs
+            lie = json.loads(json.dumps(cap.manifest))
+            *where, last = mirror[field]
+            node = lie
+            for part in where:
+                node = node[part]
+            node[last] = "x" + str(node[last])
+            with pytest.raises(CaptureError, match="records the input"):
+                manifest_key(type(cap)(cap.path, lie))
+
+
+def test_export_takes_any_profile_name_and_names_and_skips_a_corrupted_capture(two_builds, tmp_path):
+    from conftest import private_captures
+
+    home, env = _copy_of(two_builds, tmp_path)
+    underscored = _of_build(home, "my_guest", True)
+    corrupted = _of_build(home, "minimal", False)
+    raw = next(p for p in sorted((corrupted / "raw").rglob("*")) if p.is_file())
+    raw.write_bytes(raw.read_bytes() + b"\0")
+    tarball = tmp_path / "out.tar.gz"
+    line = _one_line_exit_2(run_qabi("cache", "export", str(tarball), env=env))
+    assert "3 captures exported" in line and corrupted.name in line and "does not match its sha256" in line, line
+    tops = {info.name.split("/")[0] for info, _data in _tar_members(tarball)}
+    assert tops == set(_captures(home)) - {corrupted.name} and underscored.name in tops
+    target = tmp_path / "b"
+    done = run_qabi("cache", "import", str(tarball), env=private_captures(target))
+    assert done.returncode == 0 and "3 captures imported" in done.stdout, done.stderr
+    assert underscored.name in _captures(target)
+    again = run_qabi("check", "--old", "debian:bookworm", "--new", "debian:bookworm", *FW_RUN, "--guest",
+                     str(two_builds.parent / "my_guest.toml"), env={"XDG_CACHE_HOME": str(target)})
+    assert again.returncode == 0 and "qabi: note:" not in again.stderr, again.stderr
+    assert set(_captures(target)) == tops      # the imported `_` capture was reused, nothing captured
+
+
+@pytest.fixture(scope="module")
+def exported(two_builds: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`qabi cache export` of the two builds' captures."""
+    tarball = tmp_path_factory.mktemp("exported") / "export.tar.gz"
+    done = run_qabi("cache", "export", str(tarball), env={"XDG_CACHE_HOME": str(two_builds)})
+    assert done.returncode == 0, done.stderr
+    return tarball
+
+
+@pytest.mark.parametrize("mode,suffix", [("w:gz", "tar.gz"), ("w:xz", "tar.xz"), ("w", "tar")])
+def test_a_truncated_archive_is_one_line_and_adds_nothing(exported, tmp_path, monkeypatch, mode, suffix):
+    from conftest import private_captures
+
+    from harness.errors import QabiError
+    from harness.matrix.cachefile import import_captures
+
+    whole = _write_tar(tmp_path / f"whole.{suffix}", _tar_members(exported), mode).read_bytes()
+    for cut in (len(whole) // 2, 512 * (len(whole) // 1024), 100):   # mid-member, at a block, in a header
+        short = tmp_path / f"short{cut}.{suffix}"
+        short.write_bytes(whole[:cut])
+        env = private_captures(tmp_path / f"b{cut}")
+        if cut == 100:   # the CLI's contract once, the reader's refusal at every cut
+            _one_line_exit_2(run_qabi("cache", "import", str(short), env=env))
+        monkeypatch.setenv("XDG_CACHE_HOME", env["XDG_CACHE_HOME"])
+        with pytest.raises(QabiError, match="truncated|not a tar|checksum"):
+            import_captures(short)
+        assert list((tmp_path / f"b{cut}" / "qabi" / "captures").iterdir()) == []
+
+
+def _bounded_qabi(*args: str, env: dict[str, str], memory: int = 600 << 20) -> tuple[subprocess.CompletedProcess[str], float]:
+    """The CLI under an address-space limit: a reader that held a bomb in memory would fail."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=REPO, env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=120, preexec_fn=limit, check=False)
+    return done, time.monotonic() - started
+
+
+def _header(name: str, size: int = 0, kind: bytes = b"0") -> bytes:
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    info.size, info.type = size, kind
+    return info.tobuf(format=tarfile.USTAR_FORMAT if len(name) < 100 else tarfile.GNU_FORMAT)
+
+
+CAP_NAME = "pc-q35-7.2_my_guest_0123456789abcdef01234567"
+
+
+def _bomb(kind: str) -> bytes:
+    """A small archive that, read naively, costs hundreds of MB or more."""
+    if kind == "members":        # 10^5 empty members (a 520 KB file of these reached 565 MB)
+        return _header(f"{CAP_NAME}/raw/x") * 100_000 + bytes(1024)
+    if kind == "pax":            # a pax header declaring 100 MB, its body zeros
+        return _header("pax", 100 << 20, b"x") + bytes(100 << 20)
+    if kind == "long-name":      # a GNU long name of 10 MB
+        return _header("././@LongLink", 10 << 20, b"L") + b"a" * (10 << 20)
+    if kind == "huge-member":    # a member declaring 3 GiB
+        return _header(f"{CAP_NAME}/console.log", 3 << 30)
+    # a 5000-byte name in a pax header (under the header bound, over the name bound)
+    record = f"path={CAP_NAME}/raw/{'n' * 5000}\n"
+    length = len(record) + 5
+    record = f"{length} {record}"
+    body = record.encode().ljust(-(-len(record) // 512) * 512, b"\0")
+    return _header("pax", len(record), b"x") + body + _header("short") + bytes(1024)
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("members", "more than 50000 members"), ("pax", "a pax header of 104857600 bytes"),
+    ("long-name", "a long-name header of 10485760 bytes"), ("huge-member", "has 3221225472 bytes"),
+    ("long-path", "a member name over 1024 bytes"),
+])
+def test_tar_header_bombs_are_refused_in_bounded_memory_and_time(tmp_path, kind, message):
+    import gzip
+
+    from conftest import private_captures
+
+    bomb = tmp_path / "bomb.tar.gz"
+    bomb.write_bytes(gzip.compress(_bomb(kind), 1))
+    assert bomb.stat().st_size < 600 << 10
+    done, seconds = _bounded_qabi("cache", "import", str(bomb), env=private_captures(tmp_path / "b"))
+    line = _one_line_exit_2(done)
+    assert message in line and seconds < 30, (line, seconds)
+    assert list((tmp_path / "b" / "qabi" / "captures").iterdir()) == []
+
+
+BASELINE = next(p for p in sorted((REPO / "fingerprints").iterdir()) if p.name.startswith("debian-bookworm-"))
+
+
+def _baseline_copy(tmp_path: Path) -> Path:
+    """A copy of the committed bookworm baseline with one recording: pc-q35-7.2/minimal."""
+    base = tmp_path / BASELINE.name
+    shutil.copytree(BASELINE / "pc-q35-7.2" / "minimal", base / "pc-q35-7.2" / "minimal")
+    shutil.copy2(BASELINE / "build.json", base / "build.json")
+    return base
+
+
+def _check_baseline(base: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    return run_qabi("check", "--old", str(base), "--new", str(BASELINE), "--machine", "pc-q35-7.2", "--guest", "minimal",
+                    env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
+
+
+def test_an_xz_bomb_in_a_baseline_is_refused_in_bounded_memory_and_time(tmp_path):
+    import lzma
+
+    base = _baseline_copy(tmp_path)
+    squeeze = lzma.LZMACompressor(preset=0)
+    parts = []
+    for index in range(6):   # six 15 MiB members of zeros: each under the member bound, 90 MiB in all
+        parts.append(squeeze.compress(_header(f"raw/bomb{index}", 15 << 20)))
+        parts += [squeeze.compress(bytes(1 << 20)) for _ in range(15)]
+    parts += [squeeze.compress(bytes(1024)), squeeze.flush()]
+    (base / "pc-q35-7.2" / "minimal" / "raw.tar.xz").write_bytes(b"".join(parts))
+    assert (base / "pc-q35-7.2" / "minimal" / "raw.tar.xz").stat().st_size < 1 << 20
+    done, seconds = _bounded_qabi("check", "--old", str(base), "--new", str(BASELINE), "--machine", "pc-q35-7.2",
+                                  "--guest", "minimal", env={"XDG_CACHE_HOME": str(tmp_path / "cache")},
+                                  memory=600 << 20)
+    line = _one_line_exit_2(done)
+    assert "unpacks to more than 67108864 bytes" in line and seconds < 30, (line, seconds)
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda b: b.update(sha256="0" * 64), "a capture of another build (sha256"),
+    (lambda b: b.update(version="10.0.13"), "a capture of another build (version"),
+    (lambda b: b.pop("spec"), "no valid build.spec"),
+    (lambda b: b.update(sha256="not a hash"), "build.sha256 is not a sha256"),
+])
+def test_a_baseline_recording_must_be_of_the_build_its_build_json_names(tmp_path, edit, message):
+    base = _baseline_copy(tmp_path)
+    data = json.loads((base / "build.json").read_text())
+    edit(data["build"])
+    (base / "build.json").write_text(json.dumps(data))
+    assert message in _one_line_exit_2(_check_baseline(base, tmp_path))
+
+
+def test_a_baseline_recording_filed_under_another_machine_or_profile_is_refused(tmp_path):
+    base = _baseline_copy(tmp_path)
+    (base / "pc-q35-7.2" / "minimal").rename(base / "pc-q35-7.2" / "windows")
+    shutil.copytree(BASELINE / "pc-i440fx-7.2" / "minimal", base / "pc-q35-7.2" / "minimal")
+    line = _one_line_exit_2(_check_baseline(base, tmp_path))
+    assert "a capture of pc-i440fx-7.2/minimal filed as pc-q35-7.2/minimal" in line, line
+    assert _check_baseline(_baseline_copy(tmp_path / "good"), tmp_path).returncode in (0, 1)   # the untouched copy
+
+
+def test_a_no_reuse_capture_stopped_by_sigterm_or_sigkill_leaves_no_fresh_dir(tmp_path):
+    """A real build (the host's QEMU behind a wrapper that, once told to, hangs at the capture
+    instead of booting): SIGTERM removes the `--no-reuse` scratch dir at once; after a SIGKILL the
+    next run sweeps it once its process is gone and it is stale."""
+    from conftest import private_captures
+
+    hang, mark = tmp_path / "hang", tmp_path / "mark"
+    wrapper = tmp_path / "qemu-system-x86_64"
+    wrapper.write_text(f'#!/bin/sh\ncase "$*" in *-qtest*) if [ -e {hang} ]; then echo $$ > {mark}; exec sleep 60; fi;; '
+                       'esac\nexec /usr/bin/qemu-system-x86_64 "$@"\n')
+    wrapper.chmod(0o755)
+    env = private_captures(tmp_path / "home")
+    captures = tmp_path / "home" / "qabi" / "captures"
+    argv = [sys.executable, "-m", "harness.cli", "check", "--old", str(wrapper), "--new", str(wrapper), *FW_RUN,
+            "--guest", "minimal"]
+    first = subprocess.run(argv, cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=300,
+                           check=False)
+    assert first.returncode == 0, first.stderr
+    hang.touch()
+
+    def stopped(sig: signal.Signals) -> subprocess.Popen[str]:
+        mark.unlink(missing_ok=True)
+        with open(tmp_path / "stderr", "w") as stderr:   # not a pipe: a killed run's "QEMU" would hold it
+            proc = subprocess.Popen([*argv, "--no-reuse"], cwd=REPO, env={**os.environ, **env},
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+        deadline = time.monotonic() + 120
+        while not mark.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert mark.exists(), (tmp_path / "stderr").read_text()
+        assert [p for p in captures.iterdir() if p.name.startswith(".fresh-")]   # the scratch dir exists now
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+        return proc
+
+    proc = stopped(signal.SIGTERM)
+    assert proc.returncode == 2 and (tmp_path / "stderr").read_text().endswith("qabi: error: stopped by SIGTERM\n")
+    assert [p.name for p in captures.iterdir() if p.name.startswith(".fresh-")] == []
+    proc = stopped(signal.SIGKILL)
+    os.kill(int(mark.read_text()), signal.SIGKILL)   # the "QEMU" the killed run left
+    (left,) = [p for p in captures.iterdir() if p.name.startswith(".fresh-")]
+    hour_ago = time.time() - 3700
+    os.utime(left, (hour_ago, hour_ago))
+    hang.unlink()
+    again = subprocess.run(argv, cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=300,
+                           check=False)
+    assert again.returncode == 0, again.stderr
+    assert not left.exists()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO, run_qabi
+from conftest import REPO, private_captures, run_qabi
 
 from harness.categories import names
 from harness.drift.model import Comparison, Drift
@@ -270,23 +270,6 @@ def test_cache_import_refuses_hostile_archives(tmp_path, members, message):
 
 # -- integration: real builds, firmware transport ---------------------------------------------------
 
-SHARED = ("builds", "info", "images", "series", "apt", "debs", "baselines")
-
-
-def _private_captures(home: Path) -> dict[str, str]:
-    """XDG_CACHE_HOME `home` sharing the real cache's builds and images, with captures of its own."""
-    from harness.cache import cache_root
-
-    real = cache_root()
-    (home / "qabi" / "captures").mkdir(parents=True, exist_ok=True)
-    for part in SHARED:
-        (real / part).mkdir(exist_ok=True)
-        link = home / "qabi" / part
-        if not link.exists():
-            link.symlink_to(real / part)
-    return {"XDG_CACHE_HOME": str(home)}
-
-
 def _snapshot(home: Path) -> dict[str, int]:
     root = home / "qabi" / "captures"
     return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if not p.name.endswith(".lock")}
@@ -300,7 +283,7 @@ BUMP = ("check", "--old", "debian:trixie", "--new", "debian:trixie", "--machine"
 def test_bump_reports_the_entry_point_and_waives_the_machine_name_and_cache_moves_between_runners(tmp_path):
     # runners A and B: the same cache path (as CI runners have), A's captures only in the archive
     runner = tmp_path / "runner"
-    env_a = _private_captures(runner)
+    env_a = private_captures(runner)
     first = run_qabi(*BUMP, "--json", str(tmp_path / "a.json"), env=env_a)
     assert first.returncode == 1, first.stdout + first.stderr
     report = json.loads((tmp_path / "a.json").read_text())
@@ -320,7 +303,7 @@ def test_bump_reports_the_entry_point_and_waives_the_machine_name_and_cache_move
     assert exported.returncode == 0 and "2 captures exported" in exported.stdout, exported.stdout + exported.stderr
     made = _snapshot(runner)
     runner.rename(tmp_path / "runner-a")
-    env_b = _private_captures(runner)
+    env_b = private_captures(runner)
     assert _snapshot(runner) == {}
     imported = run_qabi("cache", "import", str(tarball), env=env_b)
     assert imported.returncode == 0 and "2 captures imported" in imported.stdout, imported.stderr
@@ -332,7 +315,7 @@ def test_bump_reports_the_entry_point_and_waives_the_machine_name_and_cache_move
     assert json.loads((tmp_path / "b.json").read_text())["runs"][0]["drifts"] == drifts
     assert run_qabi("cache", "import", str(tarball), env=env_b).stdout.strip().endswith("2 already in the cache")
 
-    # a tampered capture is refused as a whole, and nothing is added
+    # a tampered capture is refused as a whole (named, exit 2), the verified one beside it is added
     with tarfile.open(tarball) as tar:
         members = [(m, tar.extractfile(m).read() if m.isfile() else None) for m in tar.getmembers()]  # type: ignore[union-attr]
     raw = next(i for i, (m, _d) in enumerate(members) if m.isfile() and "/raw/" in m.name)
@@ -340,11 +323,13 @@ def test_bump_reports_the_entry_point_and_waives_the_machine_name_and_cache_move
     assert data
     members[raw] = (info, bytes([data[0] ^ 1]) + data[1:])
     bad = _tar(tmp_path / "tampered.tar", members)
-    env_c = _private_captures(tmp_path / "c")
+    env_c = private_captures(tmp_path / "c")
     refused = run_qabi("cache", "import", str(bad), env=env_c)
     assert refused.returncode == 2 and "does not match its sha256" in refused.stderr, refused.stderr
     assert refused.stderr.count("\n") == 1
-    assert _snapshot(tmp_path / "c") == {}
+    tampered = info.name.split("/")[0]     # that capture is refused whole; the other, verified, is added
+    assert tampered in refused.stderr and "1 captures imported" in refused.stderr
+    assert {name.split("/")[0] for name in _snapshot(tmp_path / "c")} == {m.name.split("/")[0] for m, _d in members} - {tampered}
 
 
 SHARD_CHECK = ("check", "--old", "debian:bookworm", "--new", "debian:trixie", "--machine", "pc-i440fx-7.2",

@@ -33,14 +33,15 @@ def test_help_lists_the_transport_table(capsys):
 
 
 def test_cache_keys_differ_per_transport():
-    from harness.check import capture_key
+    from harness.capture import capture_inputs, capture_key
     from harness.guest.profile import load_profile
     from harness.qemu import resolve
+    from harness.transport.firmware import payload_sha256
 
     build, profile = resolve("system"), load_profile("linux-virtio")
     keys = {t: capture_key(plan_capture(build, profile, "pc-q35-7.2", access=GuestAccess(transport=t)))
             for t in transports()}
     assert len(set(keys.values())) == len(keys), keys
-    assert GuestAccess(transport="firmware").key_parts()["payload"]            # the payload's bytes decide
-    assert SERIAL.key_parts() == {}                                             # serial keys as before
+    firmware = capture_inputs(plan_capture(build, profile, "pc-q35-7.2", access=DEFAULT_ACCESS))
+    assert (firmware["transport"], firmware["image"]) == ("firmware", payload_sha256())   # the payload's bytes decide
     assert not DEFAULT_ACCESS.boots_reference_image and SERIAL.boots_reference_image
