@@ -547,8 +547,8 @@ _PRINTED: list[str] = []   # the error lines written
 def _error(message: str, code: int = 2) -> int:
     """One line on stderr, control characters escaped (guest text can be in it), written whole: a
     signal that arrives meanwhile is held until the line is out (and then ends the run quietly)."""
+    from harness.escape import escape_controls
     from harness.qemu.process import signals_held
-    from harness.report.text import escape_controls
 
     first = " ".join(message.split("\n")) if message else "unknown error"
     line = f"qabi: error: {escape_controls(first, keep='')}\n"

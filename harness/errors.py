@@ -48,6 +48,6 @@ def note(message: str) -> None:
     of what was asked, which is not an error (e.g. a cached capture it would not reuse)."""
     import sys
 
-    from harness.report.text import escape_controls
+    from harness.escape import escape_controls
 
     print(f"qabi: note: {escape_controls(' '.join(message.split()), keep='')}", file=sys.stderr)

@@ -176,7 +176,7 @@ def pytest_configure(config: pytest.Config) -> None:
             raise QabiError(f"shard {index}/{count} holds none of the check's {planned} run(s): "
                             f"use at most {most} shard{'s' if most != 1 else ''}")
     except QabiError as exc:
-        from harness.report.text import escape_controls
+        from harness.escape import escape_controls
 
         pytest.exit(f"qabi: {escape_controls(' '.join(str(exc).splitlines()), keep='')}", returncode=2)
     config.stash[_SESSION_KEY] = QabiSession(check, report)
@@ -259,7 +259,7 @@ def qabi_run(request: pytest.FixtureRequest, qabi_case: tuple[str, str, str]) ->
     if run.status == "unsupported":
         pytest.skip(f"{machine} {guest}: {run.reason}")
     if run.status == "error":
-        from harness.report.text import escape_controls
+        from harness.escape import escape_controls
 
         raise CaptureFailed(escape_controls(f"{machine} {guest}: could not decide: {run.reason}", keep=""))
     _record_impact(request.node, run)
@@ -283,7 +283,7 @@ def _record_impact(item: pytest.Item, run: Run) -> None:
 def failure_message(session: QabiSession, run: Run, category: str) -> str | None:
     """The drifts of `category` that fail the item, after the run's guest impact: by device, a
     change shared by several devices once ("same change in 30 devices: …"), most severe first."""
-    from harness.report.text import escape_controls
+    from harness.escape import escape_controls
     from harness.report.view import group_drifts
 
     assert run.comparison is not None

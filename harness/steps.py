@@ -22,7 +22,7 @@ _lock = threading.Lock()
 
 def say(text: str) -> None:
     """One line (`qabi: TEXT`) on stderr, or wherever `lines_to` sends them."""
-    from harness.report.text import escape_controls
+    from harness.escape import escape_controls
 
     line = f"qabi: {escape_controls(' '.join(text.split()), keep='')}"
     with _lock:

@@ -9,8 +9,8 @@ import time
 from types import TracebackType
 from typing import IO, Any, Self
 
+from harness.escape import escape_controls
 from harness.report import Run
-from harness.report.text import escape_controls
 
 
 class RunProgress:

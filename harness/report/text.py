@@ -6,10 +6,10 @@ passed through `escape_controls`, so an ESC or OSC sequence in a guest string sh
 
 from __future__ import annotations
 
-import re
 import textwrap
 
 from harness.drift.model import Comparison, Severity
+from harness.escape import escape_controls
 from harness.report.model import Migration, Run, RunSet, as_runset
 from harness.report.view import (
     RunImpact,
@@ -26,16 +26,6 @@ DETAIL_LINES = 60
 WIDTH = 110           # subject lists of a shared change wrap here
 COMPONENTS = 8        # components listed per OS in a run's impact
 # C0 and C1 control characters and DEL; a tab is kept in report lines (ASL diffs may carry it).
-_CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
-
-
-def escape_controls(text: str, keep: str = "\t") -> str:
-    r"""`text` with every C0/C1 control character (and DEL) except those in `keep` written as
-    `\xNN`: safe to print to a terminal. Error messages keep "\n" and "\t"; a report line keeps
-    only the tab (a newline inside one line is guest text)."""
-    return _CONTROLS.sub(lambda m: m.group() if m.group() in keep else f"\\x{ord(m.group()):02x}", text)
-
-
 def _indent(text: str, prefix: str, limit: int = DETAIL_LINES) -> list[str]:
     lines = text.splitlines()
     out = [prefix + line for line in lines[:limit]]
