@@ -22,12 +22,7 @@ from typing import Any
 
 from harness.cache import cache_dir, file_lock, sweep_stale
 from harness.capture import (
-    DEFAULT_ACCESS,
-    DEFAULT_TIMEOUT,
-    SERIAL,
     Capture,
-    CapturePlan,
-    GuestAccess,
     capture,
     capture_inputs,
     capture_key,
@@ -45,8 +40,10 @@ from harness.errors import CaptureError, QabiError, UnsupportedError, note
 from harness.guest.profile import GuestProfile, close_devices, load_profile, profile_names
 from harness.matrix.bump import is_generated, split_machine, with_bump
 from harness.matrix.shard import Shard, check_shard, select
+from harness.plan import DEFAULT_ACCESS, DEFAULT_TIMEOUT, SERIAL, CapturePlan, GuestAccess
 from harness.qemu import QemuBuild, resolve
 from harness.report import Migration, Run, RunSet, RunStatus, ShardInfo
+from harness.transport.base import check_transport
 from harness.transport.launch import check_accel
 
 VERSIONED = re.compile(r"pc-(i440fx|q35)-(\d+)\.(\d+)")
@@ -208,6 +205,7 @@ class RunRequest:
         if self.migrate in ("forward", "both") and self.access.guest_image is not None:
             raise QabiError("--migrate migrates the reference guest: it does not take --guest-image")
         check_accel(self.accel)
+        check_transport(self.access.transport)
         check_shard(self.shard)
         for machine in self.machines:
             split_machine(machine)

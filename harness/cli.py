@@ -104,14 +104,15 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
 def _access(args: argparse.Namespace) -> Any:
     """--transport, --guest-image, --ssh-user, --ssh-key, --ssh-host-key as a GuestAccess (checked)."""
-    from harness.capture import GuestAccess
+    from harness.plan import GuestAccess
 
     return GuestAccess.from_options(args.transport, args.guest_image, args.ssh_user, args.ssh_key,
                                     args.ssh_host_key)
 
 
 def _add_transport_option(p: argparse.ArgumentParser) -> None:
-    from harness.transport.base import DEFAULT_TRANSPORT, transport_names
+    from harness.plan import DEFAULT_TRANSPORT
+    from harness.transport.base import transport_names
 
     p.add_argument("--transport", choices=transport_names(), default=DEFAULT_TRANSPORT,
                    help=f"how the hardware is read: {', '.join(transport_names())} (default: {DEFAULT_TRANSPORT}, "
@@ -182,10 +183,11 @@ def cmd_record(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from harness.baseline import record
-    from harness.capture import GuestAccess, plan_capture
+    from harness.capture import plan_capture
     from harness.check import captured, expand_guests, versioned_machines
     from harness.errors import UnsupportedError
     from harness.guest.profile import load_profile
+    from harness.plan import GuestAccess
     from harness.qemu import resolve
 
     build = resolve(args.qemu, firmware_from=args.firmware_from)

@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from harness.cache import atomic_write_bytes
-from harness.capture import CapturePlan
 from harness.errors import CaptureError, QabiError
+from harness.plan import CapturePlan
 from harness.qemu.process import private_dir, spawn
 from harness.transport.base import TransportResult, early_exit_error
 from harness.transport.framing import write_raw

@@ -28,12 +28,12 @@ from typing import Any
 
 import pytest
 
-from harness.capture import DEFAULT_TRANSPORT, GuestAccess
 from harness.check import Check, RunRequest
 from harness.config import pyproject_settings
 from harness.drift.model import SEVERITIES, Severity, at_least
 from harness.errors import QabiError
 from harness.matrix.shard import parse_shard
+from harness.plan import DEFAULT_TRANSPORT, GuestAccess
 from harness.report import Run, RunSet
 from harness.transport.base import transport_names
 

@@ -44,8 +44,9 @@ def bench_provision(spec: str) -> None:
 
 
 def bench_capture(spec: str, machine: str, runs: int) -> list[Path]:
-    from harness.capture import SERIAL, capture, plan_capture
+    from harness.capture import capture, plan_capture
     from harness.guest.profile import load_profile, profile_names
+    from harness.plan import SERIAL
     from harness.qemu import resolve
 
     build = resolve(spec)
@@ -76,8 +77,9 @@ def bench_capture(spec: str, machine: str, runs: int) -> list[Path]:
 
 def bench_ssh(spec: str, machine: str, runs: int) -> None:
     """SSH against serial capture wall time, same build, machine and profile (profiles with a NIC)."""
-    from harness.capture import GuestAccess, capture, plan_capture
+    from harness.capture import capture, plan_capture
     from harness.guest.profile import load_profile
+    from harness.plan import GuestAccess
     from harness.qemu import resolve
 
     build = resolve(spec)
@@ -101,8 +103,9 @@ def bench_ssh(spec: str, machine: str, runs: int) -> None:
 def bench_firmware(spec: str, runs: int, serial_runs: int | None = None) -> None:
     """Firmware against serial capture wall time: median of `runs` (serial: of `serial_runs`, default
     `runs`), each profile, both families."""
-    from harness.capture import SERIAL, GuestAccess, capture, plan_capture
+    from harness.capture import capture, plan_capture
     from harness.guest.profile import load_profile, profile_names
+    from harness.plan import SERIAL, GuestAccess
     from harness.qemu import resolve
 
     build = resolve(spec)

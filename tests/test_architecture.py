@@ -112,8 +112,9 @@ def test_the_five_category_names_are_listed_in_one_module():
 # -- a transport defined only here -------------------------------------------------------------------
 @pytest.mark.integration
 def test_a_transport_defined_in_a_test_plugs_into_capture_by_name(tmp_path):
-    from harness.capture import GuestAccess, capture, load_capture, plan_capture
+    from harness.capture import capture, load_capture, plan_capture
     from harness.guest.profile import load_profile
+    from harness.plan import GuestAccess
     from harness.qemu import resolve
     from harness.transport import serial
     from harness.transport.base import Session, Setup, TransportResult, registered_transport

@@ -33,9 +33,10 @@ def _qemu_pids_with(marker: str) -> list[int]:
 
 @pytest.mark.parametrize("spec,machine,guest", MATRIX, ids=[f"{s.split('=')[0]}-{m}-{g}" for s, m, g in MATRIX])
 def test_capture_is_complete_and_verified(spec, machine, guest):
-    from harness.capture import SERIAL, load_capture, plan_capture
+    from harness.capture import load_capture, plan_capture
     from harness.check import captured
     from harness.guest.profile import load_profile
+    from harness.plan import SERIAL
     from harness.qemu import resolve
 
     folder = captured(plan_capture(resolve(spec), load_profile(guest), machine, access=SERIAL)).path

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.capture import GuestAccess, capture, load_capture, plan_capture
+from harness.capture import capture, load_capture, plan_capture
 from harness.drift import compare
 from harness.errors import CaptureError
 from harness.fingerprint import fingerprint_capture
 from harness.guest.profile import load_profile, profile_names
+from harness.plan import GuestAccess
 from harness.qemu import resolve
 from harness.transport import firmware
 from harness.transport.base import get_transport

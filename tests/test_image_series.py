@@ -68,10 +68,11 @@ def _recipe_with(dest: Path, suite: str, exact: dict[str, str]) -> Path:
 @pytest.mark.integration
 @pytest.mark.parametrize("profile", ["windows", "linux-virtio"])
 def test_a_kernel_update_keeps_the_fingerprint(tmp_path, profile):
-    from harness.capture import SERIAL, capture, plan_capture
+    from harness.capture import capture, plan_capture
     from harness.drift import compare
     from harness.fingerprint import fingerprint_capture
     from harness.guest.profile import load_profile
+    from harness.plan import SERIAL
     from harness.qemu import resolve
 
     base = resolve_packages(load_recipe(RECIPE))

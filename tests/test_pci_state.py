@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 from conftest import DATA
 
-from harness.capture import GuestAccess, plan_capture
+from harness.capture import plan_capture
 from harness.drift import compare
 from harness.drift.pci_state import byo_only, filter_rows, table_rules
 from harness.fingerprint import fingerprint_capture
+from harness.plan import GuestAccess
 
 MACHINES = ("pc-i440fx-7.2", "pc-q35-7.2")
 PROFILES = ("minimal", "linux-virtio", "windows", "legacy")

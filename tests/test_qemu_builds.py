@@ -171,9 +171,10 @@ def test_mirror_is_read_from_host_apt_sources(monkeypatch):
 @pytest.mark.integration
 @pytest.mark.parametrize("spec", SPECS)
 def test_each_build_boots_the_reference_guest_under_tcg(spec):
-    from harness.capture import SERIAL, load_capture, plan_capture
+    from harness.capture import load_capture, plan_capture
     from harness.check import captured
     from harness.guest.profile import load_profile
+    from harness.plan import SERIAL
     from harness.qemu import resolve
 
     cap = load_capture(captured(plan_capture(resolve(spec), load_profile("minimal"), "pc-i440fx-5.2",

@@ -88,7 +88,7 @@ def test_wrong_pinned_host_key_is_refused(tmp_path, monkeypatch):
         return original(user, key, (other,), **kw)
 
     monkeypatch.setattr(ssh, "SshLogin", wrong_pin)
-    from harness.capture import GuestAccess
+    from harness.plan import GuestAccess
 
     with pytest.raises(CaptureError, match=r"wrong SSH host key|host key is not pinned") as err:
         capture(plan_capture(resolve(BUILD), load_profile("linux-virtio"), "pc-q35-7.2", timeout=120,
@@ -153,9 +153,10 @@ def test_faulty_ssh_guest_is_exit_2_with_no_capture(tmp_path, init_head, probe_h
 
 
 def test_wrong_client_key_is_an_authentication_failure(tmp_path, monkeypatch):
-    from harness.capture import GuestAccess, capture, plan_capture
+    from harness.capture import capture, plan_capture
     from harness.errors import CaptureError
     from harness.guest.profile import load_profile
+    from harness.plan import GuestAccess
     from harness.qemu import resolve
     from harness.transport import ssh
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from harness.capture import DEFAULT_ACCESS, DEFAULT_TRANSPORT, SERIAL, GuestAccess, plan_capture
+from harness.capture import plan_capture
 from harness.check import RunRequest
 from harness.cli import build_parser
+from harness.plan import DEFAULT_ACCESS, DEFAULT_TRANSPORT, SERIAL, GuestAccess
 from harness.transport.base import transports
 
 

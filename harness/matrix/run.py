@@ -15,12 +15,12 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Literal
 
-from harness.capture import DEFAULT_TIMEOUT, SERIAL, GuestAccess
 from harness.check import Check, RunRequest, expand_guests, versioned_machines
 from harness.drift.model import Severity
 from harness.errors import QabiError
 from harness.matrix.bump import split_machine
 from harness.matrix.shard import Shard, select
+from harness.plan import DEFAULT_TIMEOUT, SERIAL, GuestAccess
 from harness.report import Run, RunSet, ShardInfo
 
 Pairs = Literal["chain", "first"]

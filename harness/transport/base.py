@@ -28,7 +28,7 @@ from harness.errors import CaptureError, QabiError, UnsupportedError
 from harness.transport.framing import Record
 
 if TYPE_CHECKING:
-    from harness.capture import CapturePlan
+    from harness.plan import CapturePlan
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,6 @@ class Transport(Protocol):
     def run(self, session: Session) -> TransportResult: ...
 
 
-DEFAULT_TRANSPORT = "firmware"
 # the built-in transports by name, each imported on first use (a verb that reads no guest imports none)
 _BUILTIN = {"firmware": "harness.transport.firmware", "serial": "harness.transport.serial",
             "ssh": "harness.transport.ssh"}

@@ -17,7 +17,7 @@ from harness.errors import QabiError
 from harness.guest.profile import GuestProfile, disk_size
 
 if TYPE_CHECKING:
-    from harness.capture import CapturePlan
+    from harness.plan import CapturePlan
     from harness.qemu import QemuBuild
     from harness.transport.base import Setup
 

@@ -24,7 +24,7 @@ from harness.transport.base import Session, Setup, TransportResult, early_exit_e
 from harness.transport.framing import parse
 
 if TYPE_CHECKING:
-    from harness.capture import CapturePlan
+    from harness.plan import CapturePlan
 
 BEGIN = re.compile(rb"@@QABI-BEGIN \d+\r?\n")
 TRAILER = re.compile(rb"@@QABI-TRAILER \d+\r?\n")

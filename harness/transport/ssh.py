@@ -43,7 +43,7 @@ from harness.transport.base import Session, Setup, TransportResult, early_exit_e
 from harness.transport.framing import parse
 
 if TYPE_CHECKING:
-    from harness.capture import CapturePlan
+    from harness.plan import CapturePlan
 
 GUEST_PORT = 22
 HOSTFWD = f"tcp:127.0.0.1:0-:{GUEST_PORT}"

@@ -48,7 +48,7 @@ from harness.transport.firmware.tables import acpi_records, smbios_records
 from harness.transport.framing import Record
 
 if TYPE_CHECKING:
-    from harness.capture import CapturePlan
+    from harness.plan import CapturePlan
 
 __all__ = [
     "PAYLOAD",
