@@ -25,12 +25,15 @@ same table (they live in the device's namespace); `asl` is the `Device` block it
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import os
 import re
 import resource
 import subprocess
 import tempfile
 import textwrap
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -319,7 +322,29 @@ def index(asl: str, rel: str, revision: int) -> dict[str, dict[str, Any]]:
     return out
 
 
+_DECOMPILED: dict[str, dict[str, tuple[str, dict[str, dict[str, Any]]]]] = {}
+_DECOMPILED_MAX = 64
+_DECOMPILED_LOCK = threading.Lock()
+
+
 def decompile(tables: dict[str, tuple[str, bytes]]) -> dict[str, tuple[str, dict[str, dict[str, Any]]]]:
-    """{key: (ASL text, devices)} for {key: (path relative to raw, AML table bytes)}."""
-    texts = disassemble(tables)
-    return {key: (text, index(text, tables[key][0], tables[key][1][8])) for key, text in texts.items()}
+    """{key: (ASL text, devices)} for {key: (path relative to raw, AML table bytes)}.
+
+    The same tables (by key and bytes: the old and new side of a run whose ACPI did not change, the
+    same capture decoded twice, with the same iasl and limits) are decompiled once per process; each
+    caller gets its own copy."""
+    digest = hashlib.sha256(f"{require('iasl')}\0{IASL_TIMEOUT}\0".encode())
+    for key in sorted(tables):
+        digest.update(f"{key}\0{len(tables[key][1])}\0".encode())
+        digest.update(tables[key][1])
+    memo = digest.hexdigest()
+    with _DECOMPILED_LOCK:
+        done = _DECOMPILED.get(memo)
+    if done is None:
+        texts = disassemble(tables)
+        done = {key: (text, index(text, tables[key][0], tables[key][1][8])) for key, text in texts.items()}
+        with _DECOMPILED_LOCK:
+            if len(_DECOMPILED) >= _DECOMPILED_MAX:
+                _DECOMPILED.pop(next(iter(_DECOMPILED)))
+            _DECOMPILED[memo] = done
+    return copy.deepcopy(done)

@@ -287,16 +287,20 @@ def write_raw(records: Iterable[Record], raw_dir: Path) -> dict[str, str]:
     raw_dir.mkdir(parents=True, exist_ok=True)
     root = raw_dir.resolve()
     written: dict[str, str] = {}
+    made: set[Path] = set()          # directories this call made (or found to be real ones) under root
     for record in records:
         rel = relpath(record.path)
         parent = root
         for part in rel.parts[:-1]:
             parent = parent / part
+            if parent in made:
+                continue
             if parent.is_symlink() or (parent.exists() and not parent.is_dir()):
                 raise CaptureError(f"record {record.path}: {parent} is in the way")
             parent.mkdir(exist_ok=True)
+            made.add(parent)
         target = parent / rel.name
-        if os.path.commonpath([root, target.resolve()]) != str(root):
+        if parent not in made and os.path.commonpath([root, target.resolve()]) != str(root):
             raise CaptureError(f"record {record.path} would be written outside {raw_dir}")
         try:
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
