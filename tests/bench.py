@@ -1,5 +1,6 @@
 """Benchmarks: speed and size figures (printed, never asserted). Run: tox -e bench, or
-python tests/bench.py [--runs N] [--spec SPEC] [--machine M] [--skip-provision]."""
+python tests/bench.py [--runs N] [--spec SPEC] [--machine M] [--skip-provision] [--fast-loop]
+(--fast-loop: only the process start, whole-process capture and cold peer-pair figures, printed first)."""
 
 from __future__ import annotations
 
@@ -127,6 +128,40 @@ def bench_firmware(spec: str, runs: int, serial_runs: int | None = None) -> None
                   f"{serial:5.2f} s over {runs}/{len(walls['serial'])} (ratio {fw / serial:4.2f})")
 
 
+PEER_PAIR = ("debian:trixie", "debian:sid", ("pc-i440fx-7.2", "pc-q35-7.2"))
+PEER_SECONDS = 3.2   # QEMU's scripts/compare-machine-types.py on the same pair, as measured in issue 20
+
+
+def _median_wall(argv: tuple[str, ...], runs: int, env: dict[str, str] | None = None) -> float:
+    return statistics.median(_qabi(*argv, env=env) for _ in range(runs))
+
+
+def bench_fast_loop(runs: int = 5) -> None:
+    """The fast loop (issue 20): a process that starts at once, a firmware capture as a whole process,
+    and the peer's pair cold (every shipped profile, both families, no capture reused)."""
+    print(f"qabi --help (whole process): median {_median_wall(('--help',), runs):5.2f} s over {runs}")
+    spec, machine = "debian:bookworm", "pc-q35-7.2"
+    with tempfile.TemporaryDirectory(prefix="qabi-bench-cap-") as work:
+        walls = []
+        for i in range(runs):
+            walls.append(_qabi("capture", "--qemu", spec, "--machine", machine, "--guest", "minimal", "-o",
+                               f"{work}/{i}"))
+    print(f"capture {spec} {machine} minimal over firmware (whole process): median "
+          f"{statistics.median(walls):5.2f} s over {runs}")
+    old, new, machines = PEER_PAIR
+    argv = ("check", "--old", old, "--new", new, *(a for m in machines for a in ("--machine", m)))
+    cold = []
+    for _ in range(3):
+        started = time.monotonic()
+        done = subprocess.run(check=False, args=[sys.executable, "-m", "harness.cli", *argv, "--no-reuse"],
+                              capture_output=True, text=True, cwd=REPO)
+        if done.returncode not in (0, 1):
+            raise SystemExit(f"qabi {' '.join(argv)} failed: {done.stderr.strip()}")
+        cold.append(time.monotonic() - started)
+    print(f"check {old} -> {new} {' '.join(machines)} every profile, cold (--no-reuse): median "
+          f"{statistics.median(cold):5.2f} s over 3 (compare-machine-types.py: {PEER_SECONDS} s)")
+
+
 def bench_decode(captures: list[Path]) -> None:
     from harness.fingerprint import fingerprint_capture
 
@@ -151,7 +186,11 @@ def main() -> None:
     parser.add_argument("--firmware-only", action="store_true", help="only the firmware vs serial figures")
     parser.add_argument("--serial-runs", type=int, help="serial captures per profile in the firmware figures "
                         "(default: --runs)")
+    parser.add_argument("--fast-loop", action="store_true", help="only the fast-loop figures (issue 20)")
     args = parser.parse_args()
+    bench_fast_loop()
+    if args.fast_loop:
+        return
     if args.firmware_only:
         bench_firmware(args.spec, args.runs, args.serial_runs)
         return
