@@ -249,12 +249,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         runset = check.run_all(meter.start, meter.done)
     runset = replace(runset, seconds=round(time.monotonic() - meter.started, 3))
     sys.stdout.write(render_text(runset))
-    if runset.exit_code == 2:   # could not decide: say why on stderr too (bisect scripts read it)
-        from harness.report.view import verdict_line
-
-        failed = next((r for r in runset.runs if r.status != "compared"), None)
-        reason = f"{failed.name}: {failed.status}: {failed.reason}" if failed else verdict_line(runset)
-        _error(f"could not decide: {reason}")
+    _undecided(runset)
     if args.json:
         write_json(runset, args.json, details=True)
     if args.report:
@@ -263,6 +258,14 @@ def cmd_check(args: argparse.Namespace) -> int:
         _json_path, html_path = write_reports(runset, Path(args.report))
         print(f"HTML report: {html_path}")
     return int(runset.exit_code)
+
+
+def _undecided(runset: Any) -> None:
+    """An exit 2 (could not decide) says why on stderr, in one line (bisect scripts read it)."""
+    from harness.report import undecided_reason
+
+    if runset.exit_code == 2:
+        _error(f"could not decide: {undecided_reason(runset)}")
 
 
 def _migrate_option(value: str | None) -> str | None:
@@ -286,11 +289,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
         if not args.output:
             raise QabiError("--merge needs -o DIR (where the merged report goes)")
-        runset = merge_reports(args.report)
+        runset = merge_reports(args.report, args.fail_on)
         sys.stdout.write(render_text(runset))
         _json_path, html_path = write_reports(runset, Path(args.output))
         print(f"HTML report: {html_path}")
+        _undecided(runset)
         return int(runset.exit_code)
+    if args.fail_on:
+        raise QabiError("--fail-on re-judges shard reports: it goes with --merge")
     if len(args.report) != 1:
         raise QabiError("qabi report takes one JSON report (several only with --merge)")
     source = Path(args.report[0])
@@ -328,6 +334,8 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     print(f"matrix verdict: {result.verdict} ({len(result.frame)} runs in {len(result.steps)} steps, "
           f"{result.seconds:.1f}s)")
     print(f"matrix: {result.outputs['index.html']}")
+    if result.exit_code == 2:
+        _error(f"could not decide: {result.undecided()}")
     return result.exit_code
 
 
@@ -480,6 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="merge shard reports (qabi.json of each --shard I/N) into one report in -o DIR")
     p.add_argument("-o", "--output", metavar="HTML|DIR",
                    help="where to write the HTML (default: JSON with .html); with --merge, the report folder")
+    p.add_argument("--fail-on", choices=["break", "warn", "info"], default=None,
+                   help="with --merge: judge every shard's drifts at this threshold (needed when the shards "
+                        "do not all record the same one, e.g. qabi diff --json outputs)")
     p.set_defaults(func=cmd_report)
     return parser
 

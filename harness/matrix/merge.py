@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from harness.drift.model import Severity
 from harness.errors import QabiError
 from harness.report import Run, RunSet, ShardInfo, load_report, runset_from_json
 
@@ -42,30 +43,31 @@ def run_order(run: Run) -> tuple[Any, ...]:
     return (*version, run.machine, run.guest)
 
 
-def merge_reports(paths: Sequence[Path | str]) -> RunSet:
+def merge_reports(paths: Sequence[Path | str], fail_on: Severity | None = None) -> RunSet:
     """One RunSet from shard reports: runs of every file, in check order; the wall time is the
-    slowest shard's (shards run side by side)."""
+    slowest shard's (shards run side by side).
+
+    Order-independent: the files are read in the order of their names, whatever the order given.
+    Every file must record the same fail-on threshold (a `qabi diff --json` output records none)
+    unless `fail_on` is given: then every shard's drifts are judged at that threshold."""
     if len(paths) < 2:
         raise QabiError("--merge needs at least two JSON reports (one per shard)")
+    names = sorted(str(path) for path in paths)
+    files: dict[Path, str] = {}
+    for name in names:
+        same = files.setdefault(Path(name).resolve(), name)
+        if same != name or names.count(name) > 1:
+            raise QabiError(f"{name} is given twice" + (f" (as {same})" if same != name else ""))
+    read = [(name, runset_from_json(load_report(Path(name)))) for name in names]
+    threshold = fail_on or _one_threshold(read)
     runs: list[Run] = []
     owner: dict[tuple[str, str], str] = {}
-    first: RunSet | None = None
-    first_name = ""
     sides: dict[str, dict[str, Any]] = {}
     shards: dict[str, ShardInfo | None] = {}
     seconds: list[float] = []
-    for path in paths:
-        name = str(path)
-        if name in shards:
-            raise QabiError(f"{name} is given twice")
-        runset = runset_from_json(load_report(Path(path)))
+    for name, runset in read:
         _one_more_shard(name, runset.shard, shards)
         shards[name] = runset.shard
-        if first is None:
-            first, first_name = runset, name
-        elif runset.details and first.details and runset.fail_on != first.fail_on:
-            raise QabiError(f"{name}: fail-on {runset.fail_on} but {first_name} has {first.fail_on}: "
-                            "not shards of one check")
         for run in runset.runs:
             for which, prov in (("old", run.old), ("new", run.new)):
                 mine = _side(prov)
@@ -84,9 +86,23 @@ def merge_reports(paths: Sequence[Path | str]) -> RunSet:
             runs.append(run)
         if runset.seconds is not None:
             seconds.append(runset.seconds)
-    assert first is not None
     _complete(shards, set(owner))
-    return RunSet(tuple(sorted(runs, key=run_order)), first.fail_on, seconds=max(seconds) if seconds else None)
+    return RunSet(tuple(sorted(runs, key=run_order)), threshold, seconds=max(seconds) if seconds else None)
+
+
+def _one_threshold(read: Sequence[tuple[str, RunSet]]) -> Severity:
+    """The fail-on threshold every report records (without --fail-on): one missing (a report
+    without details, e.g. `qabi diff --json`) or two different ones are refused."""
+    unknown = [name for name, runset in read if not runset.details]
+    if unknown:
+        raise QabiError(f"{unknown[0]} does not record its fail-on threshold (a qabi diff --json output?): "
+                        "give --fail-on to judge every shard at one threshold")
+    found = {runset.fail_on: name for name, runset in reversed(read)}
+    if len(found) > 1:
+        (a, name_a), (b, name_b) = sorted(found.items(), key=lambda item: item[1])[:2]
+        raise QabiError(f"{name_b}: fail-on {b} but {name_a} has {a}: not shards of one check "
+                        "(give --fail-on to judge every shard at one threshold)")
+    return read[0][1].fail_on
 
 
 def _one_more_shard(name: str, info: ShardInfo | None, shards: dict[str, ShardInfo | None]) -> None:

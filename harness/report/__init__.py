@@ -22,6 +22,7 @@ from harness.report.jsonreport import (
 )
 from harness.report.model import (
     EXIT_CODES,
+    OUTCOMES,
     Migration,
     Outcome,
     ReportVerdict,
@@ -30,6 +31,7 @@ from harness.report.model import (
     RunStatus,
     ShardInfo,
     as_runset,
+    decide,
     provenance,
 )
 from harness.report.text import escape_controls, render_text
@@ -41,12 +43,13 @@ from harness.report.view import (
     group_drifts,
     report_view,
     run_views,
+    undecided_reason,
     verdict_line,
 )
 
 __all__ = [
-    "EXIT_CODES", "SCHEMA_PATH", "Migration", "Outcome", "ReportVerdict", "ReportView", "Run", "RunSet", "RunStatus",
-    "RunView", "ShardInfo", "SubjectGroup", "as_runset", "describe_build", "escape_controls", "group_drifts", "load_report",
+    "EXIT_CODES", "OUTCOMES", "SCHEMA_PATH", "Migration", "Outcome", "ReportVerdict", "ReportView", "Run", "RunSet", "RunStatus",
+    "RunView", "ShardInfo", "SubjectGroup", "as_runset", "decide", "describe_build", "escape_controls", "group_drifts", "load_report",
     "provenance", "render_html", "render_text", "report_schema", "report_view", "run_views", "runset_from_json",
-    "to_json", "validate_report", "verdict_line", "with_facts", "write_html", "write_json", "write_reports",
+    "to_json", "undecided_reason", "validate_report", "verdict_line", "with_facts", "write_html", "write_json", "write_reports",
 ]
