@@ -244,6 +244,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     request = RunRequest(args.old, args.new, tuple(args.machine or ()), tuple(args.guest or ()), args.accel,
                          args.timeout, _access(args), args.waivers, args.fail_on, not args.no_reuse,
                          args.firmware_from, args.jobs, parse_shard(args.shard), _migrate_option(args.migrate))
+    if args.report:
+        from harness.report.html import check_report_dir
+
+        check_report_dir(args.report)
     check = Check(request)
     with RunProgress(len(check.cases()), fail_on=args.fail_on) as meter:
         runset = check.run_all(meter.start, meter.done)
@@ -285,11 +289,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.merge:
         from harness.matrix.merge import merge_reports
         from harness.report import render_text
-        from harness.report.html import write_reports
+        from harness.report.html import check_report_dir, write_reports
 
         if not args.output:
             raise QabiError("--merge needs -o DIR (where the merged report goes)")
         runset = merge_reports(args.report, args.fail_on)
+        check_report_dir(args.output)
         sys.stdout.write(render_text(runset))
         _json_path, html_path = write_reports(runset, Path(args.output))
         print(f"HTML report: {html_path}")
@@ -317,10 +322,12 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     from harness.matrix.run import MatrixRequest
     from harness.matrix.shard import parse_shard
     from harness.matrix.table import text_pivot
+    from harness.report.html import check_report_dir
 
     request = MatrixRequest(tuple(args.specs), tuple(args.machine or ("common",)), tuple(args.guest or ()),
                             args.pairs, args.accel, args.timeout, _access(args), args.waivers, args.fail_on,
                             not args.no_reuse, args.jobs, parse_shard(args.shard))
+    check_report_dir(args.output)
     result = run_matrix(request, Path(args.output))
     from harness.matrix.table import pivot
 

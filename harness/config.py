@@ -22,22 +22,54 @@ def _config_files() -> list[Path]:
     return [Path(base) / "qabi" / "config.toml"]
 
 
+# Every key of the config file and of `[tool.qabi]`: text, or for LISTS text or a list of text
+# (the archive's keys here, the rest are `pytest harness/`'s options: harness/plugin.py).
+KEYS = ("debian-mirror", "debian-security-mirror", "debian-keyring", "qemu-old", "qemu-new", "baseline", "machine",
+        "guest", "accel", "waivers", "fail-on", "report", "transport", "guest-image", "ssh-user", "ssh-key",
+        "ssh-host-key", "shard", "migrate")
+LISTS = ("machine", "guest")
+
+
 def _load_toml(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as handle:
             return tomllib.load(handle)
     except tomllib.TOMLDecodeError as exc:
         raise QabiError(f"{path}: malformed TOML: {exc}") from None
+    except OSError as exc:
+        raise QabiError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def checked_settings(table: Any, where: str) -> dict[str, Any]:
+    """A settings table whose keys are all known and whose values have their types (text, or text
+    or a list of text for LISTS); anything else is a one-line QabiError naming `where`."""
+    if not isinstance(table, dict):
+        raise QabiError(f"{where} must be a table of settings, not a {type(table).__name__}")
+    unknown = sorted(set(table) - set(KEYS))
+    if unknown:
+        raise QabiError(f"{where}: unknown key(s) {', '.join(k[:40] for k in unknown[:5])} (known: {', '.join(KEYS)})")
+    for key, value in table.items():
+        many = key in LISTS
+        if isinstance(value, str) or many and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            continue
+        shown = repr(value)
+        shown = shown if len(shown) <= 40 else shown[:40] + "…"
+        raise QabiError(f"{where}: {key} = {shown} is a {type(value).__name__}; expected "
+                        + ("a string or a list of strings" if many else "a string"))
+    return dict(table)
 
 
 def pyproject_settings(start: Path | None = None) -> dict[str, Any]:
-    """`[tool.qabi]` of the nearest pyproject.toml at or above `start` (default: the working dir)."""
+    """`[tool.qabi]` of the nearest pyproject.toml at or above `start` (default: the working dir),
+    checked (`checked_settings`)."""
     here = (start or Path.cwd()).resolve()
     for folder in [here, *here.parents]:
         candidate = folder / "pyproject.toml"
         if candidate.is_file():
-            table = _load_toml(candidate).get("tool", {}).get("qabi", {})
-            return dict(table) if isinstance(table, dict) else {}
+            tool = _load_toml(candidate).get("tool", {})
+            if not isinstance(tool, dict) or "qabi" not in tool:
+                return {}
+            return checked_settings(tool["qabi"], f"{candidate} [tool.qabi]")
     return {}
 
 
@@ -47,7 +79,7 @@ def setting(key: str, default: str | None = None) -> str | None:
         return os.environ[env]
     for path in _config_files():
         if path.is_file():
-            value = _load_toml(path).get(key)
+            value = checked_settings(_load_toml(path), str(path)).get(key)
             if value is not None:
                 return str(value)
     value = pyproject_settings().get(key)

@@ -52,12 +52,15 @@ def run_matrix(request: MatrixRequest, directory: Path, progress: RunProgress | 
     """Open every step (builds provisioned first), run them through the pipeline, write each step's
     report and the matrix files under `directory`."""
     from harness.matrix.progress import RunProgress
-    from harness.matrix.run import open_steps, run_steps, step_cases, write_steps
+    from harness.matrix.run import open_steps, run_steps, step_cases, step_planned, write_steps
+    from harness.matrix.shard import check_shard_count
     from harness.matrix.table import frame, write_outputs
     from harness.report import decide
 
     started = time.monotonic()
     steps = open_steps(request)
+    # every shard holds a run of the largest step: more shards than that is refused before any capture
+    check_shard_count(request.shard, max(len(step_planned(s)) for s in steps), "the largest step")
     total = sum(len(step_cases(s)) for s in steps)
     meter = progress or RunProgress(total, fail_on=request.fail_on)
     meter.total = total

@@ -16,6 +16,7 @@ network request. Guest strings are untrusted: jinja2 autoescapes every value.
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -383,6 +384,27 @@ def load_report(path: Path | str) -> dict[str, Any]:
         message = " ".join(str(exc).split())
         raise QabiError(f"{p}: {message if len(message) <= 300 else message[:299] + '…'}") from None
     return data
+
+
+def check_report_dir(directory: Path | str) -> Path:
+    """The folder `write_reports` will write into, checked before any capture (one line, exit 2):
+    it is a directory or does not exist yet, and the nearest existing folder on its path can be
+    written (probed with a temporary file, removed at once). Nothing is created."""
+    folder = Path(directory)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():
+            raise QabiError(f"report folder {folder}: {existing} is a dangling link")
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "the report folder" if existing == folder else f"on the report folder's path ({folder})"
+        raise QabiError(f"{existing} is not a directory ({what}); give a folder for the report")
+    try:
+        with tempfile.TemporaryFile(dir=existing, prefix=".qabi-probe-"):
+            pass
+    except OSError as exc:
+        raise QabiError(f"cannot write the report folder {folder}: {existing}: {exc.strerror or exc}") from None
+    return folder
 
 
 def write_reports(runset: RunSet, directory: Path | str, *,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -15,7 +16,7 @@ from harness.drift.impact import IMPACT, Impact, run_impact
 from harness.drift.model import Change, Comparison, Drift, Severity
 from harness.drift.waivers import Waiver
 from harness.errors import QabiError
-from harness.report.model import Migration, Run, RunSet, ShardInfo, as_runset
+from harness.report.model import MAX_SHARDS, Migration, Run, RunSet, ShardInfo, as_runset
 
 SCHEMA_PATH = Path(__file__).with_name("qabi-report.schema.json")
 REPORT_SCHEMA_VERSION = 1
@@ -214,6 +215,7 @@ def report_schema() -> dict[str, Any]:
     """The report's JSON Schema, with the category enum taken from the category registry."""
     data: dict[str, Any] = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
     data["$defs"]["category"] = {"enum": list(names())}
+    data["properties"]["shard"]["properties"]["count"]["maximum"] = MAX_SHARDS
     return data
 
 
@@ -227,6 +229,7 @@ def validate_report(data: Mapping[str, Any]) -> None:
         first = errors[0]
         where = "/".join(str(p) for p in first.absolute_path) or "(top level)"
         raise QabiError(f"report does not follow qabi-report.schema.json at {where}: {first.message}")
+    _check_finite(data)
     _check_details_align(data)
     _check_shard(data)
 
@@ -255,6 +258,23 @@ def _check_shard(data: Mapping[str, Any]) -> None:
     for i, run in enumerate(data["runs"]):
         if (run["machine"], run["guest"]) not in known:
             raise QabiError(f"{where}: runs/{i} ({run['machine']}, {run['guest']}) is not a planned run of the check")
+    if shard["count"] > len(planned):
+        raise QabiError(f"{where}: count {shard['count']} > the check's {len(planned)} planned run(s) "
+                        "(a shard count is at most the number of runs)")
+
+
+def _check_finite(data: Any, where: str = "") -> None:
+    """Every number is finite (JSON readers turn 1e999 into infinity and accept NaN): a wall time
+    of infinity or NaN is not a measurement (a rule JSON Schema cannot state)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        raise QabiError(f"report does not follow qabi-report.schema.json at {where or '(top level)'}: "
+                        f"{data} is not a finite number")
+    if isinstance(data, Mapping):
+        for key, value in data.items():
+            _check_finite(value, f"{where}/{key}" if where else str(key))
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            _check_finite(value, f"{where}/{i}" if where else str(i))
 
 
 def write_json(result: RunSet, path: Path | str, *, details: bool = False) -> None:

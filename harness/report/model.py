@@ -193,6 +193,11 @@ def _pair(old: str | None, new: str | None) -> str:
     return f"{old} → {new}"
 
 
+# The most shards a check is split into (--shard I/N, a report's "shard" record): far more CI
+# runners than a check has runs is not a plan, and a count is read from hostile reports too.
+MAX_SHARDS = 1000
+
+
 @dataclass(frozen=True)
 class ShardInfo:
     """Which slice of a check a RunSet holds: shard `index` of `count`, and every (machine, guest)
@@ -204,8 +209,8 @@ class ShardInfo:
     planned: tuple[tuple[str, str], ...]
 
     def __post_init__(self) -> None:
-        if not 1 <= self.index <= self.count:
-            raise ValueError(f"shard {self.index}/{self.count}: expected 1 <= I <= N")
+        if not 1 <= self.index <= self.count <= MAX_SHARDS:
+            raise ValueError(f"shard {self.index}/{self.count}: expected 1 <= I <= N <= {MAX_SHARDS}")
 
     def as_dict(self) -> dict[str, Any]:
         return {"index": self.index, "count": self.count, "planned": [list(case) for case in self.planned]}
