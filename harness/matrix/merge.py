@@ -107,7 +107,11 @@ def _one_threshold(read: Sequence[tuple[str, RunSet]]) -> Severity:
 
 def _one_more_shard(name: str, info: ShardInfo | None, shards: dict[str, ShardInfo | None]) -> None:
     """`name`'s shard record fits those already read: all or none made with --shard, the same N
-    and planned runs, no index twice (reports written without --shard are merged as given)."""
+    and planned runs, no index twice, at most as many shards as planned runs (reports written
+    without --shard are merged as given)."""
+    if info is not None and info.count > len(info.planned):
+        raise QabiError(f"{name} is shard {info.index}/{info.count} of a check of {len(info.planned)} planned "
+                        "run(s): with more shards than runs some shard holds none, and the set is never whole")
     if not shards:
         return
     first_name, first = next(iter(shards.items()))
