@@ -5,6 +5,8 @@ Keys (config file `$XDG_CONFIG_HOME/qabi/config.toml` or `[tool.qabi]` in ./pypr
   debian-security-mirror  base URL of the security archive (env QABI_DEBIAN_SECURITY_MIRROR)
   debian-keyring          keyring the archive signatures are verified against (env QABI_DEBIAN_KEYRING)
 When no mirror is configured, the first Debian archive found in the host's apt sources is used.
+The other keys are `pytest harness/`'s options (harness/plugin.py). Both tables are checked when
+read (`checked_settings`): an unknown key or a value of another type is one line, exit 2.
 """
 
 from __future__ import annotations
