@@ -52,13 +52,14 @@ def merge_reports(paths: Sequence[Path | str], fail_on: Severity | None = None) 
     unless `fail_on` is given: then every shard's drifts are judged at that threshold."""
     if len(paths) < 2:
         raise QabiError("--merge needs at least two JSON reports (one per shard)")
-    names = sorted(str(path) for path in paths)
     files: dict[Path, str] = {}
-    for name in names:
+    read: list[tuple[str, RunSet]] = []
+    for name in sorted(str(path) for path in paths):
+        runset = runset_from_json(load_report(Path(name)))
         same = files.setdefault(Path(name).resolve(), name)
-        if same != name or names.count(name) > 1:
+        if len(files) == len(read):
             raise QabiError(f"{name} is given twice" + (f" (as {same})" if same != name else ""))
-    read = [(name, runset_from_json(load_report(Path(name)))) for name in names]
+        read.append((name, runset))
     threshold = fail_on or _one_threshold(read)
     runs: list[Run] = []
     owner: dict[tuple[str, str], str] = {}
