@@ -8,6 +8,7 @@ report `Run`; the runs make one `RunSet`, which one report writer renders.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -39,7 +40,7 @@ from harness.drift.waivers import DEFAULT_WAIVERS, Waivers, load_waivers
 from harness.errors import CaptureError, QabiError, UnsupportedError, note
 from harness.guest.profile import GuestProfile, close_devices, load_profile, profile_names
 from harness.matrix.bump import is_generated, split_machine, with_bump
-from harness.matrix.shard import Shard, check_shard, select
+from harness.matrix.shard import Shard, check_shard, check_shard_count, select
 from harness.plan import DEFAULT_ACCESS, DEFAULT_TIMEOUT, SERIAL, CapturePlan, GuestAccess
 from harness.qemu import QemuBuild, resolve
 from harness.report import Migration, Run, RunSet, RunStatus, ShardInfo
@@ -112,6 +113,38 @@ def expand_machines(asked: list[str], old: Side, new: Side) -> list[str]:
 
 def expand_guests(asked: list[str] | None) -> list[str]:
     return list(asked) if asked else profile_names()
+
+
+def check_unique(machines: tuple[str, ...], guests: tuple[str, ...]) -> None:
+    """No --machine or --guest given twice: each of its runs would be made twice."""
+    for option, values in (("--machine", machines), ("--guest", guests)):
+        twice = next((v for i, v in enumerate(values) if v in values[:i]), None)
+        if twice is not None:
+            raise QabiError(f"{option} {twice[:80]} is given twice: each of its runs would be made twice")
+
+
+def check_plan(machines: list[str], guests: list[str], old: Side, new: Side) -> None:
+    """The run list, checked once before any capture (one line, exit 2): every profile loads, none
+    is asked twice (under any spelling), and every machine type is one that at least one side has
+    (one that only one side has is an unsupported run, not a typo)."""
+    named: dict[str, str] = {}
+    for guest in guests:
+        name = load_profile(guest).name
+        if name in named:
+            same = "" if named[name] == guest else f" (as {named[name]})"
+            raise QabiError(f"--guest {guest} is given twice{same}: each run would be made twice")
+        named[name] = guest
+    known = set(old.machines()) | set(new.machines())
+    for machine in machines:
+        for part in dict.fromkeys(split_machine(machine)):
+            if part not in known and not _alias_known(part, old, new):
+                close = difflib.get_close_matches(part, sorted(known), n=4, cutoff=0.6)
+                hint = f" (close: {', '.join(close)})" if close else ""
+                raise QabiError(f"machine type '{part}' is on neither side ({old.spec}, {new.spec}){hint}")
+
+
+def _alias_known(machine: str, *sides: Side) -> bool:
+    return any(side.build is not None and side.build.info().resolve_machine(machine) is not None for side in sides)
 
 
 def captured(plan: CapturePlan, reuse: bool = True) -> Capture:
@@ -207,6 +240,7 @@ class RunRequest:
         check_accel(self.accel)
         check_transport(self.access.transport)
         check_shard(self.shard)
+        check_unique(self.machines, self.guests)
         for machine in self.machines:
             split_machine(machine)
         severity_rank(self.fail_on)
@@ -250,12 +284,18 @@ class Check:
         """Every (machine, guest) run of the whole request, whatever the shard, in report order;
         a machine `OLD:NEW` is a bump (harness/matrix/bump.py)."""
         if self._planned is None:
-            self._planned = [(m, g) for m in self.machines() for g in expand_guests(list(self.request.guests))]
+            machines = self.machines()
+            guests = expand_guests(list(self.request.guests))
+            check_plan(machines, guests, self.old, self.new)
+            self._planned = [(m, g) for m in machines for g in guests]
         return list(self._planned)
 
     def cases(self) -> list[tuple[str, str]]:
-        """The runs this process does: all planned runs, or those of its shard."""
-        return select(self.planned(), self.request.shard, self.request.access.transport)
+        """The runs this process does: all planned runs, or those of its shard (a shard count over
+        the number of planned runs is refused: some shard would hold none)."""
+        planned = self.planned()
+        check_shard_count(self.request.shard, len(planned))
+        return select(planned, self.request.shard, self.request.access.transport)
 
     def shard_info(self) -> ShardInfo | None:
         """What a sharded RunSet records so that a merge can prove it has every shard and run."""

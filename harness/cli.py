@@ -253,8 +253,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     _refuse_inputs(args.json, (args.waivers,))
     if args.report:   # refused before any run, not after
-        from harness.report.html import REPORT_FILES
-        from harness.report.jsonreport import report_folder
+        from harness.report.jsonreport import REPORT_FILES, report_folder
 
         report_folder(args.report, REPORT_FILES, (args.waivers,) if args.waivers else (), create=False)
     request = RunRequest(args.old, args.new, tuple(args.machine or ()), tuple(args.guest or ()), args.accel,
@@ -265,12 +264,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         runset = check.run_all(meter.start, meter.done)
     runset = replace(runset, seconds=round(time.monotonic() - meter.started, 3))
     sys.stdout.write(render_text(runset))
-    if runset.exit_code == 2:   # could not decide: say why on stderr too (bisect scripts read it)
-        from harness.report.view import verdict_line
-
-        failed = next((r for r in runset.runs if r.status != "compared"), None)
-        reason = f"{failed.name}: {failed.status}: {failed.reason}" if failed else verdict_line(runset)
-        _error(f"could not decide: {reason}")
+    _undecided(runset)
     if args.json:
         write_json(runset, args.json, details=True)
     if args.report:
@@ -279,6 +273,14 @@ def cmd_check(args: argparse.Namespace) -> int:
         _json_path, html_path = write_reports(runset, Path(args.report))
         print(f"HTML report: {html_path}")
     return int(runset.exit_code)
+
+
+def _undecided(runset: Any) -> None:
+    """An exit 2 (could not decide) says why on stderr, in one line (bisect scripts read it)."""
+    from harness.report import undecided_reason
+
+    if runset.exit_code == 2:
+        _error(f"could not decide: {undecided_reason(runset)}")
 
 
 def _migrate_option(value: str | None) -> str | None:
@@ -302,15 +304,17 @@ def cmd_report(args: argparse.Namespace) -> int:
 
         if not args.output:
             raise QabiError("--merge needs -o DIR (where the merged report goes)")
-        from harness.report.html import REPORT_FILES
-        from harness.report.jsonreport import report_folder
+        from harness.report.jsonreport import REPORT_FILES, report_folder
 
         report_folder(args.output, REPORT_FILES, args.report, create=False)   # never over an input shard
-        runset = merge_reports(args.report)
+        runset = merge_reports(args.report, args.fail_on)
         sys.stdout.write(render_text(runset))
         _json_path, html_path = write_reports(runset, Path(args.output), inputs=args.report)
         print(f"HTML report: {html_path}")
+        _undecided(runset)
         return int(runset.exit_code)
+    if args.fail_on:
+        raise QabiError("--fail-on re-judges shard reports: it goes with --merge")
     if len(args.report) != 1:
         raise QabiError("qabi report takes one JSON report (several only with --merge)")
     source = Path(args.report[0])
@@ -330,7 +334,6 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     from harness.matrix.run import MatrixRequest
     from harness.matrix.shard import parse_shard
     from harness.matrix.table import text_pivot
-
     request = MatrixRequest(tuple(args.specs), tuple(args.machine or ("common",)), tuple(args.guest or ()),
                             args.pairs, args.accel, args.timeout, _access(args), args.waivers, args.fail_on,
                             not args.no_reuse, args.jobs, parse_shard(args.shard))
@@ -347,6 +350,8 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     print(f"matrix verdict: {result.verdict} ({len(result.frame)} runs in {len(result.steps)} steps, "
           f"{result.seconds:.1f}s)")
     print(f"matrix: {result.outputs['index.html']}")
+    if result.exit_code == 2:
+        _error(f"could not decide: {result.undecided()}")
     return result.exit_code
 
 
@@ -500,6 +505,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="merge shard reports (qabi.json of each --shard I/N) into one report in -o DIR")
     p.add_argument("-o", "--output", metavar="HTML|DIR",
                    help="where to write the HTML (default: JSON with .html); with --merge, the report folder")
+    p.add_argument("--fail-on", choices=["break", "warn", "info"], default=None,
+                   help="with --merge: judge every shard's drifts at this threshold (needed when the shards "
+                        "do not all record the same one, e.g. qabi diff --json outputs)")
     p.set_defaults(func=cmd_report)
     return parser
 

@@ -29,12 +29,13 @@ from typing import Any
 import pytest
 
 from harness.check import Check, RunRequest
-from harness.config import pyproject_settings
+from harness.config import LISTS, pyproject_settings
 from harness.drift.model import SEVERITIES, Severity, at_least
 from harness.errors import QabiError
 from harness.matrix.shard import parse_shard
 from harness.plan import DEFAULT_TRANSPORT, GuestAccess
 from harness.report import Run, RunSet
+from harness.report.jsonreport import REPORT_FILES, report_folder
 from harness.transport.base import transport_names
 
 DEFAULTS: dict[str, Any] = {
@@ -55,7 +56,6 @@ DEFAULTS: dict[str, Any] = {
     "shard": None,
     "migrate": None,
 }
-_LISTS = ("machine", "guest")
 DETAIL_LINES = 8
 
 
@@ -90,11 +90,11 @@ def _setting(config: pytest.Config, key: str) -> Any:
         return value
     env = os.environ.get("QABI_" + key.upper().replace("-", "_"))
     if env:
-        return [v.strip() for v in env.split(",") if v.strip()] if key in _LISTS else env
+        return [v.strip() for v in env.split(",") if v.strip()] if key in LISTS else env
     table = pyproject_settings(Path(str(config.rootpath)))
     if key in table:
         value = table[key]
-        return ([value] if isinstance(value, str) else list(value)) if key in _LISTS else value
+        return ([value] if isinstance(value, str) else list(value)) if key in LISTS else value
     return DEFAULTS[key]
 
 
@@ -163,18 +163,13 @@ def pytest_configure(config: pytest.Config) -> None:
     if getattr(config, "workerinput", {}).get("qabi_loadgroup"):
         config.option.loadgroup = True   # the worker tags each item with its group, as xdist does
     _steps_past_capture(config)
-    report = Path(str(_setting(config, "report")))
-    if not report.is_absolute():
-        report = Path(str(config.invocation_params.dir)) / report
     try:  # options are checked once, here: a bad one is one line and exit 2, not an error per item
+        report = Path(str(_setting(config, "report")))
+        if not report.is_absolute():
+            report = Path(str(config.invocation_params.dir)) / report
+        report_folder(report, REPORT_FILES, create=False)
         check = Check(run_request(config))
-        cases = check.cases()
-        if not cases and check.request.shard is not None:
-            index, count = check.request.shard
-            planned = len(check.planned())
-            most = max(planned, 1)
-            raise QabiError(f"shard {index}/{count} holds none of the check's {planned} run(s): "
-                            f"use at most {most} shard{'s' if most != 1 else ''}")
+        cases = check.cases()   # the whole plan: profiles, machine types, the shard count
     except QabiError as exc:
         from harness.escape import escape_controls
 
@@ -344,8 +339,24 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
         write_reports(runset, state.report_dir, seconds=round(time.monotonic() - state.started, 3))
         state.verdict = runset.verdict
-        if runset.verdict == "error":  # same exit status as `qabi check`: 2 = could not decide
+        if runset.verdict == "error":  # same exit status as `qabi check`: 2 = could not decide, and why
+            from harness.report import undecided_reason
+
             session.exitstatus = 2
+            _stderr_line(config, f"qabi: error: could not decide: {undecided_reason(runset)}")
+
+
+def _stderr_line(config: pytest.Config, line: str) -> None:
+    """One line on the real stderr (past pytest's output capture), control characters escaped."""
+    import contextlib
+    import sys
+
+    from harness.report.text import escape_controls
+
+    capture = config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+        sys.stderr.write(escape_controls(" ".join(line.splitlines()), keep="") + "\n")
+        sys.stderr.flush()
 
 
 def pytest_testnodedown(node: Any, error: Any) -> None:

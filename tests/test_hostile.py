@@ -1491,3 +1491,317 @@ def test_a_no_reuse_capture_stopped_by_sigterm_or_sigkill_leaves_no_fresh_dir(tm
                            check=False)
     assert again.returncode == 0, again.stderr
     assert not left.exists()
+
+
+# --- verdict over runs (issue 19 class 1 and 3) ---
+# One verdict function over run outcomes (harness.report.decide) decides check, the pytest plugin,
+# report --merge, each matrix step and the matrix; merging is order-independent. Real QEMU: Debian's
+# bullseye (QEMU 5.2) lacks pc-q35-7.2 and the pvpanic-pci device that bookworm (7.2) has; every
+# capture goes over the firmware transport.
+import itertools
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from harness.drift.model import SEVERITIES, Drift
+from harness.report import OUTCOMES, Run, RunSet, decide, to_json
+
+OLD5, NEW7 = "debian:bullseye", "debian:bookworm"
+PVPANIC = '[[device]]\ndriver = "pvpanic-pci"\n'
+
+
+def _outcome_run(outcome: str, name: str, severity: str = "break") -> Run:
+    """A run whose outcome at fail-on `severity` (or any laxer threshold) is `outcome`."""
+    side = {"spec": "debian:trixie", "sha256": "ab" * 32}
+    if outcome in ("unsupported", "error"):
+        return Run("pc-q35-7.2", name, side, side, status=outcome, reason="why")  # type: ignore[arg-type]
+    drifts = (Drift("pci", f"pci {name}", "revision", 0, 1, severity),) if outcome == "drift" else ()  # type: ignore[arg-type]
+    return Run("pc-q35-7.2", name, side, side, comparison=Comparison(drifts))
+
+
+@given(st.lists(st.sampled_from(OUTCOMES), max_size=8), st.randoms())
+@settings(deadline=None)
+def test_the_verdict_over_every_combination_of_run_outcomes(outcomes, rnd):
+    verdict = decide(outcomes)
+    seen = set(outcomes)
+    if "error" in seen or not seen & {"unchanged", "drift"}:
+        assert verdict == "error"                      # an error, or nothing compared: could not decide
+    elif "drift" in seen:
+        assert verdict == "drift"                      # a proven drift, even beside unsupported runs
+    else:
+        assert verdict == ("error" if "unsupported" in seen else "unchanged")
+    assert verdict != "unchanged" or (outcomes and seen == {"unchanged"})   # never over what was not compared
+    shuffled = list(outcomes)
+    rnd.shuffle(shuffled)
+    assert decide(shuffled) == verdict                 # order-independent
+    runs = tuple(_outcome_run(o, f"g{i}") for i, o in enumerate(outcomes))
+    assert RunSet(runs).verdict == verdict and RunSet(runs).exit_code == {"unchanged": 0, "drift": 1, "error": 2}[verdict]
+    from harness.matrix.table import cell_outcome
+
+    cell = cell_outcome(outcomes)
+    assert cell == verdict or (cell == "unsupported" and verdict == "error" and "error" not in seen)
+
+
+def test_every_subset_of_outcomes_is_decided_the_same_by_runsets_and_the_matrix_whole():
+    """Every subset of outcomes, split over two 'steps' every way: the whole is decide() of all runs."""
+    for size in range(len(OUTCOMES) + 1):
+        for subset in itertools.combinations(OUTCOMES, size):
+            for cut in range(len(subset) + 1):
+                steps = [subset[:cut], subset[cut:]]
+                assert decide(o for step in steps for o in step) == decide(subset)
+                if "unsupported" in subset or "error" in subset or not subset:
+                    assert decide(subset) != "unchanged"
+
+
+def _check_args(kind: str, tmp_path: Path) -> list[str]:
+    """A check that cannot be decided: `unsupported` (the old build lacks the profiles' device),
+    `error` (an unchanged run beside one whose device neither build has)."""
+    pvp = _profile(tmp_path, PVPANIC, "pvp")
+    if kind == "unsupported":
+        pvp2 = _profile(tmp_path, PVPANIC.replace("pci\"", "pci\"\naddr = \"0x9\""), "pvp2")
+        return ["--old", OLD5, "--new", NEW7, "--machine", "pc-q35-5.2", "--guest", str(pvp), "--guest", str(pvp2)]
+    return ["--old", OLD5, "--new", OLD5, "--machine", "pc-q35-5.2", "--guest", "minimal", "--guest", str(pvp)]
+
+
+def _undecided(done: subprocess.CompletedProcess[str], kind: str) -> None:
+    line = _one_line_exit_2(done)
+    assert line.startswith("qabi: error: could not decide: ") and f": {kind}: " in line, line
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("kind", ["unsupported", "error"])
+def test_check_that_cannot_compare_a_run_exits_2_with_its_line(tmp_path, kind):
+    done = run_qabi("check", *_check_args(kind, tmp_path), *FIRMWARE, "--report", str(tmp_path / "r"), timeout=300)
+    _undecided(done, kind)
+    assert json.loads((tmp_path / "r" / "qabi.json").read_text())["verdict"] == "error"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("kind", ["unsupported", "error"])
+def test_pytest_that_cannot_compare_a_run_exits_2_with_its_line(tmp_path, kind):
+    args = [a.replace("--old", "--qemu-old").replace("--new", "--qemu-new") for a in _check_args(kind, tmp_path)]
+    done = _pytest_harness(*args, *FIRMWARE, "--report", str(tmp_path / "r"))
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr
+    assert "Traceback" not in done.stderr and "INTERNALERROR" not in done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith("qabi: error: could not decide: ") and f": {kind}: " in lines[-1], done.stderr
+    assert json.loads((tmp_path / "r" / "qabi.json").read_text())["verdict"] == "error"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("kind", ["unsupported", "error"])
+def test_merged_shards_that_cannot_compare_a_run_exit_2_in_every_order(tmp_path, kind):
+    args = _check_args(kind, tmp_path)
+    parts = []
+    for i in (1, 2):
+        done = run_qabi("check", *args, *FIRMWARE, "--shard", f"{i}/2", "--report", str(tmp_path / f"s{i}"),
+                        timeout=300)
+        assert done.returncode in (0, 2), done.stderr     # a shard alone says nothing of the whole check
+        parts.append(str(tmp_path / f"s{i}" / "qabi.json"))
+    outputs = set()
+    for order in itertools.permutations(parts):
+        done = run_qabi("report", "--merge", *order, "-o", str(tmp_path / f"m{len(outputs)}"), timeout=120)
+        _undecided(done, kind)
+        outputs.add(done.stdout.splitlines()[-2])         # the verdict line
+    assert len(outputs) == 1
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("kind", ["unsupported", "error"])
+def test_matrix_and_its_step_that_cannot_compare_a_run_exit_2_with_a_line(tmp_path, kind):
+    """The severe case: a step with one run unchanged and one not compared read `matrix verdict:
+    unchanged`, exit 0, while the step's own qabi.json said error."""
+    if kind == "unsupported":    # bullseye lacks pc-q35-7.2: an unsupported cell beside an unchanged one
+        args = ["--machine", "pc-q35-5.2", "--machine", "pc-q35-7.2", "--guest", "minimal"]
+    else:
+        args = ["--machine", "pc-q35-5.2", "--guest", "minimal", "--guest", str(_profile(tmp_path, PVPANIC, "pvp"))]
+    done = run_qabi("matrix", OLD5, OLD5, *args, *FIRMWARE, "-o", str(tmp_path / "m"), timeout=300)
+    _undecided(done, kind)
+    assert "matrix verdict: error" in done.stdout
+    (step,) = (tmp_path / "m" / "steps").iterdir()
+    assert json.loads((step / "qabi.json").read_text())["verdict"] == "error"
+    matrix = json.loads((tmp_path / "m" / "matrix.json").read_text())
+    assert matrix["verdict"] == "error" and matrix["steps"][0]["verdict"] == "error"
+    outcomes = {row["outcome"] for row in matrix["rows"]}
+    assert "unchanged" in outcomes and kind in outcomes
+
+
+FIRMWARE = ("--transport", "firmware")
+
+
+def _pytest_harness(*args: str, cwd: Path = REPO, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(REPO / "harness"),
+                           *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, check=False,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+# class 3: merging is order-independent; thresholds must agree unless --fail-on judges them all
+def _report(tmp_path: Path, name: str, outcome: str, severity: str, fail_on: str | None) -> Path:
+    """A report of one run: with details (it records `fail_on`) or as `qabi diff --json` writes it."""
+    runset = RunSet((_outcome_run(outcome, name, severity),), fail_on=fail_on or "info")  # type: ignore[arg-type]
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(to_json(runset, details=fail_on is not None)))
+    return path
+
+
+@given(st.lists(st.tuples(st.sampled_from(("unchanged", "drift")), st.sampled_from(SEVERITIES),
+                          st.sampled_from((None, *SEVERITIES))), min_size=2, max_size=4),
+       st.sampled_from((None, *SEVERITIES)))
+@settings(max_examples=40, deadline=None)
+def test_merge_gives_one_result_in_every_order(tmp_path_factory, inputs, fail_on):
+    from harness.errors import QabiError
+    from harness.matrix.merge import merge_reports
+
+    folder = tmp_path_factory.mktemp("merge")
+    paths = [_report(folder, f"g{i}", o, s, f) for i, (o, s, f) in enumerate(inputs)]
+    results = set()
+    for order in itertools.permutations(paths):
+        try:
+            merged = merge_reports(list(order), fail_on)  # type: ignore[arg-type]
+            results.add((merged.verdict, merged.fail_on, tuple((r.machine, r.guest) for r in merged.runs)))
+        except QabiError as exc:
+            results.add(("refused", str(exc), ()))
+    assert len(results) == 1, results
+    ((verdict, detail, _runs),) = results
+    recorded = {f for _o, _s, f in inputs}
+    if fail_on is None and (None in recorded or len(recorded) > 1):
+        assert verdict == "refused" and "--fail-on" in detail           # a missing or differing threshold
+    else:
+        threshold = fail_on or inputs[0][2]
+        assert detail == threshold
+        # each input's drifts judged at the one threshold, whatever threshold made its own verdict
+        runs = [_outcome_run(o, f"g{i}", s) for i, (o, s, _f) in enumerate(inputs)]
+        assert verdict == decide(r.outcome(threshold) for r in runs)  # type: ignore[arg-type]
+
+
+def test_merge_refuses_a_report_without_its_threshold_first_or_last(tmp_path):
+    """The issue's case: a `qabi diff --json` output (no fail_on) first skipped the check and lent
+    the merge its inferred threshold: UNCHANGED one way, DRIFT the other."""
+    diff = _report(tmp_path, "a", "drift", "info", None)
+    full = _report(tmp_path, "b", "unchanged", "info", "warn")
+    lines = set()
+    for order in ([diff, full], [full, diff]):
+        done = run_qabi("report", "--merge", *map(str, order), "-o", str(tmp_path / "m"), timeout=120)
+        lines.add(_one_line_exit_2(done))
+        assert not (tmp_path / "m").exists()
+    assert len(lines) == 1 and "--fail-on" in lines.pop()
+    verdicts = set()
+    for order in ([diff, full], [full, diff]):
+        done = run_qabi("report", "--merge", *map(str, order), "--fail-on", "info", "-o", str(tmp_path / "m"),
+                        timeout=120)
+        assert done.returncode == 1, done.stderr           # the info drift counts at info, in either order
+        verdicts.add(done.stdout.splitlines()[-2])
+    assert len(verdicts) == 1
+
+
+# the defects: every exit 2 has its line, bounded shard counts and times, typed config, plan checks up front
+@pytest.mark.parametrize("shard", ["1/1000000000", "1/1001", "1/" + "9" * 5000], ids=["1e9", "1001", "5000-digits"])
+def test_a_huge_shard_count_is_refused_before_anything(shard):
+    done = run_qabi("check", "--old", OLD5, "--new", OLD5, "--guest", "minimal", "--shard", shard, timeout=60)
+    assert "N <= 1000" in _one_line_exit_2(done)
+
+
+def test_more_shards_than_planned_runs_is_refused_before_any_capture():
+    done = run_qabi("check", "--old", OLD5, "--new", OLD5, "--machine", "pc-q35-5.2", "--guest", "minimal",
+                    "--guest", "windows", "--shard", "1/3", *FIRMWARE, "--no-reuse", timeout=120)
+    assert "2 planned run(s): use at most 2 shards" in _one_line_exit_2(done)
+    assert "started" not in done.stderr                  # no run began
+
+
+@pytest.mark.parametrize("count", [10 ** 9, 1001, 3])
+def test_a_merge_input_with_a_huge_shard_count_is_refused(tmp_path, count):
+    paths = []
+    for i in (1, 2):
+        data = to_json(RunSet((_outcome_run("unchanged", f"g{i}"),)), details=True)
+        data["shard"] = {"index": i, "count": count, "planned": [["pc-q35-7.2", "g1"], ["pc-q35-7.2", "g2"]]}
+        paths.append(tmp_path / f"s{i}.json")
+        paths[-1].write_text(json.dumps(data))
+    started = time.monotonic()
+    done = run_qabi("report", "--merge", *map(str, paths), "-o", str(tmp_path / "m"), timeout=60)
+    line = _one_line_exit_2(done)
+    assert "shard" in line and time.monotonic() - started < 30
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("where", ["top", "run", "migration"])
+@pytest.mark.parametrize("value", ["1e999", "-1e999", "NaN", "-1", "1e300"])
+def test_a_report_with_an_impossible_wall_time_is_refused(tmp_path, where, value):
+    data = to_json(RunSet((_outcome_run("unchanged", "g"),), seconds=1.0), details=True)
+    if where == "top":
+        data["seconds"] = "@"
+    elif where == "run":
+        data["runs"][0]["seconds"] = "@"
+    else:
+        data["runs"][0]["migration"] = {"status": "ok", "direction": "forward", "seconds": "@", "error": None}
+    path, other = tmp_path / "r.json", tmp_path / "s.json"
+    path.write_text(json.dumps(data).replace('"@"', value))
+    other.write_text(json.dumps(to_json(RunSet((_outcome_run("unchanged", "h"),)), details=True)))
+    for verb in (["report", str(path), "-o", str(tmp_path / "r.html")],
+                 ["report", "--merge", str(other), str(path), "-o", str(tmp_path / "m")]):
+        line = _one_line_exit_2(run_qabi(*verb, timeout=60))
+        assert "seconds" in line, line
+    assert not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize("table,message", [
+    ("machine = 5", "machine = 5 is a int"),
+    ('guest = ["minimal", 3]', "expected a string or a list of strings"),
+    ('fail-on = ["warn"]', "expected a string"),
+    ('machnie = "pc-q35-7.2"', "unknown key(s) machnie"),
+    ("qabi = 1", "must be a table"),
+])
+def test_wrongly_typed_settings_are_one_line_in_cli_and_pytest(tmp_path, table, message):
+    body = f"[tool]\n{table}\n" if table.startswith("qabi =") else f"[tool.qabi]\n{table}\n"
+    (tmp_path / "pyproject.toml").write_text(body)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cli = subprocess.run([sys.executable, "-m", "harness.cli", "check", "--old", OLD5, "--new", OLD5],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env, check=False)
+    assert message in _one_line_exit_2(cli)
+    tests = _pytest_harness("--rootdir", str(tmp_path), "-c", str(tmp_path / "pyproject.toml"), cwd=tmp_path,
+                            timeout=120)
+    assert tests.returncode == 2 and "INTERNALERROR" not in tests.stdout + tests.stderr, tests.stdout + tests.stderr
+    assert message in tests.stderr and tests.stderr.strip().count("\n") == 0, tests.stderr
+    config = tmp_path / "xdg" / "qabi"
+    config.mkdir(parents=True)
+    (config / "config.toml").write_text(table.replace("qabi = 1", "debian-mirror = 1") + "\n")
+    (tmp_path / "pyproject.toml").unlink()
+    cli = subprocess.run([sys.executable, "-m", "harness.cli", "check", "--old", OLD5, "--new", OLD5],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False,
+                         env={**env, "XDG_CONFIG_HOME": str(tmp_path / "xdg")})
+    assert "config.toml" in _one_line_exit_2(cli)
+
+
+@pytest.mark.parametrize("target", ["file", "under-a-file", "proc", "dangling-link"])
+def test_pytest_report_that_cannot_be_a_folder_is_refused_up_front(tmp_path, target):
+    mine = tmp_path / "notes.txt"
+    mine.write_text("the user's own file\n")
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "nowhere" / "deeper")
+    report = {"file": mine, "under-a-file": mine / "reports", "proc": Path("/proc/qabi-reports"),
+              "dangling-link": link}[target]
+    started = time.monotonic()
+    done = _pytest_harness("--qemu-old", OLD5, "--qemu-new", OLD5, "--guest", "minimal", *FIRMWARE,
+                           "--report", str(report))
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stdout + done.stderr
+    assert done.stderr.strip().count("\n") == 0 and "qabi:" in done.stderr, done.stderr
+    assert "passed" not in done.stdout and time.monotonic() - started < 120
+    assert mine.read_text() == "the user's own file\n"
+
+
+@pytest.mark.parametrize("twice", [("--guest", "minimal", "--guest", "minimal"),
+                                   ("--guest", "minimal", "--guest", "guests/minimal.toml"),
+                                   ("--guest", "minimal", "--machine", "pc-q35-5.2", "--machine", "pc-q35-5.2")])
+def test_a_run_asked_twice_is_refused_before_any_capture(tmp_path, twice):
+    for verb in (["check", "--old", OLD5, "--new", OLD5], ["matrix", OLD5, OLD5, "-o", str(tmp_path / "m")]):
+        done = run_qabi(*verb, *twice, *FIRMWARE, "--no-reuse", timeout=120)
+        assert "given twice" in _one_line_exit_2(done) and "started" not in done.stderr
+    tests = _pytest_harness("--qemu-old", OLD5, "--qemu-new", OLD5, *twice, *FIRMWARE, "--report", str(tmp_path / "r"))
+    assert tests.returncode == 2 and "given twice" in tests.stderr and tests.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("bad", [("--guest", "no-such-profile"), ("--machine", "pc-q35-99.9")])
+def test_pytest_bad_guest_or_machine_is_one_line_not_an_error_per_item(bad):
+    done = _pytest_harness("--qemu-old", OLD5, "--qemu-new", OLD5, *bad, *FIRMWARE)
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stdout + done.stderr
+    assert bad[1] in done.stderr and " error" not in done.stdout

@@ -487,7 +487,7 @@ def test_plugin_empty_shard_is_one_line_and_exit_2(pytester):
     result = _harness(pytester, "--baseline", str(BOOKWORM), "--qemu-new", str(TRIXIE), "--machine", "pc-q35-7.2",
                       "--guest", "minimal", "--shard", "2/2", "--report", "empty")
     assert result.ret == 2
-    assert "qabi: shard 2/2 holds none of the check's 1 run(s): use at most 1 shard" in result.stderr.str() + \
+    assert "qabi: --shard 2/2: the check has 1 planned run(s): use at most 1 shard" in result.stderr.str() + \
         result.stdout.str()
 
 

@@ -2,7 +2,7 @@
 
     result = run_matrix(MatrixRequest(("debian:bullseye", "debian:bookworm", "debian:trixie")), Path("out"))
     result.frame                 # pandas: one row per (step, machine type, profile)
-    result.exit_code             # 0 unchanged, 1 drift, 2 could not decide (as `qabi check`)
+    result.exit_code             # 0 unchanged, 1 drift, 2 could not decide: `decide` over every run of every step
 
 The parts check.py and the CLI use directly: bump.py (`--machine OLD:NEW` and its generated
 waivers), shard.py (`--shard I/N`), merge.py (`qabi report --merge`), cachefile.py (`qabi cache
@@ -34,20 +34,35 @@ class MatrixResult:
 
     @property
     def exit_code(self) -> int:
-        return {"unchanged": 0, "drift": 1}.get(self.verdict, 2)
+        from harness.report import EXIT_CODES
+
+        return EXIT_CODES[self.verdict]
+
+    def undecided(self) -> str:
+        """Why the matrix could not be decided: the first step with a run it could not compare."""
+        from harness.report import undecided_reason
+
+        for step in self.steps:
+            if step.runset is not None and step.runset.verdict == "error" and step.runset.runs:
+                return f"step {step.label}: {undecided_reason(step.runset)}"
+        return "nothing was compared (no step has a run in this selection)"
 
 
 def run_matrix(request: MatrixRequest, directory: Path, progress: RunProgress | None = None) -> MatrixResult:
     """Open every step (builds provisioned first), run them through the pipeline, write each step's
     report and the matrix files under `directory`."""
     from harness.matrix.progress import RunProgress
-    from harness.matrix.run import open_steps, run_steps, step_cases, write_steps
-    from harness.matrix.table import MATRIX_FILES, frame, verdict, write_outputs
+    from harness.matrix.run import open_steps, run_steps, step_cases, step_planned, write_steps
+    from harness.matrix.shard import check_shard_count
+    from harness.matrix.table import MATRIX_FILES, frame, write_outputs
+    from harness.report import decide
     from harness.report.jsonreport import report_folder
 
     report_folder(directory, MATRIX_FILES, what="matrix folder", create=False)   # refused before any run
     started = time.monotonic()
     steps = open_steps(request)
+    # every shard holds a run of the largest step: more shards than that is refused before any capture
+    check_shard_count(request.shard, max(len(step_planned(s)) for s in steps), "the largest step")
     total = sum(len(step_cases(s)) for s in steps)
     meter = progress or RunProgress(total, fail_on=request.fail_on)
     meter.total = total
@@ -64,7 +79,7 @@ def run_matrix(request: MatrixRequest, directory: Path, progress: RunProgress | 
     if request.shard:
         title += f" — shard {request.shard[0]}/{request.shard[1]}"
     outputs = write_outputs(steps, data, directory, seconds, title)
-    return MatrixResult(tuple(steps), data, verdict(data), seconds, outputs)
+    return MatrixResult(tuple(steps), data, decide(data["outcome"]), seconds, outputs)
 
 
 __all__ = ["MatrixResult", "run_matrix"]

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from harness.drift.model import Severity
 from harness.errors import QabiError
 from harness.report import Run, RunSet, ShardInfo, load_report, runset_from_json
 
@@ -42,30 +43,32 @@ def run_order(run: Run) -> tuple[Any, ...]:
     return (*version, run.machine, run.guest)
 
 
-def merge_reports(paths: Sequence[Path | str]) -> RunSet:
+def merge_reports(paths: Sequence[Path | str], fail_on: Severity | None = None) -> RunSet:
     """One RunSet from shard reports: runs of every file, in check order; the wall time is the
-    slowest shard's (shards run side by side)."""
+    slowest shard's (shards run side by side).
+
+    Order-independent: the files are read in the order of their names, whatever the order given.
+    Every file must record the same fail-on threshold (a `qabi diff --json` output records none)
+    unless `fail_on` is given: then every shard's drifts are judged at that threshold."""
     if len(paths) < 2:
         raise QabiError("--merge needs at least two JSON reports (one per shard)")
+    files: dict[Path, str] = {}
+    read: list[tuple[str, RunSet]] = []
+    for name in sorted(str(path) for path in paths):
+        runset = runset_from_json(load_report(Path(name)))
+        same = files.setdefault(Path(name).resolve(), name)
+        if len(files) == len(read):
+            raise QabiError(f"{name} is given twice" + (f" (as {same})" if same != name else ""))
+        read.append((name, runset))
+    threshold = fail_on or _one_threshold(read)
     runs: list[Run] = []
     owner: dict[tuple[str, str], str] = {}
-    first: RunSet | None = None
-    first_name = ""
     sides: dict[str, dict[str, Any]] = {}
     shards: dict[str, ShardInfo | None] = {}
     seconds: list[float] = []
-    for path in paths:
-        name = str(path)
-        if name in shards:
-            raise QabiError(f"{name} is given twice")
-        runset = runset_from_json(load_report(Path(path)))
+    for name, runset in read:
         _one_more_shard(name, runset.shard, shards)
         shards[name] = runset.shard
-        if first is None:
-            first, first_name = runset, name
-        elif runset.details and first.details and runset.fail_on != first.fail_on:
-            raise QabiError(f"{name}: fail-on {runset.fail_on} but {first_name} has {first.fail_on}: "
-                            "not shards of one check")
         for run in runset.runs:
             for which, prov in (("old", run.old), ("new", run.new)):
                 mine = _side(prov)
@@ -84,14 +87,32 @@ def merge_reports(paths: Sequence[Path | str]) -> RunSet:
             runs.append(run)
         if runset.seconds is not None:
             seconds.append(runset.seconds)
-    assert first is not None
     _complete(shards, set(owner))
-    return RunSet(tuple(sorted(runs, key=run_order)), first.fail_on, seconds=max(seconds) if seconds else None)
+    return RunSet(tuple(sorted(runs, key=run_order)), threshold, seconds=max(seconds) if seconds else None)
+
+
+def _one_threshold(read: Sequence[tuple[str, RunSet]]) -> Severity:
+    """The fail-on threshold every report records (without --fail-on): one missing (a report
+    without details, e.g. `qabi diff --json`) or two different ones are refused."""
+    unknown = [name for name, runset in read if not runset.details]
+    if unknown:
+        raise QabiError(f"{unknown[0]} does not record its fail-on threshold (a qabi diff --json output?): "
+                        "give --fail-on to judge every shard at one threshold")
+    found = {runset.fail_on: name for name, runset in reversed(read)}
+    if len(found) > 1:
+        (a, name_a), (b, name_b) = sorted(found.items(), key=lambda item: item[1])[:2]
+        raise QabiError(f"{name_b}: fail-on {b} but {name_a} has {a}: not shards of one check "
+                        "(give --fail-on to judge every shard at one threshold)")
+    return read[0][1].fail_on
 
 
 def _one_more_shard(name: str, info: ShardInfo | None, shards: dict[str, ShardInfo | None]) -> None:
     """`name`'s shard record fits those already read: all or none made with --shard, the same N
-    and planned runs, no index twice (reports written without --shard are merged as given)."""
+    and planned runs, no index twice, at most as many shards as planned runs (reports written
+    without --shard are merged as given)."""
+    if info is not None and info.count > len(info.planned):
+        raise QabiError(f"{name} is shard {info.index}/{info.count} of a check of {len(info.planned)} planned "
+                        "run(s): with more shards than runs some shard holds none, and the set is never whole")
     if not shards:
         return
     first_name, first = next(iter(shards.items()))

@@ -15,7 +15,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Literal
 
-from harness.check import Check, RunRequest, expand_guests, versioned_machines
+from harness.check import Check, RunRequest, check_plan, check_unique, expand_guests, versioned_machines
 from harness.drift.model import Severity
 from harness.errors import QabiError
 from harness.matrix.bump import split_machine
@@ -49,6 +49,7 @@ class MatrixRequest:
             raise QabiError("qabi matrix needs at least two builds (SPEC SPEC [SPEC...])")
         if self.pairs not in PAIRS:
             raise QabiError(f"--pairs {self.pairs!r}: expected one of {', '.join(PAIRS)}")
+        check_unique(self.machines, self.guests)
 
     def steps(self) -> list[tuple[str, str]]:
         s = self.specs
@@ -113,6 +114,7 @@ def open_steps(request: MatrixRequest) -> list[Step]:
         check = Check(replace(base, machines=tuple(machines))) if machines else probe
         step = Step(i, old, new, check, folder=f"steps/{i}-{slug(old)}-to-{slug(new)}")
         guests = expand_guests(list(request.guests))
+        check_plan([], guests, probe.old, probe.new)   # every profile loads, none twice: before any capture
         step.missing = [Run(machine=m, guest=g, old={"spec": old}, new={"spec": new}, status="unsupported",
                             reason=why) for m, why in lacking for g in guests]
         steps.append(step)

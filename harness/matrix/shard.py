@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable, Sequence
 
 from harness.errors import QabiError
+from harness.report.model import MAX_SHARDS
 
 Shard = tuple[int, int]
 _SHARD = re.compile(r"(\d+)/(\d+)")
@@ -22,18 +23,28 @@ DECODE_COST = 1.0      # fingerprint + compare of one run (iasl dominates)
 
 
 def parse_shard(text: str | None) -> Shard | None:
-    """`I/N` (1 ≤ I ≤ N) → (I, N); None/"" → None; anything else a one-line QabiError."""
+    """`I/N` (1 ≤ I ≤ N ≤ MAX_SHARDS) → (I, N); None/"" → None; anything else a one-line QabiError."""
     if not text:
         return None
-    m = _SHARD.fullmatch(text.strip())
-    if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
-        raise QabiError(f"--shard {text!r}: expected I/N with 1 <= I <= N (e.g. 2/3)")
+    m = _SHARD.fullmatch(text.strip()[:40])
+    if not m or not 1 <= int(m.group(1)) <= int(m.group(2)) <= MAX_SHARDS:
+        raise QabiError(f"--shard {text[:40]!r}: expected I/N with 1 <= I <= N <= {MAX_SHARDS} (e.g. 2/3)")
     return int(m.group(1)), int(m.group(2))
 
 
 def check_shard(shard: Shard | None) -> None:
-    if shard is not None and not (isinstance(shard, tuple) and len(shard) == 2 and 1 <= shard[0] <= shard[1]):
-        raise QabiError(f"shard {shard!r}: expected (I, N) with 1 <= I <= N")
+    if shard is not None and not (isinstance(shard, tuple) and len(shard) == 2
+                                  and 1 <= shard[0] <= shard[1] <= MAX_SHARDS):
+        raise QabiError(f"shard {shard!r}: expected (I, N) with 1 <= I <= N <= {MAX_SHARDS}")
+
+
+def check_shard_count(shard: Shard | None, planned: int, what: str = "the check") -> None:
+    """A shard count is at most the number of planned runs: with more, some shard holds none (one
+    line, before any capture)."""
+    if shard is not None and shard[1] > planned:
+        most = max(planned, 1)
+        raise QabiError(f"--shard {shard[0]}/{shard[1]}: {what} has {planned} planned run(s): "
+                        f"use at most {most} shard{'s' if most != 1 else ''}")
 
 
 def profile_cost(guest: str, transport: str) -> float:

@@ -5,6 +5,7 @@ index.html (the pivot, each cell linking to the step's full report)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +17,12 @@ from harness.drift.model import SEVERITIES
 from harness.matrix.bump import split_machine
 from harness.matrix.merge import run_order
 from harness.matrix.run import Step
+from harness.report import Outcome, decide
 from harness.report.jsonreport import report_folder, write_report_file
 from harness.report.view import count_drifts, worst
 
 COLUMNS = ["step", "step_label", "old", "new", "old_version", "new_version", "machine", "guest", "outcome",
            "worst", "break", "warn", "info", "waived", "windows", "linux", "categories", "reason", "report"]
-# How a cell sums up its profiles: the worst outcome wins.
-OUTCOME_RANK = {"error": 3, "drift": 2, "unchanged": 1, "unsupported": 0}
-EXIT = {"error": 2, "drift": 1, "unchanged": 0, "unsupported": 2}
 
 
 def _version(provenance: Any) -> str:
@@ -65,12 +64,12 @@ def _machine_key(machine: str) -> tuple[Any, ...]:
 
 
 def _cell(group: pd.DataFrame) -> dict[str, Any]:
-    outcome = max(group["outcome"], key=OUTCOME_RANK.__getitem__)
+    outcome = cell_outcome(group["outcome"])
     totals = {s: int(group[s].sum()) for s in (*SEVERITIES, "waived")}
     worst_sev = next((s for s in SEVERITIES if totals[s]), "")
     levels = {os: worst_level(v for v in group[os] if v) for os in ("windows", "linux")}
     cats = sorted({c for text in group["categories"] for c in text.split(",") if c})
-    parts = [outcome]
+    parts: list[str] = [outcome]
     if outcome == "drift" or (outcome == "unchanged" and any(totals.values())):
         parts.append(", ".join(f"{totals[s]} {s}" for s in (*SEVERITIES, "waived") if totals[s]))
     if cats:
@@ -113,17 +112,17 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def verdict(data: pd.DataFrame) -> str:
-    """error if any run errored (or nothing was compared), drift if any drifted, else unchanged."""
-    outcomes = set(data["outcome"])
-    if "error" in outcomes or not outcomes & {"drift", "unchanged"}:
-        return "error"
-    return "drift" if "drift" in outcomes else "unchanged"
+def cell_outcome(outcomes: Iterable[Outcome]) -> Outcome:
+    """How a cell sums up its profiles: the verdict over them (`decide`), shown as "unsupported"
+    when what kept it from "unchanged" is only runs that were not compared."""
+    seen = list(outcomes)
+    verdict = decide(seen)
+    return "unsupported" if verdict == "error" and "error" not in seen else verdict
 
 
 def matrix_json(steps: list[Step], data: pd.DataFrame, table: pd.DataFrame, seconds: float | None) -> dict[str, Any]:
     return {
-        "schema": 1, "verdict": verdict(data), "seconds": seconds,
+        "schema": 1, "verdict": decide(data["outcome"]), "seconds": seconds,
         "steps": [{"step": s.index, "label": s.label, "old": s.old, "new": s.new, "report": f"{s.folder}/index.html",
                    "verdict": s.runset.verdict if s.runset is not None else None} for s in steps],
         "rows": json.loads(data.to_json(orient="records")),
@@ -139,13 +138,14 @@ def write_outputs(steps: list[Step], data: pd.DataFrame, directory: Path, second
                   title: str) -> dict[str, Path]:
     """matrix.csv, matrix.md, matrix.json and index.html in `directory`."""
     table = pivot(data)
+    overall = decide(data["outcome"])
     folder = report_folder(directory, MATRIX_FILES, what="matrix folder")
     out = {name: folder / name for name in MATRIX_FILES}
     write_report_file(out["matrix.csv"], data.to_csv(index=False), "matrix CSV")
-    write_report_file(out["matrix.md"], f"# {title}\n\nverdict: {verdict(data)}\n\n" + markdown(table), "matrix")
+    write_report_file(out["matrix.md"], f"# {title}\n\nverdict: {overall}\n\n" + markdown(table), "matrix")
     write_report_file(out["matrix.json"], json.dumps(matrix_json(steps, data, table, seconds), indent=2,
                                                      ensure_ascii=False) + "\n", "matrix JSON")
-    write_report_file(out["index.html"], render_html(steps, table, verdict(data), seconds, title), "matrix HTML")
+    write_report_file(out["index.html"], render_html(steps, table, overall, seconds, title), "matrix HTML")
     return out
 
 

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     )
     from harness.report.model import (
         EXIT_CODES,
+        OUTCOMES,
         Migration,
         Outcome,
         ReportVerdict,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
         RunStatus,
         ShardInfo,
         as_runset,
+        decide,
         provenance,
     )
     from harness.report.text import escape_controls, render_text
@@ -46,12 +48,14 @@ if TYPE_CHECKING:
         group_drifts,
         report_view,
         run_views,
+        undecided_reason,
         verdict_line,
     )
 
 # each name is imported on first use: reading a report needs no HTML renderer, a check no jinja2
 _LAZY = {
-    "EXIT_CODES": "harness.report.model", "Migration": "harness.report.model",
+    "EXIT_CODES": "harness.report.model", "OUTCOMES": "harness.report.model", "decide": "harness.report.model",
+    "undecided_reason": "harness.report.view", "Migration": "harness.report.model",
     "Outcome": "harness.report.model", "ReportVerdict": "harness.report.model",
     "ReportView": "harness.report.view", "Run": "harness.report.model", "RunSet": "harness.report.model",
     "RunStatus": "harness.report.model", "RunView": "harness.report.view",
@@ -69,10 +73,10 @@ _LAZY = {
 }
 
 __all__ = [
-    "EXIT_CODES", "SCHEMA_PATH", "Migration", "Outcome", "ReportVerdict", "ReportView", "Run", "RunSet", "RunStatus",
-    "RunView", "ShardInfo", "SubjectGroup", "as_runset", "describe_build", "escape_controls", "group_drifts", "load_report",
+    "EXIT_CODES", "OUTCOMES", "SCHEMA_PATH", "Migration", "Outcome", "ReportVerdict", "ReportView", "Run", "RunSet", "RunStatus",
+    "RunView", "ShardInfo", "SubjectGroup", "as_runset", "decide", "describe_build", "escape_controls", "group_drifts", "load_report",
     "provenance", "render_html", "render_text", "report_schema", "report_view", "run_views", "runset_from_json",
-    "to_json", "validate_report", "verdict_line", "with_facts", "write_html", "write_json", "write_reports",
+    "to_json", "undecided_reason", "validate_report", "verdict_line", "with_facts", "write_html", "write_json", "write_reports",
 ]
 
 __getattr__ = lazy_attributes(__name__, _LAZY)

@@ -30,6 +30,7 @@ from harness.categories import registry
 from harness.drift.model import SEVERITIES
 from harness.errors import QabiError
 from harness.report.jsonreport import (
+    REPORT_FILES,
     FingerprintPair,
     json_text,
     report_folder,
@@ -372,7 +373,6 @@ def write_html(report: RunSet | Mapping[str, Any], path: Path | str) -> Path:
     return target
 
 
-REPORT_FILES = ("qabi.json", "index.html")
 
 
 def load_report(path: Path | str) -> dict[str, Any]:

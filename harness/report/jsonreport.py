@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -16,7 +18,7 @@ from harness.drift.impact import IMPACT, Impact, run_impact
 from harness.drift.model import Change, Comparison, Drift, Severity
 from harness.drift.waivers import Waiver
 from harness.errors import QabiError
-from harness.report.model import Migration, Run, RunSet, ShardInfo, as_runset
+from harness.report.model import MAX_SHARDS, Migration, Run, RunSet, ShardInfo, as_runset
 
 SCHEMA_PATH = Path(__file__).with_name("qabi-report.schema.json")
 REPORT_SCHEMA_VERSION = 1
@@ -215,6 +217,7 @@ def report_schema() -> dict[str, Any]:
     """The report's JSON Schema, with the category enum taken from the category registry."""
     data: dict[str, Any] = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
     data["$defs"]["category"] = {"enum": list(names())}
+    data["properties"]["shard"]["properties"]["count"]["maximum"] = MAX_SHARDS
     return data
 
 
@@ -228,6 +231,7 @@ def validate_report(data: Mapping[str, Any]) -> None:
         first = errors[0]
         where = "/".join(str(p) for p in first.absolute_path) or "(top level)"
         raise QabiError(f"report does not follow qabi-report.schema.json at {where}: {first.message}")
+    _check_finite(data)
     _check_details_align(data)
     _check_shard(data)
 
@@ -258,6 +262,20 @@ def _check_shard(data: Mapping[str, Any]) -> None:
             raise QabiError(f"{where}: runs/{i} ({run['machine']}, {run['guest']}) is not a planned run of the check")
 
 
+def _check_finite(data: Any, where: str = "") -> None:
+    """Every number is finite (JSON readers turn 1e999 into infinity and accept NaN): a wall time
+    of infinity or NaN is not a measurement (a rule JSON Schema cannot state)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        raise QabiError(f"report does not follow qabi-report.schema.json at {where or '(top level)'}: "
+                        f"{data} is not a finite number")
+    if isinstance(data, Mapping):
+        for key, value in data.items():
+            _check_finite(value, f"{where}/{key}" if where else str(key))
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            _check_finite(value, f"{where}/{i}" if where else str(i))
+
+
 def write_json(result: RunSet, path: Path | str, *, details: bool = False) -> None:
     """Validate and write the JSON report ("-" for standard output); `details` as in `to_json`."""
     data = to_json(result, details=details)
@@ -279,6 +297,9 @@ REPORT_MARKER = ".qabi-report"
 MARKER_TEXT = "qabi report folder v1: qabi writes here and replaces only the files it names\n"
 
 
+REPORT_FILES = ("qabi.json", "index.html")
+
+
 def report_folder(directory: Path | str, names: Sequence[str], inputs: Sequence[Path | str] = (),
                   what: str = "report folder", create: bool = True) -> Path:
     """Claim `directory` for the report files `names`: it must be new, empty or one qabi made (its
@@ -287,6 +308,19 @@ def report_folder(directory: Path | str, names: Sequence[str], inputs: Sequence[
     Creates the folder and its marker (unless not `create`: a check before a run); returns it.
     Anything else is a QabiError."""
     folder = Path(directory)
+    existing = folder
+    while not (existing.exists() or existing.is_symlink()) and existing != existing.parent:
+        existing = existing.parent
+    if existing.is_symlink() and not existing.exists():
+        raise QabiError(f"{what} {folder}: {existing} is a dangling link")
+    if existing != folder and not existing.is_dir():
+        raise QabiError(f"{existing} is not a directory (on the {what}'s path, {folder}); give a folder")
+    if existing != folder:      # the folder is made at the end of the run: its nearest parent must take it
+        try:
+            with tempfile.TemporaryFile(dir=existing, prefix=".qabi-probe-"):
+                pass
+        except OSError as exc:
+            raise QabiError(f"cannot write the {what} {folder}: {existing}: {exc.strerror or exc}") from None
     if folder.is_symlink() or folder.exists():
         if not folder.is_dir():
             raise QabiError(f"{what} {folder} exists and is not a directory; give a new or empty directory")

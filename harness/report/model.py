@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -13,7 +13,24 @@ RunStatus = Literal["compared", "unsupported", "error"]
 Outcome = Literal["unchanged", "drift", "unsupported", "error"]
 ReportVerdict = Literal["unchanged", "drift", "error"]
 RUN_STATUSES: tuple[RunStatus, ...] = ("compared", "unsupported", "error")
+OUTCOMES: tuple[Outcome, ...] = ("unchanged", "drift", "unsupported", "error")
 EXIT_CODES: dict[str, int] = {"unchanged": 0, "drift": 1, "error": 2}
+
+
+def decide(outcomes: Iterable[Outcome]) -> ReportVerdict:
+    """The one verdict over runs, everywhere (check, the pytest plugin, `report --merge`, each
+    matrix step and the matrix as a whole): "error" (could not decide) if a run errored or
+    nothing was compared; "drift" if a compared run drifted; "error" if a run was not compared
+    (unsupported); else "unchanged". An unsupported or errored run never gives "unchanged"."""
+    seen = set(outcomes)
+    unknown = seen - set(OUTCOMES)
+    if unknown:
+        raise ValueError(f"run outcome {min(unknown)!r} is not one of {', '.join(OUTCOMES)}")
+    if "error" in seen or not seen & {"unchanged", "drift"}:
+        return "error"
+    if "drift" in seen:
+        return "drift"
+    return "error" if "unsupported" in seen else "unchanged"
 
 
 def provenance(fingerprint: Mapping[str, Any]) -> dict[str, Any]:
@@ -176,6 +193,11 @@ def _pair(old: str | None, new: str | None) -> str:
     return f"{old} → {new}"
 
 
+# The most shards a check is split into (--shard I/N, a report's "shard" record): far more CI
+# runners than a check has runs is not a plan, and a count is read from hostile reports too.
+MAX_SHARDS = 1000
+
+
 @dataclass(frozen=True)
 class ShardInfo:
     """Which slice of a check a RunSet holds: shard `index` of `count`, and every (machine, guest)
@@ -187,8 +209,8 @@ class ShardInfo:
     planned: tuple[tuple[str, str], ...]
 
     def __post_init__(self) -> None:
-        if not 1 <= self.index <= self.count:
-            raise ValueError(f"shard {self.index}/{self.count}: expected 1 <= I <= N")
+        if not 1 <= self.index <= self.count <= MAX_SHARDS:
+            raise ValueError(f"shard {self.index}/{self.count}: expected 1 <= I <= N <= {MAX_SHARDS}")
 
     def as_dict(self) -> dict[str, Any]:
         return {"index": self.index, "count": self.count, "planned": [list(case) for case in self.planned]}
@@ -196,9 +218,9 @@ class ShardInfo:
 
 @dataclass(frozen=True)
 class RunSet:
-    """All runs of one check, and the overall verdict: error if any run errored (or nothing was
-    compared at all), drift if any run has unwaived drift at `fail_on` or above, error if any run
-    was not compared (unsupported), else unchanged.
+    """All runs of one check, and the overall verdict (`decide`): error if any run errored (or
+    nothing was compared at all), drift if any run has unwaived drift at `fail_on` or above, error
+    if any run was not compared (unsupported), else unchanged.
 
     `seconds` (the whole check's wall time), `generated` (ISO 8601) and `qabi_version` (the qabi
     that made it, when read back from a report) are shown when known. `details` is False for a
@@ -220,14 +242,8 @@ class RunSet:
 
     @property
     def verdict(self) -> ReportVerdict:
-        """error if a run errored or nothing was compared; drift if a compared run drifted; error
-        if a run was not compared (unsupported): a skipped run never lets the verdict be unchanged."""
-        outcomes = [run.outcome(self.fail_on) for run in self.runs]
-        if "error" in outcomes or "unchanged" not in outcomes and "drift" not in outcomes:
-            return "error"
-        if "drift" in outcomes:
-            return "drift"
-        return "error" if "unsupported" in outcomes else "unchanged"
+        """`decide` over the runs' outcomes at this RunSet's fail-on threshold."""
+        return decide(run.outcome(self.fail_on) for run in self.runs)
 
     @property
     def exit_code(self) -> int:

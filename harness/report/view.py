@@ -371,6 +371,16 @@ def verdict_line(result: RunSet) -> str:
     return f"verdict: {result.verdict.upper()} — " + _summary(result, run_views(result))
 
 
+def undecided_reason(result: RunSet) -> str:
+    """Why `result` could not be decided (the one stderr line of an exit 2): its first errored run,
+    else its first unsupported run (status and reason), else its verdict line."""
+    failed = [r for r in result.runs if r.status == "error"] or [r for r in result.runs if r.status != "compared"]
+    if not failed:
+        return verdict_line(result)
+    more = f" (and {len(failed) - 1} more run(s) not compared)" if len(failed) > 1 else ""
+    return f"{failed[0].name}: {failed[0].status}: {failed[0].reason}{more}"
+
+
 def describe_build(provenance: Mapping[str, Any]) -> str:
     """`debian:bookworm — QEMU 7.2.15 (1:7.2+dfsg-7+deb12u13), sha256 0123456789ab`."""
     parts = []
