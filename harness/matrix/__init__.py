@@ -73,6 +73,7 @@ def run_matrix(request: MatrixRequest, directory: Path, progress: RunProgress | 
     with meter:
         run_steps(steps, meter.start, meter.done, on_step)
     seconds = round(time.monotonic() - started, 3)
+    report_folder(directory, MATRIX_FILES, what="matrix folder")   # claimed (marked) before its steps/ is written
     write_steps(steps, directory)
     data = frame(steps)
     title = "qabi matrix: " + " → ".join(request.specs) + (" (first against each)" if request.pairs == "first" else "")
