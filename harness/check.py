@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from harness.bump import is_generated, split_machine, with_bump
 from harness.cache import cache_dir, file_lock, sweep_stale
 from harness.capture import (
     Capture,
@@ -39,11 +40,10 @@ from harness.drift.model import Severity, severity_rank
 from harness.drift.waivers import DEFAULT_WAIVERS, Waivers, load_waivers
 from harness.errors import CaptureError, QabiError, UnsupportedError, note
 from harness.guest.profile import GuestProfile, close_devices, load_profile, profile_names
-from harness.matrix.bump import is_generated, split_machine, with_bump
-from harness.matrix.shard import Shard, check_shard, check_shard_count, select
 from harness.plan import DEFAULT_ACCESS, DEFAULT_TIMEOUT, SERIAL, CapturePlan, GuestAccess
 from harness.qemu import QemuBuild, resolve
 from harness.report import Migration, Run, RunSet, RunStatus, ShardInfo
+from harness.shard import Shard, check_shard, check_shard_count, select
 from harness.transport.base import check_transport
 from harness.transport.launch import check_accel
 
@@ -228,7 +228,7 @@ class RunRequest:
     reuse: bool = True                    # False: boot every side afresh
     firmware_from: str | None = None      # run the new build with this build's firmware
     jobs: int | None = None               # runs side by side; None: what the host can carry (default_jobs)
-    shard: Shard | None = None            # (I, N): only shard I of N of the runs (harness/matrix/shard.py)
+    shard: Shard | None = None            # (I, N): only shard I of N of the runs (harness/shard.py)
     migrate: str | None = None            # "none"/None, "forward" (old -> new) or "both" (and back)
 
     def __post_init__(self) -> None:
@@ -282,7 +282,7 @@ class Check:
 
     def planned(self) -> list[tuple[str, str]]:
         """Every (machine, guest) run of the whole request, whatever the shard, in report order;
-        a machine `OLD:NEW` is a bump (harness/matrix/bump.py)."""
+        a machine `OLD:NEW` is a bump (harness/bump.py)."""
         if self._planned is None:
             machines = self.machines()
             guests = expand_guests(list(self.request.guests))

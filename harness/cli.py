@@ -248,8 +248,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     from harness.check import Check, RunRequest
     from harness.matrix.progress import RunProgress
-    from harness.matrix.shard import parse_shard
     from harness.report import render_text, write_json
+    from harness.shard import parse_shard
 
     _refuse_inputs(args.json, (args.waivers,))
     if args.report:   # refused before any run, not after
@@ -332,8 +332,8 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 
     from harness.matrix import run_matrix
     from harness.matrix.run import MatrixRequest
-    from harness.matrix.shard import parse_shard
     from harness.matrix.table import text_pivot
+    from harness.shard import parse_shard
     request = MatrixRequest(tuple(args.specs), tuple(args.machine or ("common",)), tuple(args.guest or ()),
                             args.pairs, args.accel, args.timeout, _access(args), args.waivers, args.fail_on,
                             not args.no_reuse, args.jobs, parse_shard(args.shard))

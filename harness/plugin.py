@@ -32,10 +32,10 @@ from harness.check import Check, RunRequest
 from harness.config import LISTS, pyproject_settings
 from harness.drift.model import SEVERITIES, Severity, at_least
 from harness.errors import QabiError
-from harness.matrix.shard import parse_shard
 from harness.plan import DEFAULT_TRANSPORT, GuestAccess
 from harness.report import Run, RunSet
 from harness.report.jsonreport import REPORT_FILES, report_folder
+from harness.shard import parse_shard
 from harness.transport.base import transport_names
 
 DEFAULTS: dict[str, Any] = {

@@ -16,14 +16,14 @@ import pandas as pd
 import pytest
 from conftest import REPO, private_captures, run_qabi
 
+from harness.bump import bump_waivers, is_generated, split_machine, with_bump
 from harness.categories import names
 from harness.drift.model import Comparison, Drift
 from harness.errors import QabiError
-from harness.matrix.bump import bump_waivers, is_generated, split_machine, with_bump
 from harness.matrix.merge import merge_reports
 from harness.matrix.progress import RunProgress
-from harness.matrix.shard import assign, parse_shard, profile_cost, select
 from harness.report import Run, RunSet, ShardInfo, runset_from_json, verdict_line, write_reports
+from harness.shard import assign, parse_shard, profile_cost, select
 
 CHROMIUM = Path("/usr/bin/chromium")
 FW = ("--transport", "firmware")

@@ -53,10 +53,10 @@ def run_matrix(request: MatrixRequest, directory: Path, progress: RunProgress | 
     report and the matrix files under `directory`."""
     from harness.matrix.progress import RunProgress
     from harness.matrix.run import open_steps, run_steps, step_cases, step_planned, write_steps
-    from harness.matrix.shard import check_shard_count
     from harness.matrix.table import MATRIX_FILES, frame, write_outputs
     from harness.report import decide
     from harness.report.jsonreport import report_folder
+    from harness.shard import check_shard_count
 
     report_folder(directory, MATRIX_FILES, what="matrix folder", create=False)   # refused before any run
     started = time.monotonic()

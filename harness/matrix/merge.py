@@ -31,8 +31,8 @@ def _agree(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 def run_order(run: Run) -> tuple[Any, ...]:
     """The order `qabi check` reports runs in: machine types oldest first, then the profile."""
+    from harness.bump import split_machine
     from harness.check import VERSIONED
-    from harness.matrix.bump import split_machine
 
     try:
         old, _new = split_machine(run.machine)

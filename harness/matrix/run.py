@@ -15,13 +15,13 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Literal
 
+from harness.bump import split_machine
 from harness.check import Check, RunRequest, check_plan, check_unique, expand_guests, versioned_machines
 from harness.drift.model import Severity
 from harness.errors import QabiError
-from harness.matrix.bump import split_machine
-from harness.matrix.shard import Shard, select
 from harness.plan import DEFAULT_TIMEOUT, SERIAL, GuestAccess
 from harness.report import Run, RunSet, ShardInfo
+from harness.shard import Shard, select
 
 Pairs = Literal["chain", "first"]
 PAIRS: tuple[Pairs, ...] = ("chain", "first")

@@ -11,10 +11,10 @@ from typing import Any
 
 import pandas as pd
 
+from harness.bump import split_machine
 from harness.drift.impact import run_impact
 from harness.drift.impact import worst as worst_level
 from harness.drift.model import SEVERITIES
-from harness.matrix.bump import split_machine
 from harness.matrix.merge import run_order
 from harness.matrix.run import Step
 from harness.report import Outcome, decide
