@@ -145,8 +145,8 @@ def test_a_transport_defined_in_a_test_plugs_into_capture_by_name(tmp_path):
     assert manifest["transport"] == "console2" and manifest["console2"] == {"launched": 1}
     from harness.errors import QabiError
 
-    with pytest.raises(QabiError, match="unknown transport 'console2'"):
-        GuestAccess(transport="console2")
+    with pytest.raises(QabiError, match="unknown transport 'console2'"):   # unregistered: a plan refuses it
+        plan_capture(resolve("system"), load_profile("minimal"), "pc-q35-7.2", access=GuestAccess(transport="console2"))
 
 
 # -- the pytest plugin, on recorded baselines (no QEMU) -------------------------------------------------

@@ -272,7 +272,8 @@ def test_rendered_from_the_json_file_alone(real, tmp_path):
     json_path, html_path = write_reports(real["runset"], tmp_path / "out", fingerprints=real["fingerprints"],
                                          seconds=83.2, run_seconds=[7.6, 9.0, None], generated=GENERATED)
     assert (json_path, html_path) == (tmp_path / "out" / "qabi.json", tmp_path / "out" / "index.html")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["index.html", "qabi.json"]   # no temp files
+    # no temp files: the two reports and qabi's marker of its own report folder
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".qabi-report", "index.html", "qabi.json"]
     for path in (json_path, html_path):
         assert stat.S_IMODE(path.stat().st_mode) == 0o644
     data = load_report(json_path)

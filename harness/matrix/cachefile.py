@@ -26,7 +26,7 @@ from pathlib import Path
 
 from harness.cache import atomic_write_bytes, cache_dir, file_lock
 from harness.capture import CAPTURE_NAME, MANIFEST, check_provenance, is_complete, load_capture
-from harness.errors import CaptureError, QabiError
+from harness.errors import CaptureError, QabiError, note
 from harness.untar import Limits, read_tar
 
 TOP_FILES = {MANIFEST, "console.log"}
@@ -57,6 +57,7 @@ def export_captures(target: Path, limits: Limits = LIMITS) -> tuple[str, ...]:
     root = captures_dir()
     names: list[str] = []
     refused: list[str] = []
+    older: list[str] = []
     files: list[Path] = []
     for folder in sorted(root.iterdir()):
         if not CAPTURE_NAME.fullmatch(folder.name) or folder.is_symlink() or not folder.is_dir() \
@@ -65,7 +66,8 @@ def export_captures(target: Path, limits: Limits = LIMITS) -> tuple[str, ...]:
         try:
             cap = load_capture(folder)            # never export a capture that does not verify
             if "inputs" not in cap.manifest:
-                continue                          # made by an older qabi: no key to prove, never reused
+                older.append(folder.name)         # made by an older qabi: no key to prove, never reused
+                continue
             check_provenance(cap)
             files += _capture_files(folder)
             names.append(folder.name)
@@ -85,6 +87,9 @@ def export_captures(target: Path, limits: Limits = LIMITS) -> tuple[str, ...]:
             else:
                 tar.addfile(info)
     atomic_write_bytes(target, buffer.getvalue())
+    if older:
+        note(f"{target}: {len(older)} capture(s) made by an older qabi left out (they record no inputs to prove "
+             f"their key, and no run reuses them), e.g. {older[0]}")
     if refused:
         raise _refused(target, f"{len(names)} captures exported", refused)
     return tuple(names)
