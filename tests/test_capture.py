@@ -79,18 +79,32 @@ def test_cli_capture_twice_gives_identical_raw(tmp_path):
     assert m["machine"] == {"asked": "q35", "resolved": "pc-q35-7.2", "family": "q35"}
 
 
-def _faulty_recipe(tmp_path: Path, init_tail: str) -> Path:
-    """A copy of the reference recipe whose /init runs `init_tail` instead of the plain probe."""
-    recipe = tmp_path / "recipe"
+def _faulty_recipe(folder: Path, faults: dict[str, str]) -> Path:
+    """A copy of the reference recipe whose /init, instead of the serial-mode probe, runs the fault
+    that the VM's SMBIOS UUID names: `faults` maps a UUID's last group to shell lines. One image
+    serves every fault (one image build); each case boots its own copy of `minimal` with that UUID."""
+    recipe = folder / "recipe"
     shutil.copytree(REPO / "guests" / "reference", recipe)
     init = (recipe / "init").read_text()
-    start = init.index("/bin/sh /probe.sh")
+    start = init.rindex("\n", 0, init.index("/bin/sh /probe.sh")) + 1      # the whole probe line
     end = init.index("\n", start)
-    (recipe / "init").write_text(init[:start] + init_tail + init[end:])
+    cases = "".join(f"*-{last})\n{body}\n;;\n" for last, body in faults.items())
+    dispatch = f"read -r uuid </sys/class/dmi/id/product_uuid\ncase $uuid in\n{cases}esac"
+    (recipe / "init").write_text(init[:start] + dispatch + init[end:])
     return recipe
 
 
-FLIP = r'''/bin/sh /probe.sh >/tmp/out 2>&1
+def _minimal_with_uuid(folder: Path, last: str) -> Path:
+    """guests/minimal.toml under the UUID ending in `last` (the profile's name is the file stem)."""
+    text = (REPO / "guests" / "minimal.toml").read_text()
+    uuid = "6a1e0d3c-0000-4000-8000-000000000001"
+    assert uuid in text
+    path = folder / f"minimal-{last}.toml"
+    path.write_text(text.replace(uuid, uuid[:-12] + last))
+    return path
+
+
+FLIP = r'''QABI_PROBE_BATCH=1 /bin/sh /probe.sh >/tmp/out 2>&1
 flipped=
 while IFS= read -r line; do
     if [ -z "$flipped" ] && [ "${#line}" -gt 20 ] && [ "${line#@@}" = "$line" ]; then
@@ -100,21 +114,31 @@ while IFS= read -r line; do
     fi
     printf '%s\n' "$line"
 done </tmp/out >/dev/ttyS0'''
-TRUNCATE = r'''/bin/sh /probe.sh >/tmp/out 2>&1
+TRUNCATE = r'''QABI_PROBE_BATCH=1 /bin/sh /probe.sh >/tmp/out 2>&1
 n=0
 while IFS= read -r line && [ "$n" -lt 150 ]; do printf '%s\n' "$line"; n=$((n + 1)); done </tmp/out >/dev/ttyS0'''
 HANG = "while :; do :; done"
+# id: (the UUID's last group, the fault, what the one stderr line says, --timeout)
+FAULTS = {
+    "flipped-byte": ("0000000000f1", FLIP, "checksum mismatch for /", "120"),
+    "truncated": ("0000000000f2", TRUNCATE, "truncated", "120"),
+    # a hang waits for the timeout: a short one
+    "never-answers": ("0000000000f3", HANG, "guest never started the probe (timed out", "10"),
+}
 
 
-@pytest.mark.parametrize("tail,message,timeout", [
-    (FLIP, "checksum mismatch for /", "120"),
-    (TRUNCATE, "truncated", "120"),
-    (HANG, "guest never started the probe", "10"),   # a hang waits for the timeout: a short one
-], ids=["flipped-byte", "truncated", "never-answers"])
-def test_faulty_guest_is_exit_2_and_leaves_no_qemu(tmp_path, tail, message, timeout):
-    recipe = _faulty_recipe(tmp_path, tail)
+@pytest.fixture(scope="module")
+def faulty_recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _faulty_recipe(tmp_path_factory.mktemp("faulty"), {last: body for last, body, _m, _t in FAULTS.values()})
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_faulty_guest_is_exit_2_and_leaves_no_qemu(tmp_path, faulty_recipe, fault):
+    last, _body, message, timeout = FAULTS[fault]
+    recipe = faulty_recipe
     out = tmp_path / "cap"
-    done = run_qabi("capture", "--qemu", "debian:bookworm", "--machine", "pc-q35-7.2", "--guest", "minimal",
+    done = run_qabi("capture", "--qemu", "debian:bookworm", "--machine", "pc-q35-7.2",
+                    "--guest", str(_minimal_with_uuid(tmp_path, last)),
                     "--reference", str(recipe), "--timeout", timeout, "--transport", "serial", "-o", str(out))
     assert done.returncode == 2, done.stdout + done.stderr
     assert message in done.stderr, done.stderr
