@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -94,13 +95,13 @@ def _faulty_recipe(folder: Path, faults: dict[str, str]) -> Path:
     return recipe
 
 
-def _minimal_with_uuid(folder: Path, last: str) -> Path:
-    """guests/minimal.toml under the UUID ending in `last` (the profile's name is the file stem)."""
-    text = (REPO / "guests" / "minimal.toml").read_text()
-    uuid = "6a1e0d3c-0000-4000-8000-000000000001"
-    assert uuid in text
-    path = folder / f"minimal-{last}.toml"
-    path.write_text(text.replace(uuid, uuid[:-12] + last))
+def _with_uuid(folder: Path, guest: str, last: str) -> Path:
+    """guests/GUEST.toml under a UUID ending in `last` (the profile's name is the file stem)."""
+    text = (REPO / "guests" / f"{guest}.toml").read_text()
+    uuid = re.search(r'^uuid = "([0-9a-f-]{36})"$', text, re.MULTILINE)
+    assert uuid, guest
+    path = folder / f"{guest}-{last}.toml"
+    path.write_text(text.replace(uuid.group(1), uuid.group(1)[:-12] + last))
     return path
 
 
@@ -138,7 +139,7 @@ def test_faulty_guest_is_exit_2_and_leaves_no_qemu(tmp_path, faulty_recipe, faul
     recipe = faulty_recipe
     out = tmp_path / "cap"
     done = run_qabi("capture", "--qemu", "debian:bookworm", "--machine", "pc-q35-7.2",
-                    "--guest", str(_minimal_with_uuid(tmp_path, last)),
+                    "--guest", str(_with_uuid(tmp_path, "minimal", last)),
                     "--reference", str(recipe), "--timeout", timeout, "--transport", "serial", "-o", str(out))
     assert done.returncode == 2, done.stdout + done.stderr
     assert message in done.stderr, done.stderr

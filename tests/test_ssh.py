@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, run_qabi
-from test_capture import _qemu_pids_with
+from test_capture import _qemu_pids_with, _with_uuid
 
 BUILD = "debian:bookworm"
 FOUR = ("sys/firmware/acpi/tables", "sys/firmware/dmi/tables", "sys/bus/pci/devices", "dev/cpu")
@@ -98,26 +98,29 @@ def test_wrong_pinned_host_key_is_refused(tmp_path, monkeypatch):
     assert not (tmp_path / "c" / "manifest.json").exists() and (tmp_path / "c" / "FAILED").exists()
 
 
-def _recipe(tmp_path: Path, init_head: str = "", probe_head: str = "") -> Path:
-    """A copy of the reference recipe with lines run first in /init, or first in the probe.
+def _recipe(folder: Path, faults: dict[str, tuple[str, str]]) -> Path:
+    """A copy of the reference recipe with one fault per SMBIOS UUID: `faults` maps a UUID's last
+    group to (where, shell lines). One image serves every fault (one image build); each case boots
+    its own copy of the profile under that UUID, read by the guest in /init and in the probe.
 
-    A probe_head starting with `tools=` replaces the probe's list of required tools instead.
-    """
-    recipe = tmp_path / "recipe"
+    where: `init` runs the lines once the kernel's views are mounted; `probe` runs them first in
+    the probe; `tools` runs them after the probe's list of required tools (to change it)."""
+    recipe = folder / "recipe"
     shutil.copytree(REPO / "guests" / "reference", recipe)
-    if init_head:
-        init = (recipe / "init").read_text()
-        at = init.index("export PATH\n") + len("export PATH\n")
-        (recipe / "init").write_text(init[:at] + init_head + "\n" + init[at:])
-    if probe_head.startswith("tools="):
-        probe = (recipe / "probe.sh").read_text()
-        old = 'tools="dd od base64 sha256sum wc mkdir rm"'
-        assert old in probe
-        (recipe / "probe.sh").write_text(probe.replace(old, probe_head))
-    elif probe_head:
-        probe = (recipe / "probe.sh").read_text()
-        at = probe.index("printf '@@QABI-BEGIN 1\\n'\n") + len("printf '@@QABI-BEGIN 1\\n'\n")
-        (recipe / "probe.sh").write_text(probe[:at] + probe_head + "\n" + probe[at:])
+
+    def cases(where: str) -> str:
+        chosen = "".join(f"*-{last})\n{lines}\n;;\n" for last, (w, lines) in faults.items() if w == where)
+        return f"read -r uuid </sys/class/dmi/id/product_uuid\ncase $uuid in\n{chosen}esac\n"
+
+    def insert(name: str, after: str, where: str) -> None:
+        text = (recipe / name).read_text()
+        assert after in text, (name, after)
+        at = text.index(after) + len(after)
+        (recipe / name).write_text(text[:at] + cases(where) + text[at:])
+
+    insert("init", "mount -t devtmpfs devtmpfs /dev\n", "init")
+    insert("probe.sh", "printf '@@QABI-BEGIN 1\\n'\n", "probe")
+    insert("probe.sh", 'tools="dd od base64 sha256sum wc mkdir rm"\n', "tools")
     return recipe
 
 
@@ -126,22 +129,32 @@ KILL_SESSION = r'''printf '@@QABI-REC /sys/firmware/acpi/tables/DSDT 4 000000000
 read -r _a _b _c _pp _rest </proc/$PPID/stat
 kill -9 "$_pp"
 sleep 5 2>/dev/null || read -r _x </dev/console'''
-
-
-@pytest.mark.parametrize("init_head,probe_head,timeout,message", [
-    # /init never gets as far as starting dropbear
-    # (it waits for the timeout: a short one)
-    ("read -r never </dev/console", "", "10", r"sshd never answered within 10s .*console log: .*console\.log"),
+# id: (the UUID's last group, (where, the fault), --timeout, what the one stderr line says)
+SSH_FAULTS = {
+    # /init never gets as far as starting dropbear (it waits for the timeout: a short one)
+    "sshd-never-answers": ("0000000000e1", ("init", "read -r never </dev/console"), "10",
+                           r"sshd never answered within 10s .*console log: .*console\.log"),
     # the guest lacks a tool the probe needs (busybox finds its applets without links, so the
     # reference guest cannot lose one: the probe asks for one it does not have)
-    ("", 'tools="dd od base64 sha256sum wc mkdir rm perl"', "120", r"missing tool: perl \(needed by the qabi probe\)"),
+    "missing-tool": ("0000000000e2", ("tools", 'tools="$tools perl"'), "120",
+                     r"missing tool: perl \(needed by the qabi probe\)"),
     # the connection drops while the probe is sending
-    ("", KILL_SESSION, "120", r"SSH connection dropped"),
-], ids=["sshd-never-answers", "missing-tool", "connection-dropped"])
-def test_faulty_ssh_guest_is_exit_2_with_no_capture(tmp_path, init_head, probe_head, timeout, message):
-    recipe = _recipe(tmp_path, init_head, probe_head)
+    "connection-dropped": ("0000000000e3", ("probe", KILL_SESSION), "120", r"SSH connection dropped"),
+}
+
+
+@pytest.fixture(scope="module")
+def faulty_recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _recipe(tmp_path_factory.mktemp("faulty"), {last: fault for last, fault, _t, _m in SSH_FAULTS.values()})
+
+
+@pytest.mark.parametrize("fault", list(SSH_FAULTS))
+def test_faulty_ssh_guest_is_exit_2_with_no_capture(tmp_path, faulty_recipe, fault):
+    last, _fault, timeout, message = SSH_FAULTS[fault]
+    recipe = faulty_recipe
     out = tmp_path / "out"
-    done = _capture(out, "linux-virtio", "--transport", "ssh", "--reference", str(recipe), timeout=timeout)
+    done = _capture(out, str(_with_uuid(tmp_path, "linux-virtio", last)), "--transport", "ssh",
+                    "--reference", str(recipe), timeout=timeout)
     assert done.returncode == 2, done.stdout + done.stderr
     import re
 
