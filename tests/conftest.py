@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -29,17 +30,28 @@ def qabi():
 
 @pytest.fixture
 def cache_copy(tmp_path):
-    """A private XDG_CACHE_HOME seeded with copies of chosen parts of the real cache."""
+    """A private XDG_CACHE_HOME seeded with copies of chosen parts of the real cache: paths under it
+    ("apt/bullseye"), and with `build` (the directory name of a provisioned build under builds/)
+    the packages it was unpacked from and (`with_prefix`) the prefix and its suite's `latest`
+    pointer. Only those parts: the whole cache holds gigabytes of other builds."""
     from harness.cache import cache_root
 
     real = cache_root()
 
-    def make(*parts: str) -> Path:
+    def make(*parts: str, build: str | None = None, with_prefix: bool = True) -> Path:
         home = tmp_path / "cache"
+        if build is not None:
+            manifest = json.loads((real / "builds" / build / "qabi-prefix.json").read_text())
+            parts += tuple(f"debs/{pkg['filename']}" for pkg in manifest["packages"])
+            if with_prefix:
+                parts += (f"builds/{build}", f"builds/latest/{manifest['suite']}.json")
         for part in parts:
-            src = real / part
+            src, dest = real / part, home / "qabi" / part
             if src.is_dir():
-                shutil.copytree(src, home / "qabi" / part, symlinks=True)
+                shutil.copytree(src, dest, symlinks=True)
+            elif src.is_file():
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dest)
         (home / "qabi").mkdir(parents=True, exist_ok=True)
         return home
 
