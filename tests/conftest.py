@@ -56,3 +56,20 @@ def cache_copy(tmp_path):
         return home
 
     return make
+
+
+@pytest.fixture(scope="session")
+def qabi_cache_home() -> str:
+    """The XDG_CACHE_HOME of the suite's qabi cache (read before any test moves HOME)."""
+    from harness.cache import cache_root
+
+    return str(cache_root().parent)
+
+
+@pytest.fixture
+def pytester(pytester: pytest.Pytester, qabi_cache_home: str, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """pytester points HOME at its tmp dir, which gave every inner `pytest harness/` run an empty qabi
+    cache (build info, reference image, baselines and captures made again: 10-190 s a test). The
+    inner runs share the suite's cache instead, as `pytest harness/` in CI shares the runner's."""
+    monkeypatch.setenv("XDG_CACHE_HOME", qabi_cache_home)
+    return pytester
