@@ -73,3 +73,12 @@ def pytester(pytester: pytest.Pytester, qabi_cache_home: str, monkeypatch: pytes
     inner runs share the suite's cache instead, as `pytest harness/` in CI shares the runner's."""
     monkeypatch.setenv("XDG_CACHE_HOME", qabi_cache_home)
     return pytester
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist (`-n 2`), the integration tests (they boot QEMU or provision builds: seconds to
+    minutes each) are handed out first and the unit tests fill in after them, so that no long test
+    starts last on one worker while the other has nothing left. The order is the same on every
+    worker (a stable sort of the same collection), as xdist requires."""
+    if getattr(config.option, "numprocesses", None) or hasattr(config, "workerinput"):
+        items.sort(key=lambda item: item.get_closest_marker("integration") is None)

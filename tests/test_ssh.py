@@ -15,6 +15,8 @@ import pytest
 from conftest import REPO, run_qabi
 from test_capture import _qemu_pids_with, _with_uuid
 
+pytestmark = pytest.mark.integration   # every test here boots QEMU, or checks options before it would
+
 BUILD = "debian:bookworm"
 FOUR = ("sys/firmware/acpi/tables", "sys/firmware/dmi/tables", "sys/bus/pci/devices", "dev/cpu")
 
