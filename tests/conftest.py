@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -82,3 +86,115 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     worker (a stable sort of the same collection), as xdist requires."""
     if getattr(config.option, "numprocesses", None) or hasattr(config, "workerinput"):
         items.sort(key=lambda item: item.get_closest_marker("integration") is None)
+
+
+# -- faulty reference guests (test_capture: serial, test_ssh: ssh) ------------------------------------
+@dataclass(frozen=True)
+class Fault:
+    """One way a reference guest misbehaves, run when the VM's SMBIOS UUID ends in `uuid_last`."""
+
+    uuid_last: str
+    where: str      # "serial": instead of the serial-mode probe in /init; "init": in /init once the
+                    # kernel's views are mounted; "probe": first in the probe; "tools": after the
+                    # probe's list of required tools (to change it)
+    lines: str      # shell
+    timeout: str    # the capture's --timeout
+    message: str    # what the one stderr line says (a regular expression)
+
+
+def _faulty_recipe(folder: Path, faults: Iterable[Fault]) -> Path:
+    """A copy of the reference recipe that holds every fault of `faults`, each run by the guest whose
+    SMBIOS UUID names it: one image for them all (one image build), each case boots its own copy of
+    a profile under that UUID (`with_uuid`)."""
+    recipe = folder / "recipe"
+    shutil.copytree(REPO / "guests" / "reference", recipe)
+    faults = list(faults)
+
+    def cases(where: str) -> str:
+        chosen = "".join(f"*-{f.uuid_last})\n{f.lines}\n;;\n" for f in faults if f.where == where)
+        return f"read -r uuid </sys/class/dmi/id/product_uuid\ncase $uuid in\n{chosen}esac\n"
+
+    def insert(name: str, after: str, where: str, replace: bool = False) -> None:
+        text = (recipe / name).read_text()
+        at = text.index(after)          # ValueError: the reference recipe changed under the test
+        end = at + len(after)
+        if not replace:
+            at = end
+        (recipe / name).write_text(text[:at] + cases(where) + text[end:])
+
+    insert("init", "    QABI_PROBE_BATCH=1 /bin/sh /probe.sh >/dev/ttyS0 2>&1\n", "serial", replace=True)
+    insert("init", "mount -t devtmpfs devtmpfs /dev\n", "init")
+    insert("probe.sh", "printf '@@QABI-BEGIN 1\\n'\n", "probe")
+    insert("probe.sh", 'tools="dd od base64 sha256sum wc mkdir rm"\n', "tools")
+    return recipe
+
+
+def with_uuid(folder: Path, guest: str, last: str) -> Path:
+    """guests/GUEST.toml under a UUID ending in `last` (the profile's name is the file stem)."""
+    text = (REPO / "guests" / f"{guest}.toml").read_text()
+    uuid = re.search(r'^uuid = "([0-9a-f-]{36})"$', text, re.MULTILINE)
+    assert uuid, guest
+    path = folder / f"{guest}-{last}.toml"
+    path.write_text(text.replace(uuid.group(1), uuid.group(1)[:-12] + last))
+    return path
+
+
+FLIP = r'''QABI_PROBE_BATCH=1 /bin/sh /probe.sh >/tmp/out 2>&1
+flipped=
+while IFS= read -r line; do
+    if [ -z "$flipped" ] && [ "${#line}" -gt 20 ] && [ "${line#@@}" = "$line" ]; then
+        first=${line%"${line#?}"}
+        if [ "$first" = A ]; then line="B${line#?}"; else line="A${line#?}"; fi
+        flipped=1
+    fi
+    printf '%s\n' "$line"
+done </tmp/out >/dev/ttyS0'''
+TRUNCATE = r'''QABI_PROBE_BATCH=1 /bin/sh /probe.sh >/tmp/out 2>&1
+n=0
+while IFS= read -r line && [ "$n" -lt 150 ]; do printf '%s\n' "$line"; n=$((n + 1)); done </tmp/out >/dev/ttyS0'''
+HANG = "while :; do :; done"
+# test_capture: the serial transport
+FAULTS = {
+    "flipped-byte": Fault("0000000000f1", "serial", FLIP, "120", "checksum mismatch for /"),
+    "truncated": Fault("0000000000f2", "serial", TRUNCATE, "120", "truncated"),
+    # a hang waits for the timeout: a short one
+    "never-answers": Fault("0000000000f3", "serial", HANG, "10", r"guest never started the probe \(timed out"),
+}
+
+
+# the dropbear process serving this session is the parent of the `sh -c` that runs the probe
+KILL_SESSION = r'''printf '@@QABI-REC /sys/firmware/acpi/tables/DSDT 4 0000000000000000000000000000000000000000000000000000000000000000\n'
+read -r _a _b _c _pp _rest </proc/$PPID/stat
+kill -9 "$_pp"
+sleep 5 2>/dev/null || read -r _x </dev/console'''
+# test_ssh: the ssh transport
+SSH_FAULTS = {
+    # /init never gets as far as starting dropbear (it waits for the timeout: a short one)
+    "sshd-never-answers": Fault("0000000000e1", "init", "read -r never </dev/console", "10",
+                                r"sshd never answered within 10s .*console log: .*console\.log"),
+    # the guest lacks a tool the probe needs (busybox finds its applets without links, so the
+    # reference guest cannot lose one: the probe asks for one it does not have)
+    "missing-tool": Fault("0000000000e2", "tools", 'tools="$tools perl"', "120",
+                          r"missing tool: perl \(needed by the qabi probe\)"),
+    # the connection drops while the probe is sending
+    "connection-dropped": Fault("0000000000e3", "probe", KILL_SESSION, "120", r"SSH connection dropped"),
+}
+
+
+
+
+@pytest.fixture
+def qemu_tmp() -> Iterator[Path]:
+    """A short private TMPDIR for one qabi subprocess: its QEMU's argv carries this path (in its
+    socket paths, which must stay short), so a test finds its own QEMU among other workers'."""
+    folder = Path(tempfile.mkdtemp(prefix="qt-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def faulty_recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reference recipe with every fault of FAULTS and SSH_FAULTS: one image build serves them all."""
+    return _faulty_recipe(tmp_path_factory.mktemp("faulty"), [*FAULTS.values(), *SSH_FAULTS.values()])

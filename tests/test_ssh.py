@@ -7,13 +7,12 @@ paramiko client; the fault cases boot recipes whose /init or probe misbehaves on
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_qabi
-from test_capture import _qemu_pids_with, _with_uuid
+from conftest import SSH_FAULTS, run_qabi, with_uuid
+from test_capture import _qemu_pids_with
 
 pytestmark = pytest.mark.integration   # every test here boots QEMU, or checks options before it would
 
@@ -25,9 +24,10 @@ def _raw(capture: Path) -> dict[str, bytes]:
     return {str(p.relative_to(capture / "raw")): p.read_bytes() for p in (capture / "raw").rglob("*") if p.is_file()}
 
 
-def _capture(out: Path, guest: str, *extra: str, machine: str = "pc-q35-7.2", timeout: str = "180"):
+def _capture(out: Path, guest: str, *extra: str, machine: str = "pc-q35-7.2", timeout: str = "180",
+             env: dict[str, str] | None = None):
     return run_qabi("capture", "--qemu", BUILD, "--machine", machine, "--guest", guest, "--timeout", timeout,
-                    "-o", str(out), *extra)
+                    "-o", str(out), *extra, env=env)
 
 
 def _new_key() -> tuple[bytes, bytes]:
@@ -104,72 +104,18 @@ def test_wrong_pinned_host_key_is_refused(tmp_path, monkeypatch):
     assert not (tmp_path / "c" / "manifest.json").exists() and (tmp_path / "c" / "FAILED").exists()
 
 
-def _recipe(folder: Path, faults: dict[str, tuple[str, str]]) -> Path:
-    """A copy of the reference recipe with one fault per SMBIOS UUID: `faults` maps a UUID's last
-    group to (where, shell lines). One image serves every fault (one image build); each case boots
-    its own copy of the profile under that UUID, read by the guest in /init and in the probe.
-
-    where: `init` runs the lines once the kernel's views are mounted; `probe` runs them first in
-    the probe; `tools` runs them after the probe's list of required tools (to change it)."""
-    recipe = folder / "recipe"
-    shutil.copytree(REPO / "guests" / "reference", recipe)
-
-    def cases(where: str) -> str:
-        chosen = "".join(f"*-{last})\n{lines}\n;;\n" for last, (w, lines) in faults.items() if w == where)
-        return f"read -r uuid </sys/class/dmi/id/product_uuid\ncase $uuid in\n{chosen}esac\n"
-
-    def insert(name: str, after: str, where: str) -> None:
-        text = (recipe / name).read_text()
-        assert after in text, (name, after)
-        at = text.index(after) + len(after)
-        (recipe / name).write_text(text[:at] + cases(where) + text[at:])
-
-    insert("init", "mount -t devtmpfs devtmpfs /dev\n", "init")
-    insert("probe.sh", "printf '@@QABI-BEGIN 1\\n'\n", "probe")
-    insert("probe.sh", 'tools="dd od base64 sha256sum wc mkdir rm"\n', "tools")
-    return recipe
-
-
-# the dropbear process serving this session is the parent of the `sh -c` that runs the probe
-KILL_SESSION = r'''printf '@@QABI-REC /sys/firmware/acpi/tables/DSDT 4 0000000000000000000000000000000000000000000000000000000000000000\n'
-read -r _a _b _c _pp _rest </proc/$PPID/stat
-kill -9 "$_pp"
-sleep 5 2>/dev/null || read -r _x </dev/console'''
-# id: (the UUID's last group, (where, the fault), --timeout, what the one stderr line says)
-SSH_FAULTS = {
-    # /init never gets as far as starting dropbear (it waits for the timeout: a short one)
-    "sshd-never-answers": ("0000000000e1", ("init", "read -r never </dev/console"), "10",
-                           r"sshd never answered within 10s .*console log: .*console\.log"),
-    # the guest lacks a tool the probe needs (busybox finds its applets without links, so the
-    # reference guest cannot lose one: the probe asks for one it does not have)
-    "missing-tool": ("0000000000e2", ("tools", 'tools="$tools perl"'), "120",
-                     r"missing tool: perl \(needed by the qabi probe\)"),
-    # the connection drops while the probe is sending
-    "connection-dropped": ("0000000000e3", ("probe", KILL_SESSION), "120", r"SSH connection dropped"),
-}
-
-
-@pytest.fixture(scope="module")
-def faulty_recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _recipe(tmp_path_factory.mktemp("faulty"), {last: fault for last, fault, _t, _m in SSH_FAULTS.values()})
-
-
-@pytest.mark.parametrize("fault", list(SSH_FAULTS))
-def test_faulty_ssh_guest_is_exit_2_with_no_capture(tmp_path, faulty_recipe, fault):
-    last, _fault, timeout, message = SSH_FAULTS[fault]
-    recipe = faulty_recipe
-    out = tmp_path / "out"
-    done = _capture(out, str(_with_uuid(tmp_path, "linux-virtio", last)), "--transport", "ssh",
-                    "--reference", str(recipe), timeout=timeout)
+@pytest.mark.parametrize("name", list(SSH_FAULTS))
+def test_faulty_ssh_guest_is_exit_2_with_no_capture(tmp_path, faulty_recipe, qemu_tmp, name):
+    fault, recipe, out = SSH_FAULTS[name], faulty_recipe, tmp_path / "out"
+    done = _capture(out, str(with_uuid(tmp_path, "linux-virtio", fault.uuid_last)), "--transport", "ssh",
+                    "--reference", str(recipe), timeout=fault.timeout, env={"TMPDIR": str(qemu_tmp)})
     assert done.returncode == 2, done.stdout + done.stderr
     import re
 
     line = done.stderr.strip().splitlines()[-1]
-    assert re.search(message, line), line
+    assert re.search(fault.message, line), line
     assert not (out / "manifest.json").exists() and (out / "FAILED").exists() and (out / "console.log").exists()
-    from harness.guest import build_reference_image
-
-    assert _qemu_pids_with(str(build_reference_image(recipe).initramfs)) == []
+    assert _qemu_pids_with(str(qemu_tmp)) == []    # its QEMU (other workers boot the same image)
 
 
 def test_wrong_client_key_is_an_authentication_failure(tmp_path, monkeypatch):
