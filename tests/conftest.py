@@ -79,6 +79,14 @@ def pytester(pytester: pytest.Pytester, qabi_cache_home: str, monkeypatch: pytes
     return pytester
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Plain `-n 2` (xdist's --dist load) hands each worker a quarter of the suite up front, and a
+    worker whose share holds the long integration tests runs them to the end while the other idles;
+    --dist worksteal lets an idle worker take over half of what the other still has queued."""
+    if getattr(config.option, "dist", "no") == "load":
+        config.option.dist = "worksteal"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under xdist (`-n 2`), the integration tests (they boot QEMU or provision builds: seconds to
     minutes each) are handed out first and the unit tests fill in after them, so that no long test
