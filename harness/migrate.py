@@ -168,9 +168,10 @@ def _strip_prog(line: str) -> str:
 
 
 def migrate(src: LiveVM, dst: LiveVM, sock: Path, console: LiveConsole, direction: str,
-            devices: dict[str, dict[str, Any]]) -> tuple[Leg, TransportResult | None]:
-    """Migrate `src` to `dst` (which waits on `sock`), then have the guest probe again."""
-    timeout = src.plan.timeout
+            devices: dict[str, dict[str, Any]], timeout: float | None = None) -> tuple[Leg, TransportResult | None]:
+    """Migrate `src` to `dst` (which waits on `sock`), then have the guest probe again, all within
+    `timeout` seconds (default: the source plan's timeout)."""
+    timeout = timeout or src.plan.timeout
     started = time.monotonic()
     deadline = started + timeout
 
@@ -359,9 +360,13 @@ def _session() -> Iterator[tuple[Path, contextlib.ExitStack]]:
         yield work, stack
 
 
-def migrate_run(old: CapturePlan, new: CapturePlan, direction: str, rundir: Path) -> Outcome:
+def migrate_run(old: CapturePlan, new: CapturePlan, direction: str, rundir: Path,
+                leg_timeout: float | None = None) -> Outcome:
     """Migrate a guest old → new (and back for `both`), read the VMs' device properties and both
-    builds' vmstate; write the host-side inputs into RUNDIR/old and RUNDIR/new."""
+    builds' vmstate; write the host-side inputs into RUNDIR/old and RUNDIR/new.
+
+    `leg_timeout` bounds each leg, from the migrate command to the guest's answer on the
+    destination (default: the source plan's timeout; the boots keep their plans' timeouts)."""
     check_direction(direction)
     started = time.monotonic()
     shutil.rmtree(rundir, ignore_errors=True)
@@ -393,7 +398,8 @@ def migrate_run(old: CapturePlan, new: CapturePlan, direction: str, rundir: Path
         timings["boot_and_probe"] = round(time.monotonic() - t, 3)
         dst = LiveVM(new, work, "dst", console, stack, incoming=work / MIG_SOCKET)
         props["new"] = device_tree(dst.qmp)
-        forward, after = migrate(src, dst, work / MIG_SOCKET, console, "forward", props["old"])
+        forward, after = migrate(src, dst, work / MIG_SOCKET, console, "forward", props["old"],
+                                 leg_timeout)
         legs.append(forward)
         expected["forward"] = {**forward.as_dict(), "status": "ok", "error": None, "section": None,
                                "device": None, "raw": _keep(old_dir / "forward", before)}
@@ -408,7 +414,7 @@ def migrate_run(old: CapturePlan, new: CapturePlan, direction: str, rundir: Path
                 back_before = console.probe(new.timeout, ask=False)
             back_dst = LiveVM(old, work, "dst2", console, stack, incoming=work / ROLLBACK_SOCKET)
             rollback, back_after = migrate(back_src, back_dst, work / ROLLBACK_SOCKET, console, "rollback",
-                                           props["new"])
+                                           props["new"], leg_timeout)
             legs.append(rollback)
             # expected (old/): the capture before moving; observed (new/): after moving
             expected["rollback"] = {**rollback.as_dict(), "status": "ok", "error": None, "section": None,

@@ -116,23 +116,24 @@ def test_a_transport_defined_in_a_test_plugs_into_capture_by_name(tmp_path):
     from harness.guest.profile import load_profile
     from harness.plan import GuestAccess
     from harness.qemu import resolve
-    from harness.transport import serial
+    from harness.transport import firmware
     from harness.transport.base import Session, Setup, TransportResult, registered_transport
 
     seen: list[Session] = []
 
     class Console2:
-        """The serial console, once more, under its own name; it counts what it launched."""
+        """The firmware hand-off reader (the quickest boot), once more, under its own name; it
+        counts what it launched."""
 
         name = "console2"
         needs_nic = False
 
         def setup(self, plan: Any, workdir: Path, console_log: Path) -> Setup:
-            return serial.TRANSPORT.setup(plan, workdir, console_log)
+            return firmware.TRANSPORT.setup(plan, workdir, console_log)
 
         def run(self, session: Session) -> TransportResult:
             seen.append(session)
-            result = serial.TRANSPORT.run(session)
+            result = firmware.TRANSPORT.run(session)
             return TransportResult(result.records, result.info, result.timings, details={"launched": len(seen)})
 
     with registered_transport(Console2()):

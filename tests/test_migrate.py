@@ -176,10 +176,10 @@ def test_stalled_stream_fails_by_timeout(short_tmp, monkeypatch):
         return real(src, dst, *args, **kwargs)
 
     monkeypatch.setattr(migrate, "migrate", stalled)
-    old, new = _plans(timeout=90)
-    outcome = migrate.migrate_run(old, new, "forward", short_tmp / "run")
+    old, new = _plans(timeout=90)   # the boot keeps its time; the leg waits 8 s (production: the plan's)
+    outcome = migrate.migrate_run(old, new, "forward", short_tmp / "run", leg_timeout=8)
     (leg,) = outcome.legs
-    assert leg.status == "failed" and leg.error and leg.error.startswith("migration stalled: not completed within")
+    assert leg.status == "failed" and leg.error and leg.error.startswith("migration stalled: not completed within 8s")
     assert not _leftover(str(short_tmp))
 
 
@@ -188,8 +188,8 @@ def test_guest_that_does_not_answer_after_migration_fails(short_tmp, monkeypatch
     from harness.transport.serial import LiveConsole
 
     monkeypatch.setattr(LiveConsole, "request", b"not-a-request\n")   # the guest waits for "probe" in vain
-    old, new = _plans(timeout=60)
-    outcome = migrate.migrate_run(old, new, "forward", short_tmp / "run")
+    old, new = _plans(timeout=60)   # a short leg: the migration itself takes a second or two
+    outcome = migrate.migrate_run(old, new, "forward", short_tmp / "run", leg_timeout=15)
     (leg,) = outcome.legs
     assert leg.status == "failed" and leg.error and leg.error.startswith("guest does not answer after migration")
     assert "\n" not in leg.error

@@ -67,9 +67,18 @@ def test_unknown_spec_is_exit_2():
     assert done.returncode == 2 and "unknown QEMU spec" in done.stderr
 
 
+def _prefix_name(spec: str) -> str:
+    """The directory (under the cache's builds/) of a provisioned build."""
+    from harness.qemu import resolve
+
+    prefix = resolve(spec).prefix
+    assert prefix, spec
+    return Path(prefix).name
+
+
 @pytest.mark.integration
 def test_version_not_in_suite_is_exit_2(cache_copy):
-    home = cache_copy("apt")
+    home = cache_copy("apt/bullseye")
     done = run_qabi("qemu", "fetch", "debian:bullseye=1:9.9+nope-1", env={"XDG_CACHE_HOME": str(home)})
     assert done.returncode == 2
     assert "is not in suite bullseye" in done.stderr and "1:5.2+dfsg-11+deb11u3" in done.stderr
@@ -78,7 +87,7 @@ def test_version_not_in_suite_is_exit_2(cache_copy):
 @pytest.mark.integration
 def test_tampered_cached_package_is_refused(cache_copy):
     run_qabi("qemu", "fetch", "debian:bullseye=1:5.2+dfsg-11+deb11u3")
-    home = cache_copy("apt", "debs", "builds")
+    home = cache_copy("apt/bullseye", build=_prefix_name("debian:bullseye=1:5.2+dfsg-11+deb11u3"))
     prefix = next((home / "qabi" / "builds").glob("bullseye_1_5.2+dfsg-11+deb11u3"))
     manifest = json.loads((prefix / "qabi-prefix.json").read_text())
     victim = home / "qabi" / "debs" / manifest["packages"][0]["filename"]
@@ -93,7 +102,7 @@ def test_tampered_cached_package_is_refused(cache_copy):
 
 @pytest.mark.integration
 def test_tampered_signed_index_is_refused(cache_copy):
-    home = cache_copy("apt")
+    home = cache_copy("apt/bullseye")
     release = next((home / "qabi" / "apt" / "bullseye" / "state" / "lists").glob("*_InRelease"))
     text = release.read_bytes().replace(b"Suite: oldoldstable", b"Suite: oldoldstablf", 1)
     if text == release.read_bytes():  # whatever the suite is called today, change one signed byte
@@ -118,7 +127,8 @@ def test_wrong_keyring_is_a_signature_failure(tmp_path):
 @pytest.mark.integration
 def test_two_concurrent_fetches_leave_one_prefix(cache_copy):
     run_qabi("qemu", "fetch", "debian:bullseye=1:5.2+dfsg-11+deb11u3")
-    home = cache_copy("apt", "debs")  # packages cached, no prefix yet: both race to build it
+    # packages cached, no prefix yet: both race to build it
+    home = cache_copy("apt/bullseye", build=_prefix_name("debian:bullseye=1:5.2+dfsg-11+deb11u3"), with_prefix=False)
     env = {"XDG_CACHE_HOME": str(home)}
     argv = [sys.executable, "-m", "harness.cli", "qemu", "fetch", "debian:bullseye=1:5.2+dfsg-11+deb11u3"]
     procs = [subprocess.Popen(argv, cwd=REPO, env={**__import__("os").environ, **env}, stdout=subprocess.PIPE,
@@ -134,7 +144,7 @@ def test_two_concurrent_fetches_leave_one_prefix(cache_copy):
 @pytest.mark.integration
 def test_second_fetch_needs_no_network(cache_copy):
     run_qabi("qemu", "fetch", "debian:bookworm")
-    home = cache_copy("apt", "debs", "builds")
+    home = cache_copy("apt/bookworm", build=_prefix_name("debian:bookworm"))
     # an unreachable archive: any network use would fail
     env = {"XDG_CACHE_HOME": str(home), "QABI_DEBIAN_MIRROR": "http://127.0.0.1:9/debian",
            "QABI_DEBIAN_SECURITY_MIRROR": "http://127.0.0.1:9/debian-security"}

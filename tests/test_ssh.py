@@ -7,13 +7,14 @@ paramiko client; the fault cases boot recipes whose /init or probe misbehaves on
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_qabi
+from conftest import SSH_FAULTS, run_qabi, with_uuid
 from test_capture import _qemu_pids_with
+
+pytestmark = pytest.mark.integration   # every test here boots QEMU, or checks options before it would
 
 BUILD = "debian:bookworm"
 FOUR = ("sys/firmware/acpi/tables", "sys/firmware/dmi/tables", "sys/bus/pci/devices", "dev/cpu")
@@ -23,9 +24,10 @@ def _raw(capture: Path) -> dict[str, bytes]:
     return {str(p.relative_to(capture / "raw")): p.read_bytes() for p in (capture / "raw").rglob("*") if p.is_file()}
 
 
-def _capture(out: Path, guest: str, *extra: str, machine: str = "pc-q35-7.2", timeout: str = "180"):
+def _capture(out: Path, guest: str, *extra: str, machine: str = "pc-q35-7.2", timeout: str = "180",
+             env: dict[str, str] | None = None):
     return run_qabi("capture", "--qemu", BUILD, "--machine", machine, "--guest", guest, "--timeout", timeout,
-                    "-o", str(out), *extra)
+                    "-o", str(out), *extra, env=env)
 
 
 def _new_key() -> tuple[bytes, bytes]:
@@ -41,11 +43,15 @@ def _new_key() -> tuple[bytes, bytes]:
 
 @pytest.mark.parametrize("guest", ["linux-virtio", "windows"])
 def test_ssh_and_serial_captures_are_byte_identical(tmp_path, guest):
-    serial, over_ssh = tmp_path / "serial", tmp_path / "ssh"
-    started = time.monotonic()
-    done = _capture(serial, guest, "--transport", "serial")
-    assert done.returncode == 0, done.stderr
-    serial_seconds = time.monotonic() - started
+    from harness.capture import SERIAL, plan_capture
+    from harness.check import captured
+    from harness.guest.profile import load_profile
+    from harness.qemu import resolve
+
+    over_ssh = tmp_path / "ssh"
+    # the serial side from the capture cache (test_capture and test_pci_state need the same one)
+    cap = captured(plan_capture(resolve(BUILD), load_profile(guest), "pc-q35-7.2", access=SERIAL))
+    serial, serial_seconds = cap.path, cap.manifest["timings"]["total"]
     started = time.monotonic()
     done = _capture(over_ssh, guest, "--transport", "ssh")
     assert done.returncode == 0, done.stderr
@@ -65,7 +71,7 @@ def test_ssh_and_serial_captures_are_byte_identical(tmp_path, guest):
     assert m["ssh"]["host_key"] == build_reference_image().host_key
     assert "qabi.transport=ssh" in m["image"]["cmdline"]
     assert any("hostfwd=tcp:127.0.0.1:0-:22" in arg for arg in m["argv"])
-    print(f"{guest}: serial {serial_seconds:.1f}s, ssh {ssh_seconds:.1f}s (CLI wall time)")
+    print(f"{guest}: serial {serial_seconds:.1f}s (capture), ssh {ssh_seconds:.1f}s (CLI wall time)")
 
 
 def test_wrong_pinned_host_key_is_refused(tmp_path, monkeypatch):
@@ -98,58 +104,18 @@ def test_wrong_pinned_host_key_is_refused(tmp_path, monkeypatch):
     assert not (tmp_path / "c" / "manifest.json").exists() and (tmp_path / "c" / "FAILED").exists()
 
 
-def _recipe(tmp_path: Path, init_head: str = "", probe_head: str = "") -> Path:
-    """A copy of the reference recipe with lines run first in /init, or first in the probe.
-
-    A probe_head starting with `tools=` replaces the probe's list of required tools instead.
-    """
-    recipe = tmp_path / "recipe"
-    shutil.copytree(REPO / "guests" / "reference", recipe)
-    if init_head:
-        init = (recipe / "init").read_text()
-        at = init.index("export PATH\n") + len("export PATH\n")
-        (recipe / "init").write_text(init[:at] + init_head + "\n" + init[at:])
-    if probe_head.startswith("tools="):
-        probe = (recipe / "probe.sh").read_text()
-        old = 'tools="dd od base64 sha256sum wc mkdir rm"'
-        assert old in probe
-        (recipe / "probe.sh").write_text(probe.replace(old, probe_head))
-    elif probe_head:
-        probe = (recipe / "probe.sh").read_text()
-        at = probe.index("printf '@@QABI-BEGIN 1\\n'\n") + len("printf '@@QABI-BEGIN 1\\n'\n")
-        (recipe / "probe.sh").write_text(probe[:at] + probe_head + "\n" + probe[at:])
-    return recipe
-
-
-# the dropbear process serving this session is the parent of the `sh -c` that runs the probe
-KILL_SESSION = r'''printf '@@QABI-REC /sys/firmware/acpi/tables/DSDT 4 0000000000000000000000000000000000000000000000000000000000000000\n'
-read -r _a _b _c _pp _rest </proc/$PPID/stat
-kill -9 "$_pp"
-sleep 5 2>/dev/null || read -r _x </dev/console'''
-
-
-@pytest.mark.parametrize("init_head,probe_head,timeout,message", [
-    # /init never gets as far as starting dropbear
-    ("read -r never </dev/console", "", "25", r"sshd never answered within 25s .*console log: .*console\.log"),
-    # the guest lacks a tool the probe needs (busybox finds its applets without links, so the
-    # reference guest cannot lose one: the probe asks for one it does not have)
-    ("", 'tools="dd od base64 sha256sum wc mkdir rm perl"', "120", r"missing tool: perl \(needed by the qabi probe\)"),
-    # the connection drops while the probe is sending
-    ("", KILL_SESSION, "120", r"SSH connection dropped"),
-], ids=["sshd-never-answers", "missing-tool", "connection-dropped"])
-def test_faulty_ssh_guest_is_exit_2_with_no_capture(tmp_path, init_head, probe_head, timeout, message):
-    recipe = _recipe(tmp_path, init_head, probe_head)
-    out = tmp_path / "out"
-    done = _capture(out, "linux-virtio", "--transport", "ssh", "--reference", str(recipe), timeout=timeout)
+@pytest.mark.parametrize("name", list(SSH_FAULTS))
+def test_faulty_ssh_guest_is_exit_2_with_no_capture(tmp_path, faulty_recipe, qemu_tmp, name):
+    fault, recipe, out = SSH_FAULTS[name], faulty_recipe, tmp_path / "out"
+    done = _capture(out, str(with_uuid(tmp_path, "linux-virtio", fault.uuid_last)), "--transport", "ssh",
+                    "--reference", str(recipe), timeout=fault.timeout, env={"TMPDIR": str(qemu_tmp)})
     assert done.returncode == 2, done.stdout + done.stderr
     import re
 
     line = done.stderr.strip().splitlines()[-1]
-    assert re.search(message, line), line
+    assert re.search(fault.message, line), line
     assert not (out / "manifest.json").exists() and (out / "FAILED").exists() and (out / "console.log").exists()
-    from harness.guest import build_reference_image
-
-    assert _qemu_pids_with(str(build_reference_image(recipe).initramfs)) == []
+    assert _qemu_pids_with(str(qemu_tmp)) == []    # its QEMU (other workers boot the same image)
 
 
 def test_wrong_client_key_is_an_authentication_failure(tmp_path, monkeypatch):
