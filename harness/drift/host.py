@@ -55,6 +55,8 @@ def compare_migration(old: dict[str, Any], new: dict[str, Any]) -> list[Drift]:
                                      "captured" if before else None, "captured" if after else None))
             continue
         for category in guest_names():
+            if category not in before or category not in after:    # not collected by one probe run
+                continue
             for d in get(category).compare(before[category], after[category]):
                 path = f"{category}.{d.path}" if d.path else category
                 drifts.append(make_drift("migration", leg, f"migration {leg}: {d.subject}", path, d.old, d.new,

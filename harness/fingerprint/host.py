@@ -43,7 +43,7 @@ def _load(path: Path) -> dict[str, Any]:
 def decode_migration(host: Path) -> dict[str, Any]:
     """Per leg: status, error, section, device, source, destination, seconds, and `hardware`
     (every guest-side category decoded from the leg's probe run; None when there was none)."""
-    from harness.categories import get, guest_names
+    from harness.categories import collected_names, get
 
     out: dict[str, Any] = {}
     for leg, entry in _load(host / MIGRATION).items():
@@ -56,7 +56,7 @@ def decode_migration(host: Path) -> dict[str, Any]:
             folder = (host / leg / str(raw)).resolve()
             if not folder.is_relative_to(host.resolve()) or not folder.is_dir():
                 raise DecodeError(MIGRATION, None, f"leg {leg!r}: probe run {raw!r} is not in {host}")
-            hardware = {name: get(name).decode(folder) for name in guest_names()}
+            hardware = {name: get(name).decode(folder) for name in collected_names(folder)}
         decoded["hardware"] = hardware
         out[str(leg)] = decoded
     return out

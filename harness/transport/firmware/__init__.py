@@ -40,9 +40,12 @@ from typing import TYPE_CHECKING
 from harness.errors import CaptureError
 from harness.qemu.process import spawn
 from harness.transport.base import Session, Setup, TransportResult, early_exit_error
+from harness.transport.firmware.bars import scratch_ram
+from harness.transport.firmware.fwcfg import fwcfg_records
 from harness.transport.firmware.pci import _mcfg_base, pci_records, qmp_query_pci
 from harness.transport.firmware.qtest import Memory, Qtest
 from harness.transport.firmware.records import cpuid_record, memmap_records, sanitize_e820
+from harness.transport.firmware.registers import register_records
 from harness.transport.firmware.seabios import MARKER, PAYLOAD, RESULT, payload_sha256, read_payload
 from harness.transport.firmware.tables import acpi_records, smbios_records
 from harness.transport.framing import Record
@@ -122,8 +125,11 @@ def run(argv: list[str], env: dict[str, str], workdir: Path, console_log: Path, 
                 smbios = smbios_records(qt, mem)
                 sizes = qmp_query_pci(workdir / "qmp.sock", deadline, alive)
                 pci = pci_records(qt, _mcfg_base(acpi), sizes)
+                timings["tables_and_pci"] = round(time.monotonic() - started - timings["boot_to_handoff"], 3)
+                fwcfg = fwcfg_records(qt, scratch_ram(result.e820))
+                registers = register_records(qt, pci, sizes)
                 records = [*acpi, *smbios, *pci, Record("/dev/cpu/0/cpuid", cpuid_record(result.cpuid)),
-                           *memmap_records(result.e820)]
+                           *memmap_records(result.e820), *fwcfg, *registers]
             timings["transfer"] = round(time.monotonic() - started - timings["boot_to_handoff"], 3)
     finally:
         listener.close()

@@ -93,6 +93,24 @@ class Qtest:
     def readl(self, addr: int) -> int:
         return int(self.batch([f"readl {addr:#x}"])[0], 16)
 
+    def write(self, addr: int, data: bytes) -> None:
+        """Guest memory (or MMIO) at `addr` := `data`."""
+        if data:
+            self.batch([f"b64write {addr:#x} {len(data):#x} {base64.b64encode(data).decode()}"])
+
+    def values(self, commands: list[str]) -> list[int]:
+        """Run `commands` (reads and writes: `readl A`, `inb P`, `writew A V`, `outl P V` …) and
+        return the value of each read, in order (a write answers a bare OK and gives none)."""
+        replies = self.batch(commands)
+        out = []
+        for cmd, reply in zip(commands, replies, strict=True):
+            if cmd.startswith(("read", "in")):
+                try:
+                    out.append(int(reply, 16))
+                except ValueError:
+                    raise CaptureError(f"qtest sent a malformed reply to {cmd!r}: {reply[:40]!r}") from None
+        return out
+
     def config_dwords(self, bdf: int, count: int = 64) -> bytes:
         """The first 4*count bytes of a function's config space, through CF8/CFC."""
         cmds = []
