@@ -512,3 +512,19 @@ def decode_partial(path: Path) -> tuple[dict[str, Any], tuple[str, ...]] | None:
         fp[category] = module.decode(capture.raw)
         done.append(category)
     return (fp, tuple(done)) if done else None
+
+
+# -- registers and fw_cfg (read at the firmware hand-off) -------------------------------------------
+
+REGISTERS = DATA / "registers"
+
+
+def registers_fingerprint(name: str) -> dict[str, Any]:
+    """A fingerprint with the registers and fwcfg categories decoded from real bytes under
+    tests/data/registers/NAME/raw (what the firmware transport read; see its README)."""
+    from harness.fingerprint import SCHEMA_VERSION
+    from harness.fingerprint import fwcfg, registers
+
+    raw = REGISTERS / name / "raw"
+    return {"schema": SCHEMA_VERSION, "source": {"capture": str(REGISTERS / name), "transport": "firmware"},
+            "registers": registers.decode(raw), "fwcfg": fwcfg.decode(raw)}

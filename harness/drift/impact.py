@@ -83,6 +83,13 @@ LINUX_DMI = ("Linux: quirks and platform drivers match struct dmi_system_id on D
              "(MODALIAS=dmi:bvn…:bvr…:svn…:pn…; drivers/firmware/dmi-id.c)")
 ACPI_SPEC = "ACPI 6.5 specification, §5.2 (system description tables) and §6.1 (_HID, _CID, _UID, _ADR)"
 SMBIOS_SPEC = "DMTF DSP0134 SMBIOS Reference Specification 3.x, §5.2 (entry points) and §7 (structures)"
+VIRTIO_SPEC = ("OASIS Virtual I/O Device (VIRTIO) 1.2, 2.2 Feature Bits, 4.1.4.3 Common configuration "
+               "structure and the device chapters; QEMU hw/virtio/virtio.c virtio_load (refuses a stream "
+               "whose guest features the destination does not offer)")
+INTEL_NIC = ("Intel 8254x Family of Gigabit Ethernet Controllers Software Developer's Manual, 5.6 EEPROM "
+             "address map; Intel 82574 GbE Controller datasheet, 6.1 NVM map")
+XHCI_SPEC = "eXtensible Host Controller Interface for USB 1.2, 5.3 Host Controller Capability Registers, 7.2"
+FW_CFG_DOC = "QEMU docs/specs/fw_cfg.rst (items, the file directory at 0x19, the DMA interface)"
 HIBERNATE = ("Linux arch/x86/power/hibernate.c (resume refuses an image whose e820 map differs); Windows "
              "resume from hibernation likewise needs the same memory map")
 
@@ -293,6 +300,46 @@ IMPACT: tuple[ImpactRule, ...] = (
                "Memory map: the kernel lays itself out in it, and resume from hibernation needs the same "
                "map; RAM size counts for activation only across a size bucket, which a layout change "
                "does not cross.", f"{HIBERNATE}; {MPA}", example=("map", "ranges[2].end", "")),
+    # -- registers ---------------------------------------------------------------------------------
+    ImpactRule("registers-presence", "registers", "(function)", "none", "none",
+               "Registers of a function read on one side only: the function's own appearance is the pci "
+               "category's drift, with its impact.", "qabi (the pci category)",
+               example=("0000:00:05.0", "(function)", "")),
+    ImpactRule("registers-not-compared", "registers", "{not_compared.*,device_feature}", "none", "none",
+               "What qabi leaves out of the values (registers that change by themselves, driver state, "
+               "reads with side effects) and the feature word whose bits are compared one by one.",
+               "qabi (harness/fingerprint/registers)", example=("0000:00:1f.0", "not_compared.PM1_TMR", "")),
+    ImpactRule("virtio-features", "registers", "features.*", "driver", "driver",
+               "A virtio feature bit: the driver negotiates it at probe and uses (or loses) the capability; "
+               "a running guest migrated to a build that does not offer a feature it accepted is refused "
+               "(the destination needs a superset).", VIRTIO_SPEC,
+               example=("0000:00:04.0", "features.VIRTIO_F_RING_RESET", "")),
+    ImpactRule("nic-eeprom-mac", "registers", "{eeprom_mac,eeprom.mac*}", "activation", "driver",
+               "The MAC address in the NIC's EEPROM: the driver reads its address there, and the NIC MAC "
+               "is part of the hardware hash Windows activation weighs.", f"{MPA}; {INTEL_NIC}",
+               component="network adapter MAC", example=("0000:00:03.0", "eeprom_mac", "")),
+    ImpactRule("registers", "registers", "*", "driver", "driver",
+               "A device register or configuration field the driver reads at probe (queue counts and "
+               "sizes, device configuration, NIC EEPROM words, xHCI/AHCI/HDA capabilities, VGA/QXL "
+               "sizes and modes, chipset registers): it sets the device up differently.",
+               f"{VIRTIO_SPEC}; {INTEL_NIC}; {XHCI_SPEC}",
+               example=("0000:00:04.0", "num_queues", "")),
+    # -- fw_cfg ------------------------------------------------------------------------------------
+    ImpactRule("fwcfg-derived", "fwcfg", "{selector,sha256,size}", "none", "none",
+               "A selector (assigned in name order) or the bytes of a blob whose tables other categories "
+               "decode (ACPI, SMBIOS, the table loader, the -kernel boot ROM).", FW_CFG_DOC,
+               entry="{etc/acpi/*,etc/table-loader,etc/smbios/*,genroms/linuxboot*}",
+               example=("etc/acpi/tables", "sha256", "")),
+    ImpactRule("fwcfg-payload", "fwcfg", "*", "none", "none",
+               "A file that carries the -kernel payload: guests booted from their own disk do not have it.",
+               FW_CFG_DOC, entry="etc/boot/*", example=("etc/boot/kernel", "(file)", "")),
+    ImpactRule("fwcfg-selector", "fwcfg", "selector", "none", "none",
+               "A file's selector: the firmware finds files by name.", FW_CFG_DOC,
+               example=("etc/e820", "selector", "")),
+    ImpactRule("fwcfg", "fwcfg", "*", "driver", "driver",
+               "A fw_cfg file the firmware acts on at boot (SMI features, boot order, e820, option ROMs, "
+               "TPM configuration): the guest sees its effect (SMM CPU hotplug, boot device, memory map).",
+               FW_CFG_DOC, example=("etc/msr_feature_control", "(file)", "")),
     # -- anything else -----------------------------------------------------------------------------
     ImpactRule("unknown", "*", "*", "driver", "driver",
                "Not named above: assume a bound driver may notice (conservative).", "qabi default",

@@ -259,6 +259,10 @@ FWCFG: tuple[PolicyRule, ...] = (
                "payload with -kernel.",
                entry="{etc/acpi/*,etc/table-loader,etc/smbios/*,genroms/linuxboot*}",
                example=("etc/acpi/tables", "sha256")),
+    PolicyRule("fwcfg", "*", "info",
+               "Files that carry the -kernel payload (QEMU >= 10.0 adds etc/boot/kernel): there only "
+               "because qabi boots its payload with -kernel; listed by name and size, content not read.",
+               entry="etc/boot/*", example=("etc/boot/kernel", "(file)")),
     PolicyRule("fwcfg", "*", "warn",
                "A fw_cfg file added, removed or changed (by name): the firmware acts on it (SMI "
                "features, boot order, e820, option ROMs) and a guest may read it.",

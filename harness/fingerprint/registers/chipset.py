@@ -24,12 +24,15 @@ SMBUS = {0x00: "HST_STS", 0x02: "HST_CNT", 0x03: "HST_CMD", 0x04: "XMIT_SLVA", 0
 RCRB = {0x3400: "RC", 0x3404: "HPTC", 0x3410: "GCS", 0x3414: "BUC", 0x3418: "FD", 0x341C: "CG"}
 STATUS = {"PM1_STS", "GPE0_STS", "GPE0_STS_HI", "SMI_STS", "TCO1_STS", "TCO2_STS", "PMSTS", "GPSTS", "HST_STS",
           "AUX_STS"}
-NOT_COMPARED = {
+PM_NOT_COMPARED = {
     "PM1_TMR": "not read: the ACPI PM timer counts by itself",
-    "TCO_RLD": "not read: the TCO timer counts down by itself",
+    "status": "status registers (PM1_STS, GPE0_STS, SMI_STS, TCO1/2_STS, PMSTS, GPSTS) are set by events "
+              "and timers (PM1_STS.TMR_STS flips with the PM timer): read, left out",
+}
+TCO_NOT_COMPARED = {"TCO_RLD": "not read: the TCO timer counts down by itself"}
+SMBUS_NOT_COMPARED = {
     "HOST_BLOCK_DB": "not read: reading the SMBus block data register moves its index",
-    "status": "status registers (PM1_STS, GPE0_STS, SMI_STS, TCO1/2_STS, PMSTS, GPSTS, HST_STS, AUX_STS) are "
-              "set by events and timers (PM1_STS.TMR_STS flips with the PM timer): read, left out",
+    "smbus_status": "HST_STS and AUX_STS are set by bus events: read, left out",
 }
 
 
@@ -47,7 +50,7 @@ def decode_lpc(files: Files) -> dict[str, Any]:
             raise DecodeError(f"{files.where}/rcrb", None, f"{len(data)} bytes: not whole dwords")
         out["rcrb"] = {RCRB.get(4 * i, f"+{4 * i:#06x}"): hx(v, 8)
                        for i, (v,) in enumerate(struct.iter_unpack("<I", data)) if v}
-    out["not_compared"] = dict(NOT_COMPARED)
+    out["not_compared"] = {**PM_NOT_COMPARED, **TCO_NOT_COMPARED}
     return out
 
 
@@ -57,5 +60,5 @@ def decode_smbus(files: Files) -> dict[str, Any]:
         out["pmio"] = _split(named(files.reads("pmio"), PIIX4_PMIO, PIIX4_WIDTH))
     if files.has("smbus"):
         out["smbus"] = _split(named(files.reads("smbus"), SMBUS, dict.fromkeys(SMBUS, 1)))
-    out["not_compared"] = dict(NOT_COMPARED)
+    out["not_compared"] = {**(PM_NOT_COMPARED if "pmio" in out else {}), **SMBUS_NOT_COMPARED}
     return out

@@ -35,7 +35,7 @@ MAX_FILES = 1024
 MAX_FILE = 1 << 20                 # bytes read of one file (larger ones are listed with their size)
 CHUNK = 1 << 16                    # bytes of one DMA transfer (the scratch buffer's size)
 ROOT = "/sys/firmware/qemu_fw_cfg"
-PAYLOAD = ("etc/linuxboot*",)      # name globs of files carrying qabi's payload (none on 5.2-10.x)
+PAYLOAD = ("etc/boot/*",)         # files carrying qabi's -kernel payload (QEMU >= 10.0: etc/boot/kernel)
 
 
 def _bswap32(value: int) -> int:
