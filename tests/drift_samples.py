@@ -522,8 +522,7 @@ REGISTERS = DATA / "registers"
 def registers_fingerprint(name: str) -> dict[str, Any]:
     """A fingerprint with the registers and fwcfg categories decoded from real bytes under
     tests/data/registers/NAME/raw (what the firmware transport read; see its README)."""
-    from harness.fingerprint import SCHEMA_VERSION
-    from harness.fingerprint import fwcfg, registers
+    from harness.fingerprint import SCHEMA_VERSION, fwcfg, registers
 
     raw = REGISTERS / name / "raw"
     return {"schema": SCHEMA_VERSION, "source": {"capture": str(REGISTERS / name), "transport": "firmware"},
