@@ -491,7 +491,8 @@ def decode_partial(path: Path) -> tuple[dict[str, Any], tuple[str, ...]] | None:
     try:
         from harness.fingerprint import fingerprint_capture
 
-        return fingerprint_capture(path), CATEGORIES
+        fp = fingerprint_capture(path)
+        return fp, tuple(c for c in CATEGORIES if c in fp)      # registers/fwcfg: firmware captures only
     except ImportError:
         pass
     try:
