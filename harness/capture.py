@@ -95,9 +95,10 @@ class GuestAccess:
             return {}
         parts: dict[str, Any] = {"transport": self.transport}
         if self.transport == "firmware":
-            from harness.transport.firmware import payload_sha256
+            from harness.transport.firmware import READS, payload_sha256
 
             parts["payload"] = payload_sha256()
+            parts["reads"] = READS        # what the host reads at the hand-off: a new reader, new captures
         if self.guest_image is not None:
             parts["guest_image"] = (image or open_guest_image(self.guest_image)).sha256
         return parts

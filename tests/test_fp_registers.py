@@ -70,6 +70,12 @@ def test_windows_fingerprint_has_xhci_hcsparams_and_hda_gcap_decoded():
     hda = regs["0000:00:04.0"]
     assert hda["registers"]["GCAP"] == "0x4401" and hda["GCAP.fields"]["OSS"] == 4 and hda["GCAP.fields"]["ISS"] == 4
     assert hda["version"] == "1.0" and "WALCLK" in hda["not_compared"]
+    codec = hda["codecs"]["0"]                                              # hda-duplex, through ICW/IRR
+    assert (codec["vendor_id"], codec["device_id"]) == ("0x1af4", "0x0022")
+    assert codec["nodes"]["0x01"]["type"] == "audio" and codec["nodes"]["0x01"]["subsystem_id"] == "0x1af40022"
+    assert [n["type"] for k, n in sorted(codec["nodes"].items()) if k > "0x01"] == [
+        "audio output", "pin complex", "audio input", "pin complex"]
+    assert hda["registers"]["GCTL"] == "0x00000000"                         # CRST never set
     nic = regs["0000:00:03.0"]                                              # e1000e
     assert nic["eeprom_mac"] == "52:54:00:a3:00:01" and nic["eeprom"]["device_id"] == "0x10d3"
     ahci = regs["0000:00:1f.2"]

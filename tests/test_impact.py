@@ -168,6 +168,9 @@ CASES: dict[str, tuple[Callable[[], Pair], str]] = {
         PM1_TMR="read")), "not_compared.PM1_TMR"),
     # hw_compat_5_1: virtio-blk offers one queue on pc-q35-5.1, two on 5.2 (VIRTIO_BLK_F_MQ with them)
     "virtio-features": (lambda: _regs_pair(REGS_52, REGS_51), "features.VIRTIO_BLK_F_MQ"),
+    # a QEMU whose hda-duplex reported another device ID: the windows sample, edited
+    "hda-codec-ids": (lambda: _regs(lambda fp: fp["registers"]["0000:00:04.0"]["codecs"]["0"].update(
+        device_id="0x0023")), "codecs.0.device_id"),
     "nic-eeprom-mac": (lambda: _regs(lambda fp: fp["registers"]["0000:00:03.0"].update(eeprom_mac="52:54:00:a3:00:02")),
                        "eeprom_mac"),
     "registers": (lambda: _regs_pair(REGS_52, REGS_51), "num_queues"),

@@ -219,8 +219,9 @@ REGISTERS: tuple[PolicyRule, ...] = (
                "status bits set by events (PM1_STS, GPE0_STS, SMI_STS, TCO1/2_STS, SMBus HST_STS, AHCI IS, "
                "HDA INTSTS), driver state the firmware wrote (virtio device_status, driver_feature, "
                "msix_config, queue_enable, config_generation), and registers a read would change "
-               "(virtio ISR, e1000 ICR and statistics, SMBus HOST_BLOCK_DB). HDA codec verbs are not "
-               "sent: they need GCTL.CRST set, which the firmware leaves clear.",
+               "(virtio ISR, e1000 ICR and statistics, SMBus HOST_BLOCK_DB). HDA codec verbs are sent "
+               "last, through ICW/ICS with GCTL.CRST left as the firmware left it (QEMU answers in "
+               "reset); IRR keeps the last response.",
                example=("0000:00:1f.0", "not_compared.PM1_TMR")),
     PolicyRule("registers", "features.*", "break",
                "A virtio feature bit offered or withdrawn (by its specification name): the driver "
@@ -239,6 +240,11 @@ REGISTERS: tuple[PolicyRule, ...] = (
                "Intel NIC EEPROM words: MAC, PBA, subsystem and device IDs the driver (and Windows' "
                "inf) reads, init control words.",
                example=("0000:00:03.0", "eeprom.subsystem_id")),
+    PolicyRule("registers", "codecs.*.{vendor_id,device_id,nodes.*.subsystem_id,nodes.*.revision_id}", "break",
+               "HDA codec vendor, device, subsystem and revision IDs: the HDAUDIO\\FUNC_01&VEN_&DEV_&SUBSYS_ "
+               "hardware ID Windows binds its codec driver on; Linux's snd-hda codec driver matches the "
+               "vendor ID.",
+               example=("0000:00:04.0", "codecs.0.device_id")),
     PolicyRule("registers", "{HCSPARAMS1.fields.MaxPorts,extended_capabilities*}", "break",
                "xHCI root hub ports and supported protocols: USB devices move to other ports (Windows "
                "enumerates them anew).",

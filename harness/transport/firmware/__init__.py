@@ -24,7 +24,10 @@ the results at 0x30000 and halts. The host then reads, over the qtest line proto
   (legacy IDE ranges, the boot VGA's shadowed ROM);
 - CPUID of vCPU0 as /dev/cpu/0/cpuid, the leaves and subleaves the guest probe keeps (only the
   boot vCPU runs the payload: manifest `probe.cpuid_vcpus` is "0");
-- the memory map as /sys/firmware/memmap/N, after Linux's e820 sanitizing.
+- the memory map as /sys/firmware/memmap/N, after Linux's e820 sanitizing;
+- then, after everything above (so nothing here changes what it measured), what drivers read:
+  fw_cfg's directory and files (fwcfg.py) and the registers behind each function's BARs
+  (registers.py, through bars.py).
 
 The records have the guest probe's paths, so capture() writes the same bundle.
 """
@@ -55,6 +58,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PAYLOAD",
+    "READS",
     "TRANSPORT",
     "FirmwareTransport",
     "Memory",
@@ -65,6 +69,9 @@ __all__ = [
 ]
 
 QTEST_SOCKET = "qtest.sock"
+READS = "tables, pci, fw_cfg, registers 1"
+"""What the host reads at the hand-off (part of a firmware capture's cache key: a capture made by a
+reader that read less is never reused as if it had read this)."""
 CONSOLE = "console.out"
 
 

@@ -16,7 +16,11 @@ measured. Per function, records under /qabi/registers/<function>/ (see SCHEMA.md
 - xHCI (class 0c0330): `bar0`, the capability registers and the extended capability list.
 - AHCI (class 010601): `bar5`, the generic host control registers and each implemented port's
   PxCMD, PxTFD, PxSIG, PxSSTS.
-- HDA (class 0403): `bar0`, the global registers (no wall clock: it counts).
+- HDA (class 0403): `bar0`, the global registers (no wall clock: it counts), then, last, `codecs`:
+  for each codec STATESTS lists, the root node's and each function group's and widget's
+  parameters (GET_PARAMETER), subsystem id and pin configuration defaults, sent through the
+  immediate command interface (ICW/ICS/IRR: QEMU answers them with the controller in reset, so
+  GCTL.CRST is never set); ICW and ICS are written back, IRR keeps the last response.
 - VGA/bochs (1234:1111): `bar2`, the DISPI registers at 0x500 (index n at 0x500 + 2n).
 - QXL (1b36:0100): `rom`, the QXLRom block and its mode list (BAR 2, RAM-backed).
 - chipset: ICH9 LPC (8086:2918) `pmio` (PM1, GPE0, SMI, TCO registers at PMBASE) and `rcrb`
@@ -181,13 +185,65 @@ HDA_REGS = ((0x00, 2), (0x02, 1), (0x03, 1), (0x04, 2), (0x06, 2), (0x08, 4), (0
             (0x18, 2), (0x1A, 2), (0x20, 4), (0x4E, 1), (0x5E, 1))
 
 
+ICW, IRR, ICS = 0x60, 0x64, 0x68
+ICS_BUSY, ICS_VALID = 0x1, 0x2
+GET_PARAMETER, GET_SUBSYSTEM_ID, GET_CONFIG_DEFAULT, GET_CONNECTIONS = 0xF00, 0xF20, 0xF1C, 0xF02
+MAX_NODES = 64
+
+
+class Codec:
+    """Verbs through the immediate command interface (ICW/IRR/ICS): each a (verb, response) read."""
+
+    def __init__(self, qt: Qtest, bar: Bar, cad: int, reads: Reads) -> None:
+        self.qt, self.bar, self.cad, self.reads = qt, bar, cad, reads
+
+    def verb(self, nid: int, verb: int, payload: int = 0) -> int:
+        word = self.cad << 28 | (nid & 0x7F) << 20 | verb << 8 | payload
+        ics, response = self.qt.values([self.bar.write(ICW, word), self.bar.write(ICS, ICS_BUSY, 2),
+                                        self.bar.read(ICS, 2), self.bar.read(IRR)])
+        if ics & ICS_BUSY or not ics & ICS_VALID:
+            raise CaptureError(f"HDA codec {self.cad} did not answer verb {word:#010x} (ICS {ics:#x})")
+        self.qt.values([self.bar.write(ICS, ICS_VALID, 2)])           # RW1C: as it was
+        self.reads.add(word, 4, response)
+        return response
+
+    def walk(self) -> None:
+        """The root node's ids, each function group's ids and widgets, each widget's capabilities."""
+        for param in (0x00, 0x02):
+            self.verb(0, GET_PARAMETER, param)
+        groups = self.verb(0, GET_PARAMETER, 0x04)
+        for fg in range(groups >> 16 & 0xFF, (groups >> 16 & 0xFF) + min(groups & 0xFF, MAX_NODES)):
+            self.verb(fg, GET_PARAMETER, 0x05)
+            self.verb(fg, GET_SUBSYSTEM_ID)
+            for param in (0x08, 0x0A, 0x0B, 0x0D, 0x0F, 0x12):
+                self.verb(fg, GET_PARAMETER, param)
+            nodes = self.verb(fg, GET_PARAMETER, 0x04)
+            for nid in range(nodes >> 16 & 0xFF, (nodes >> 16 & 0xFF) + min(nodes & 0xFF, MAX_NODES)):
+                caps = self.verb(nid, GET_PARAMETER, 0x09)
+                kind = caps >> 20 & 0xF
+                params = {0: (0x0A, 0x0B, 0x12), 1: (0x0A, 0x0B, 0x0D, 0x0E), 4: (0x0C, 0x0D, 0x12, 0x0E)}
+                for param in params.get(kind, (0x0E,)):
+                    self.verb(nid, GET_PARAMETER, param)
+                if kind == 4:
+                    self.verb(nid, GET_CONFIG_DEFAULT)
+
+
 def read_hda(qt: Qtest, f: Function) -> dict[str, bytes]:
     bar = f.bars.get(0)
     if bar is None or bar.io:
         return {}
     reads = Reads(qt)
-    reads.run(bar, list(HDA_REGS))
-    return {"bar0": bytes(reads.data)}
+    regs = reads.run(bar, list(HDA_REGS))
+    out = {"bar0": bytes(reads.data)}
+    # codec verbs last: the command and response registers keep the last verb and response
+    icw, ics = qt.values([bar.read(ICW), bar.read(ICS, 2)])
+    verbs = Reads(qt)
+    for cad in range(15):
+        if regs[0x0E] >> cad & 1:
+            Codec(qt, bar, cad, verbs).walk()
+    qt.values([bar.write(ICW, icw), bar.write(ICS, ics & ICS_VALID, 2)])
+    out["codecs"] = bytes(verbs.data)
+    return out
 
 
 DISPI_REGS = 11
