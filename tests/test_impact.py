@@ -36,15 +36,16 @@ def real(name: str) -> dict[str, Any]:
 WINDOWS_Q35 = "qemu-10.0-pc-q35-5.2-windows"
 
 
-def _mutate(edit: Callable[[dict[str, Any]], None], base: str = WINDOWS_Q35) -> Pair:
-    old = real(base)
+def _mutate(edit: Callable[[dict[str, Any]], None], base: str = WINDOWS_Q35,
+            load: Callable[[str], dict[str, Any]] = real) -> Pair:
+    old = load(base)
     new = copy.deepcopy(old)
     edit(new)
     return old, new
 
 
-def _pair(old: str, new: str) -> Pair:
-    return real(old), real(new)
+def _pair(old: str, new: str, load: Callable[[str], dict[str, Any]] = real) -> Pair:
+    return load(old), load(new)
 
 
 def _pci_of(fp: dict[str, Any], base: int) -> str:
@@ -194,15 +195,12 @@ def _with_registers(name: str) -> dict[str, Any]:
     return fp
 
 
-def _regs(edit: Callable[[dict[str, Any]], None], base: str = "qemu-7.2.22-pc-q35-7.2-windows") -> Pair:
-    old = _with_registers(base)
-    new = copy.deepcopy(old)
-    edit(new)
-    return old, new
+def _regs(edit: Callable[[dict[str, Any]], None]) -> Pair:
+    return _mutate(edit, "qemu-7.2.22-pc-q35-7.2-windows", _with_registers)
 
 
 def _regs_pair(old: str, new: str) -> Pair:
-    return _with_registers(old), _with_registers(new)
+    return _pair(old, new, _with_registers)
 
 
 def _bridged() -> Pair:

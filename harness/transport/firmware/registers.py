@@ -76,6 +76,24 @@ def _virtio_caps(f: Function) -> dict[int, tuple[Bar, int, int]]:
     return out
 
 
+def _mem_bar(f: Function, index: int) -> Bar | None:
+    bar = f.bars.get(index)
+    return None if bar is None or bar.io else bar
+
+
+def on_bar(index: int, body: Callable[[Reads, Bar], None]) -> Reader:
+    """A reader of register reads on one memory BAR: `body` reads, the record is `barN`."""
+    def read(qt: Qtest, f: Function) -> dict[str, bytes]:
+        bar = _mem_bar(f, index)
+        if bar is None:
+            return {}
+        reads = Reads(qt)
+        body(reads, bar)
+        return {f"bar{index}": bytes(reads.data)} if reads.data else {}
+    read.__name__ = f"read_{body.__name__.lstrip('_')}"
+    return read
+
+
 def _msix_enabled(f: Function) -> bool:
     return any(cap == 0x11 and f.config[pos + 3] & 0x80 for pos, cap in _caps(f.config))
 
@@ -124,8 +142,8 @@ E1000E_DEVICES = {0x10D3}
 
 
 def read_e1000(qt: Qtest, f: Function) -> dict[str, bytes]:
-    bar = f.bars.get(0)
-    if bar is None or bar.io:
+    bar = _mem_bar(f, 0)
+    if bar is None:
         return {}
     e1000e = f.ids[1] in E1000E_DEVICES
     reads = Reads(qt)
@@ -145,11 +163,7 @@ XHCI_CAPS = ((0x00, 4), (0x04, 4), (0x08, 4), (0x0C, 4), (0x10, 4), (0x14, 4), (
 MAX_EXT_CAPS = 64
 
 
-def read_xhci(qt: Qtest, f: Function) -> dict[str, bytes]:
-    bar = f.bars.get(0)
-    if bar is None or bar.io:
-        return {}
-    reads = Reads(qt)
+def _xhci(reads: Reads, bar: Bar) -> None:
     caps = reads.run(bar, list(XHCI_CAPS))
     pos = (caps[0x10] >> 16) << 2
     for _ in range(MAX_EXT_CAPS):
@@ -162,7 +176,6 @@ def read_xhci(qt: Qtest, f: Function) -> dict[str, bytes]:
             reads.run(bar, [(pos + 16 + 4 * i, 4) for i in range(psic)])
         step = (head >> 8 & 0xFF) << 2
         pos = pos + step if step else 0
-    return {"bar0": bytes(reads.data)}
 
 
 AHCI_GHC = ((0x00, 4), (0x04, 4), (0x0C, 4), (0x10, 4), (0x14, 4), (0x18, 4), (0x1C, 4), (0x20, 4),
@@ -170,15 +183,10 @@ AHCI_GHC = ((0x00, 4), (0x04, 4), (0x0C, 4), (0x10, 4), (0x14, 4), (0x18, 4), (0
 AHCI_PORT = (0x18, 0x20, 0x24, 0x28)
 
 
-def read_ahci(qt: Qtest, f: Function) -> dict[str, bytes]:
-    bar = f.bars.get(5)
-    if bar is None or bar.io:
-        return {}
-    reads = Reads(qt)
+def _ahci(reads: Reads, bar: Bar) -> None:
     ghc = reads.run(bar, list(AHCI_GHC))
     ports = [n for n in range(32) if ghc[0x0C] >> n & 1]
     reads.run(bar, [(0x100 + 0x80 * n + off, 4) for n in ports for off in AHCI_PORT])
-    return {"bar5": bytes(reads.data)}
 
 
 HDA_REGS = ((0x00, 2), (0x02, 1), (0x03, 1), (0x04, 2), (0x06, 2), (0x08, 4), (0x0C, 2), (0x0E, 2), (0x10, 2),
@@ -229,8 +237,8 @@ class Codec:
 
 
 def read_hda(qt: Qtest, f: Function) -> dict[str, bytes]:
-    bar = f.bars.get(0)
-    if bar is None or bar.io:
+    bar = _mem_bar(f, 0)
+    if bar is None:
         return {}
     reads = Reads(qt)
     regs = reads.run(bar, list(HDA_REGS))
@@ -249,13 +257,9 @@ def read_hda(qt: Qtest, f: Function) -> dict[str, bytes]:
 DISPI_REGS = 11
 
 
-def read_bochs(qt: Qtest, f: Function) -> dict[str, bytes]:
-    bar = f.bars.get(2)
-    if bar is None or bar.io or bar.size < 0x600:
-        return {}
-    reads = Reads(qt)
-    reads.run(bar, [(0x500 + 2 * i, 2) for i in range(DISPI_REGS)])
-    return {"bar2": bytes(reads.data)}
+def _bochs(reads: Reads, bar: Bar) -> None:
+    if bar.size >= 0x600:
+        reads.run(bar, [(0x500 + 2 * i, 2) for i in range(DISPI_REGS)])
 
 
 QXL_ROM_MAGIC = 0x4F525851
@@ -263,8 +267,8 @@ MAX_QXL_ROM = 1 << 16
 
 
 def read_qxl(qt: Qtest, f: Function) -> dict[str, bytes]:
-    bar = f.bars.get(2)
-    if bar is None or bar.io:
+    bar = _mem_bar(f, 2)
+    if bar is None:
         return {}
     return {"rom": qt.read(bar.address, min(bar.size, MAX_QXL_ROM))}
 
@@ -321,13 +325,13 @@ def reader_for(f: Function) -> Reader | None:
     if vendor == 0x8086 and device in (0x100E, 0x100C, 0x100F, 0x10D3):
         return read_e1000
     if f.class_code == 0x0C0330:
-        return read_xhci
+        return on_bar(0, _xhci)
     if f.class_code == 0x010601:
-        return read_ahci
+        return on_bar(5, _ahci)
     if f.class_code >> 8 == 0x0403:
         return read_hda
     if (vendor, device) == (0x1234, 0x1111):
-        return read_bochs
+        return on_bar(2, _bochs)
     if (vendor, device) == (0x1B36, 0x0100):
         return read_qxl
     if (vendor, device) == (0x8086, 0x2918):
