@@ -178,7 +178,9 @@ CASES: dict[str, tuple[Callable[[], Pair], str]] = {
     "fwcfg-derived": (lambda: _regs_pair(REGS_52, REGS_51), "sha256"),
     # QEMU 10.0 (trixie) adds etc/boot/kernel for a -kernel boot; the files after it move one selector
     "fwcfg-payload": (lambda: _regs_pair(REGS_BOOKWORM, REGS_TRIXIE), "(file)"),
-    "fwcfg-selector": (lambda: _regs_pair(REGS_BOOKWORM, REGS_TRIXIE), "selector"),
+    # a QEMU that numbered its files otherwise: the windows sample, edited
+    "fwcfg-selector": (lambda: _regs(lambda fp: fp["fwcfg"]["(interface)"].update(selectors={"bootorder": "0x0021"})),
+                       "selectors"),
     # pc_compat_5_1: no SMI CPU hotplug on pc-q35-5.1
     "fwcfg": (lambda: _regs_pair(REGS_52, REGS_51), "decoded.features[1]"),
 }

@@ -333,17 +333,17 @@ IMPACT: tuple[ImpactRule, ...] = (
                f"{VIRTIO_SPEC}; {INTEL_NIC}; {XHCI_SPEC}",
                example=("0000:00:04.0", "num_queues", "")),
     # -- fw_cfg ------------------------------------------------------------------------------------
-    ImpactRule("fwcfg-derived", "fwcfg", "{selector,sha256,size}", "none", "none",
-               "A selector (assigned in name order) or the bytes of a blob whose tables other categories "
+    ImpactRule("fwcfg-derived", "fwcfg", "{sha256,size}", "none", "none",
+               "The bytes of a blob whose tables other categories "
                "decode (ACPI, SMBIOS, the table loader, the -kernel boot ROM).", FW_CFG_DOC,
                entry="{etc/acpi/*,etc/table-loader,etc/smbios/*,genroms/linuxboot*}",
                example=("etc/acpi/tables", "sha256", "")),
     ImpactRule("fwcfg-payload", "fwcfg", "*", "none", "none",
                "A file that carries the -kernel payload: guests booted from their own disk do not have it.",
                FW_CFG_DOC, entry="etc/boot/*", example=("etc/boot/kernel", "(file)", "")),
-    ImpactRule("fwcfg-selector", "fwcfg", "selector", "none", "none",
-               "A file's selector: the firmware finds files by name.", FW_CFG_DOC,
-               example=("etc/e820", "selector", "")),
+    ImpactRule("fwcfg-selector", "fwcfg", "selectors*", "none", "none",
+               "How the files are numbered: the firmware finds files by name.", FW_CFG_DOC,
+               entry="(interface)", example=("(interface)", "selectors", "")),
     ImpactRule("fwcfg", "fwcfg", "*", "driver", "driver",
                "A fw_cfg file the firmware acts on at boot (SMI features, boot order, e820, option ROMs, "
                "TPM configuration): the guest sees its effect (SMM CPU hotplug, boot device, memory map).",

@@ -255,10 +255,10 @@ REGISTERS: tuple[PolicyRule, ...] = (
                example=("0000:00:04.0", "config.seg_max")),
 )
 FWCFG: tuple[PolicyRule, ...] = (
-    PolicyRule("fwcfg", "selector", "info",
-               "A file's selector: assigned in name order when the directory is built; the firmware "
-               "and the guest find files by name.",
-               example=("etc/e820", "selector")),
+    PolicyRule("fwcfg", "selectors*", "info",
+               "How the files are numbered (QEMU: from 0x20 in name order, so a selector follows from "
+               "the names): the firmware and the guest find files by name in the directory.",
+               entry="(interface)", example=("(interface)", "selectors")),
     PolicyRule("fwcfg", "{sha256,size}", "info",
                "ACPI and SMBIOS blobs and the table loader: their tables are decoded and compared by "
                "the acpi and smbios categories; the -kernel boot ROM is there because qabi boots its "

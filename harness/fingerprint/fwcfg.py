@@ -3,9 +3,10 @@
 Input: raw/sys/firmware/qemu_fw_cfg (the firmware transport mirrors Linux's qemu_fw_cfg sysfs:
 `rev`, `by_key/N/{key,name,size,raw}`). One entry per file name:
 
-    {"label": NAME, "selector": N, "size": BYTES, "sha256": ..., "decoded": {...}}
+    {"label": NAME, "size": BYTES, "sha256": ..., "decoded": {...}}
 
-plus `(interface)` with the ID item (`revision`, `dma`). Decoded where the format is known
+plus `(interface)` with the ID item (`revision`, `dma`) and `selectors`: "in name order from
+0x0020" (how QEMU numbers the files, so a selector follows from the names) or each file's. Decoded where the format is known
 (etc/e820, bootorder, bios-geometry, etc/boot-fail-wait, etc/smi/*, etc/system-states,
 etc/msr_feature_control, etc/reserved-memory-end, short text); a file qabi did not read (its own
 payload) has `"content": "not read"`. ACPI and SMBIOS files are compared by hash here: their
@@ -28,6 +29,7 @@ ROOT = "sys/firmware/qemu_fw_cfg"
 REV = f"{ROOT}/rev"
 MAX_FILES = 1024
 MAX_TEXT = 4096
+FIRST_FILE = 0x20
 E820_TYPES = {1: "RAM", 2: "reserved", 3: "ACPI", 4: "NVS", 5: "unusable"}
 SMI_FEATURES = {0: "ICH9_BROADCAST", 1: "CPU_HOTPLUG", 2: "CPU_HOT_UNPLUG"}
 
@@ -75,6 +77,7 @@ def decode(raw: Path) -> dict[str, Any]:
     keys = sorted(base.iterdir()) if base.is_dir() else []
     if len(keys) > MAX_FILES:
         raise DecodeError(f"{ROOT}/by_key", None, f"{len(keys)} files (more than {MAX_FILES})")
+    selectors: dict[str, int] = {}
     for folder in keys:
         rel = f"{ROOT}/by_key/{folder.name}"
         if not folder.name.isdigit() or not folder.is_dir():
@@ -83,7 +86,8 @@ def decode(raw: Path) -> dict[str, Any]:
         size = _int_text(raw, f"{rel}/size")
         if not name or name in out:
             raise DecodeError(f"{rel}/name", None, f"an empty or repeated file name {name!r}")
-        entry: dict[str, Any] = {"label": name, "selector": hx(_int_text(raw, f"{rel}/key"), 4), "size": size}
+        selectors[name] = _int_text(raw, f"{rel}/key")
+        entry: dict[str, Any] = {"label": name, "size": size}
         if (folder / "raw").is_file():
             data = read_raw(raw, f"{rel}/raw")
             if len(data) != size:
@@ -95,4 +99,9 @@ def decode(raw: Path) -> dict[str, Any]:
         else:
             entry["content"] = "not read"
         out[name] = entry
+    # QEMU numbers the files from 0x20 in name order (fw_cfg_add_file): a file added shifts every
+    # later selector, which the added file's own drift already says; any other numbering is listed
+    ordered = {name: FIRST_FILE + i for i, name in enumerate(sorted(selectors))}
+    out["(interface)"]["selectors"] = ("in name order from 0x0020" if selectors == ordered
+                                       else {name: hx(sel, 4) for name, sel in sorted(selectors.items())})
     return out
