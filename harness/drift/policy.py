@@ -231,9 +231,10 @@ REGISTERS: tuple[PolicyRule, ...] = (
     PolicyRule("registers", "device_feature", "info",
                "The 64 feature bits as one number: each changed bit is its own drift under features.",
                example=("0000:00:04.0", "device_feature")),
-    PolicyRule("registers", "{num_queues,queues,queues[*,config.num_queues,config.max_virtqueue_pairs}",
+    PolicyRule("registers", "{num_queues,queue_sizes,config.num_queues,config.max_virtqueue_pairs}",
                "break",
-               "virtio queues: how many and each one's maximum size; the driver sizes its queues and "
+               "virtio queues: how many and each one's size (queue_sizes, in queue order, repeats folded: "
+               "`256 ×2, 64`); the driver sizes its rings by them and its queues and "
                "interrupt vectors by them, and migration carries per-queue state.",
                example=("0000:00:04.0", "num_queues")),
     PolicyRule("registers", "{eeprom.*,eeprom_mac}", "break",

@@ -76,6 +76,20 @@ DRIVER_STATE = {
 }
 
 
+def runs(values: list[int]) -> str:
+    """Per-queue values as one line, repeats folded: [256, 256, 64] -> "256 ×2, 64" (a changed size
+    is one drift per device, not one per queue of a 64-port console)."""
+    out: list[str] = []
+    i = 0
+    while i < len(values):
+        j = i
+        while j < len(values) and values[j] == values[i]:
+            j += 1
+        out.append(f"{values[i]}" + (f" ×{j - i}" if j - i > 1 else ""))
+        i = j
+    return ", ".join(out)
+
+
 def feature_names(bits: int, device_type: int) -> dict[str, int]:
     """{name: bit} of every offered feature (`VIRTIO_F_*`, the device's `VIRTIO_<DEV>_F_*`, else `bit N`)."""
     out = {}
@@ -125,7 +139,9 @@ def decode(files: Files) -> dict[str, Any]:
             raise DecodeError(f"{files.where}/virtio-queues", None, "not a whole number of queues")
         entry["transport"] = "modern"
         entry["num_queues"] = common.u16(0x12)
-        entry["queues"] = [{"size": size, "notify_off": off} for size, off in struct.iter_unpack("<HH", queues)]
+        pairs = list(struct.iter_unpack("<HH", queues))
+        entry["queue_sizes"] = runs([size for size, _off in pairs])
+        entry["queue_notify_offs"] = runs([off for _size, off in pairs])
     else:
         legacy = files.data("virtio-legacy")
         if len(legacy) < 4 or len(legacy) % 2:
@@ -134,7 +150,7 @@ def decode(files: Files) -> dict[str, Any]:
         entry["transport"] = "legacy"
         sizes = [s for (s,) in struct.iter_unpack("<H", legacy[4:])]
         entry["num_queues"] = len(sizes)
-        entry["queues"] = [{"size": s} for s in sizes]
+        entry["queue_sizes"] = runs(sizes)
     entry["device_feature"] = hx(features, 16)
     entry["features"] = feature_names(features, device_type)
     device = files.data("virtio-device") if files.has("virtio-device") else b""
