@@ -88,6 +88,7 @@ def test_windows_fingerprint_has_xhci_hcsparams_and_hda_gcap_decoded():
     assert lpc["pmio"]["TCO_TMR"] == "0x0004" and "PM1_STS" not in lpc["pmio"] and "PM1_TMR" in lpc["not_compared"]
     i440fx = registers_fingerprint(WINDOWS_I440FX)["registers"]
     assert i440fx["0000:00:03.0"]["eeprom"]["device_id"] == "0x100e"       # e1000
+    assert i440fx["0000:00:04.0"]["codecs"] == hda["codecs"]                # intel-hda (ICH6), the same codec
     assert i440fx["0000:00:01.3"]["label"] == "SMBus and PIIX4 PM"
 
 
