@@ -71,27 +71,24 @@ class FwCfg:
         return out
 
     def read(self, selector: int, length: int) -> bytes:
-        """The first `length` bytes of item `selector` (DMA when the device has it)."""
+        """The first `length` bytes of item `selector` (DMA when the device has it: one round trip
+        per CHUNK, into the scratch buffer that `fwcfg_records` saves first and writes back)."""
         if not self.id & ID_DMA:
             return self.port_read(selector, length)
-        qt, desc, buf = self.qt, self.scratch, self.scratch + 16
-        saved = qt.read(desc, 16 + min(length, CHUNK))
+        desc, buf = self.scratch, self.scratch + 16
         out = bytearray()
         control = selector << 16 | DMA_SELECT | DMA_READ
-        try:
-            while len(out) < length:
-                n = min(CHUNK, length - len(out))
-                qt.write(desc, struct.pack(">IIQ", control, n, buf))
-                qt.values([f"outl {PORT_DMA_HIGH:#x} {_bswap32(desc >> 32):#x}",
-                           f"outl {PORT_DMA_LOW:#x} {_bswap32(desc & 0xFFFFFFFF):#x}"])
-                status = struct.unpack(">I", qt.read(desc, 4))[0]
-                if status:
-                    raise CaptureError(f"fw_cfg DMA of item {selector:#x} failed (control {status:#x})")
-                out += qt.read(buf, n)
-                control = DMA_READ               # the next transfer continues the same item
-        finally:
-            qt.write(desc, saved)
-            qt.values([f"outw {PORT_SELECTOR:#x} {SIGNATURE:#x}"])
+        while len(out) < length:
+            n = min(CHUNK, length - len(out))
+            data = self.qt.read(desc, 16 + n, before=(
+                self.qt.write_command(desc, struct.pack(">IIQ", control, n, buf)),
+                f"outl {PORT_DMA_HIGH:#x} {_bswap32(desc >> 32):#x}",
+                f"outl {PORT_DMA_LOW:#x} {_bswap32(desc & 0xFFFFFFFF):#x}"))
+            status = struct.unpack_from(">I", data)[0]
+            if status:
+                raise CaptureError(f"fw_cfg DMA of item {selector:#x} failed (control {status:#x})")
+            out += data[16:]
+            control = DMA_READ               # the next transfer continues the same item
         return bytes(out)
 
 
@@ -105,11 +102,15 @@ def fwcfg_records(qt: Qtest, scratch: int) -> list[Record]:
     """The fw_cfg records (see the module docstring)."""
     dev = FwCfg(qt, scratch)
     records = [Record(f"{ROOT}/rev", f"{dev.id}\n".encode())]
-    for selector, size, name in dev.directory():
-        where = f"{ROOT}/by_key/{selector}"
-        records += [Record(f"{where}/key", f"{selector}\n".encode()),
-                    Record(f"{where}/name", f"{name}\n".encode()),
-                    Record(f"{where}/size", f"{size}\n".encode())]
-        if not is_payload(name) and size <= MAX_FILE:
-            records.append(Record(f"{where}/raw", dev.read(selector, size)))
+    saved = qt.read(scratch, 16 + CHUNK) if dev.id & ID_DMA else b""
+    try:
+        for selector, size, name in dev.directory():
+            where = f"{ROOT}/by_key/{selector}"
+            records += [Record(f"{where}/key", f"{selector}\n".encode()),
+                        Record(f"{where}/name", f"{name}\n".encode()),
+                        Record(f"{where}/size", f"{size}\n".encode())]
+            if not is_payload(name) and size <= MAX_FILE:
+                records.append(Record(f"{where}/raw", dev.read(selector, size)))
+    finally:        # guest RAM as it was, the selector as after reset
+        qt.batch(([qt.write_command(scratch, saved)] if saved else []) + [f"outw {PORT_SELECTOR:#x} {SIGNATURE:#x}"])
     return records

@@ -27,7 +27,8 @@ measured. Per function, records under /qabi/registers/<function>/ (see SCHEMA.md
   (the 16 KiB root complex register block at RCBA); ICH9 SMBus (8086:2930) and PIIX4 PM
   (8086:7113) `smbus` (host registers; never HOST_BLOCK_DB, whose read moves the block index) and
   for PIIX4 `pmio`.
-A function that has a family but could not be read (an unassigned BAR behind a bridge) gets an
+Afterwards every function read has its config space read again: a read that changed it (a BAR or
+COMMAND not written back) fails the capture. A function that has a family but could not be read (an unassigned BAR behind a bridge) gets an
 `unread` record with the reason; the records' `index` lists every function read.
 """
 
@@ -200,40 +201,46 @@ MAX_NODES = 64
 
 
 class Codec:
-    """Verbs through the immediate command interface (ICW/IRR/ICS): each a (verb, response) read."""
+    """Verbs through the immediate command interface (ICW/ICS/IRR), a batch per step of the walk:
+    each verb is ICW := verb, ICS := busy, read ICS and IRR, ICS := valid (write 1 to clear)."""
 
     def __init__(self, qt: Qtest, bar: Bar, cad: int, reads: Reads) -> None:
         self.qt, self.bar, self.cad, self.reads = qt, bar, cad, reads
 
-    def verb(self, nid: int, verb: int, payload: int = 0) -> int:
-        word = self.cad << 28 | (nid & 0x7F) << 20 | verb << 8 | payload
-        ics, response = self.qt.values([self.bar.write(ICW, word), self.bar.write(ICS, ICS_BUSY, 2),
-                                        self.bar.read(ICS, 2), self.bar.read(IRR)])
-        if ics & ICS_BUSY or not ics & ICS_VALID:
-            raise CaptureError(f"HDA codec {self.cad} did not answer verb {word:#010x} (ICS {ics:#x})")
-        self.qt.values([self.bar.write(ICS, ICS_VALID, 2)])           # RW1C: as it was
-        self.reads.add(word, 4, response)
-        return response
+    def verbs(self, asked: list[tuple[int, int, int]]) -> list[int]:
+        """The responses to (node, verb, payload) verbs, recorded as (verb word, response) reads."""
+        words = [self.cad << 28 | (nid & 0x7F) << 20 | verb << 8 | payload for nid, verb, payload in asked]
+        cmds = []
+        for word in words:
+            cmds += [self.bar.write(ICW, word), self.bar.write(ICS, ICS_BUSY, 2), self.bar.read(ICS, 2),
+                     self.bar.read(IRR), self.bar.write(ICS, ICS_VALID, 2)]
+        got = self.qt.values(cmds)
+        out = []
+        for i, word in enumerate(words):
+            ics, response = got[2 * i], got[2 * i + 1]
+            if ics & ICS_BUSY or not ics & ICS_VALID:
+                raise CaptureError(f"HDA codec {self.cad} did not answer verb {word:#010x} (ICS {ics:#x})")
+            self.reads.add(word, 4, response)
+            out.append(response)
+        return out
 
     def walk(self) -> None:
         """The root node's ids, each function group's ids and widgets, each widget's capabilities."""
-        for param in (0x00, 0x02):
-            self.verb(0, GET_PARAMETER, param)
-        groups = self.verb(0, GET_PARAMETER, 0x04)
+        _vendor, _revision, groups = self.verbs([(0, GET_PARAMETER, p) for p in (0x00, 0x02, 0x04)])
         for fg in range(groups >> 16 & 0xFF, (groups >> 16 & 0xFF) + min(groups & 0xFF, MAX_NODES)):
-            self.verb(fg, GET_PARAMETER, 0x05)
-            self.verb(fg, GET_SUBSYSTEM_ID)
-            for param in (0x08, 0x0A, 0x0B, 0x0D, 0x0F, 0x12):
-                self.verb(fg, GET_PARAMETER, param)
-            nodes = self.verb(fg, GET_PARAMETER, 0x04)
-            for nid in range(nodes >> 16 & 0xFF, (nodes >> 16 & 0xFF) + min(nodes & 0xFF, MAX_NODES)):
-                caps = self.verb(nid, GET_PARAMETER, 0x09)
-                kind = caps >> 20 & 0xF
-                params = {0: (0x0A, 0x0B, 0x12), 1: (0x0A, 0x0B, 0x0D, 0x0E), 4: (0x0C, 0x0D, 0x12, 0x0E)}
-                for param in params.get(kind, (0x0E,)):
-                    self.verb(nid, GET_PARAMETER, param)
+            got = self.verbs([(fg, GET_PARAMETER, 0x05), (fg, GET_SUBSYSTEM_ID, 0)]
+                             + [(fg, GET_PARAMETER, p) for p in (0x08, 0x0A, 0x0B, 0x0D, 0x0F, 0x12, 0x04)])
+            first, count = got[-1] >> 16 & 0xFF, min(got[-1] & 0xFF, MAX_NODES)
+            nodes = list(range(first, first + count))
+            caps = self.verbs([(nid, GET_PARAMETER, 0x09) for nid in nodes])
+            params = {0: (0x0A, 0x0B, 0x12), 1: (0x0A, 0x0B, 0x0D, 0x0E), 4: (0x0C, 0x0D, 0x12, 0x0E)}
+            asked = []
+            for nid, cap in zip(nodes, caps, strict=True):
+                kind = cap >> 20 & 0xF
+                asked += [(nid, GET_PARAMETER, p) for p in params.get(kind, (0x0E,))]
                 if kind == 4:
-                    self.verb(nid, GET_CONFIG_DEFAULT)
+                    asked.append((nid, GET_CONFIG_DEFAULT, 0))
+            self.verbs(asked)
 
 
 def read_hda(qt: Qtest, f: Function) -> dict[str, bytes]:
@@ -347,6 +354,7 @@ def register_records(qt: Qtest, pci: list[Record], sizes: dict[tuple[int, int, i
     windows = Windows(funcs)
     records: list[Record] = []
     index: list[str] = []
+    read: list[Function] = []
     for f in funcs:
         reader = reader_for(f)
         if reader is None:
@@ -361,5 +369,10 @@ def register_records(qt: Qtest, pci: list[Record], sizes: dict[tuple[int, int, i
                 raise CaptureError(f"reading the registers of {f.name}: {exc}") from None
         index.append(f"{f.name} {reader.__name__.removeprefix('read_')}")
         records += [Record(f"{ROOT}/{f.name}/{name}", data) for name, data in files.items()]
+        read.append(f)
+    # what the pci category measured must be what a driver finds after qabi's reads
+    for f, config in zip(read, qt.configs([f.bdf for f in read]), strict=True):
+        if config != f.config[:256]:
+            raise CaptureError(f"reading the registers of {f.name} changed its PCI config space")
     records.append(Record(f"{ROOT}/index", "".join(line + "\n" for line in index).encode()))
     return records
