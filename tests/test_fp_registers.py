@@ -109,6 +109,19 @@ def test_linux_virtio_fingerprint_names_every_virtio_devices_feature_bits():
                                                      "virtio console", "virtio memory balloon", "virtio entropy"]
 
 
+def test_legacy_only_virtio_is_read_through_its_io_bar():
+    """disable-modern=on: no virtio capabilities; features, queue sizes (QUEUE_SEL/QUEUE_NUM) and the
+    device configuration (after the 20-byte legacy header, MSI-X off) from I/O BAR 0."""
+    regs = registers_fingerprint("qemu-7.2.22-pc-i440fx-7.2-legacy-virtio")["registers"]
+    net, blk = regs["0000:00:03.0"], regs["0000:00:04.0"]
+    assert net["transport"] == blk["transport"] == "legacy"
+    assert (net["num_queues"], net["queue_sizes"]) == (3, "256 ×2, 64")
+    assert net["config"]["mac"] == "52:54:00:a9:00:01" and "VIRTIO_NET_F_GSO" in net["features"]
+    assert "VIRTIO_F_VERSION_1" not in net["features"] and "VIRTIO_F_BAD_FEATURE" in net["features"]
+    assert (blk["num_queues"], blk["config"]["capacity"], blk["config"]["seg_max"]) == (1, 2048, 254)
+    assert "VIRTIO_BLK_F_SCSI" in blk["features"]
+
+
 def test_the_same_build_twice_is_unchanged():
     """Nothing read changes by itself between two captures (the timers are not in the values)."""
     a, b = registers_fingerprint(BOOKWORM), registers_fingerprint(BOOKWORM)
