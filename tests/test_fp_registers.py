@@ -164,6 +164,15 @@ def test_hostile_register_bytes_are_a_decode_error(tmp_path, edit, message):
         registers.decode(raw)
 
 
+def test_a_function_the_transport_could_not_read_is_in_the_fingerprint_with_its_reason(tmp_path):
+    raw = _copy(tmp_path, WINDOWS_Q35)
+    (raw / "qabi/registers/index").write_text((raw / "qabi/registers/index").read_text()
+                                              .replace("0000:00:05.0 xhci", "0000:00:05.0 unread"))
+    (raw / "qabi/registers/0000:00:05.0/unread").write_text("an unassigned BAR behind a bridge\n")
+    entry = registers.decode(raw)["0000:00:05.0"]
+    assert entry == {"family": "unread", "label": "registers not read", "reason": "an unassigned BAR behind a bridge"}
+
+
 def _e820_of(raw: Path, size: int) -> None:
     (raw / "sys/firmware/qemu_fw_cfg/by_key/37/raw").write_bytes(b"\0" * size)
     (raw / "sys/firmware/qemu_fw_cfg/by_key/37/size").write_text(f"{size}\n")

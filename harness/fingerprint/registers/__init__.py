@@ -81,7 +81,13 @@ def families() -> dict[str, Family]:
 
     return {"virtio": virtio.decode, "e1000": e1000.decode, "xhci": xhci.decode, "ahci": ahci.decode,
             "hda": hda.decode, "bochs": vga.decode_bochs, "qxl": vga.decode_qxl,
-            "ich9_lpc": chipset.decode_lpc, "smbus": chipset.decode_smbus}
+            "ich9_lpc": chipset.decode_lpc, "smbus": chipset.decode_smbus, "unread": _unread}
+
+
+def _unread(files: Files) -> dict[str, Any]:
+    """A function qabi has a reader for but could not read (the transport says why)."""
+    reason = files.data("unread")[:200].decode("ascii", errors="backslashreplace").strip()
+    return {"label": "registers not read", "reason": reason}
 
 
 def collected(raw: Path) -> bool:

@@ -28,8 +28,9 @@ measured. Per function, records under /qabi/registers/<function>/ (see SCHEMA.md
   (8086:7113) `smbus` (host registers; never HOST_BLOCK_DB, whose read moves the block index) and
   for PIIX4 `pmio`.
 Afterwards every function read has its config space read again: a read that changed it (a BAR or
-COMMAND not written back) fails the capture. A function that has a family but could not be read (an unassigned BAR behind a bridge) gets an
-`unread` record with the reason; the records' `index` lists every function read.
+COMMAND not written back) fails the capture. A function that has a family but could not be read
+(an unassigned BAR behind a bridge) gets an `unread` record with the reason; the records' `index`
+lists every function and its family (`unread` for those).
 """
 
 from __future__ import annotations
@@ -361,6 +362,7 @@ def register_records(qt: Qtest, pci: list[Record], sizes: dict[tuple[int, int, i
             continue
         with mapped(qt, f, windows) as ok:
             if not ok:
+                index.append(f"{f.name} unread")
                 records.append(Record(f"{ROOT}/{f.name}/unread", b"an unassigned BAR behind a bridge\n"))
                 continue
             try:
