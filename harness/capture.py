@@ -260,7 +260,7 @@ def _fail(staging: Path, out: Path, exc: BaseException) -> None:
 # The inputs are recorded in the manifest (`inputs`), so the key is recomputed from what the capture
 # says it is on import and on every reuse: a capture filed under another build's key is never used.
 KEY_LENGTH = 24
-INPUT_FIELDS = ("qabi", "build", "firmware", "machine", "profile", "accel", "transport", "image")
+INPUT_FIELDS = ("qabi", "build", "firmware", "machine", "profile", "accel", "transport", "reads", "image")
 CAPTURE_NAME = re.compile(rf"(?P<machine>[A-Za-z0-9][A-Za-z0-9.+-]*)_(?P<profile>{PROFILE_NAME.pattern})"
                           rf"_(?P<key>[0-9a-f]{{{KEY_LENGTH}}})")
 
@@ -268,16 +268,25 @@ CAPTURE_NAME = re.compile(rf"(?P<machine>[A-Za-z0-9][A-Za-z0-9.+-]*)_(?P<profile
 def capture_inputs(plan: CapturePlan) -> dict[str, Any]:
     """Everything that decides what a capture contains, as its manifest records it: qabi's version,
     the binary's sha256, each firmware dir (portable) with the sha256 of its tree, the resolved
-    machine type, the profile file's sha256, the accelerator, the transport and the sha256 of what
-    boots (the firmware payload, the reference image or the user's image)."""
+    machine type, the profile file's sha256, the accelerator, the transport and what the host reads
+    through it, and the sha256 of what boots (the firmware payload, the reference image or the user's
+    image)."""
     build, profile = plan.build, plan.profile
     text = Path(profile.source).read_bytes() if profile.source else repr(profile).encode()
     return {
         "qabi": __version__, "build": build.sha256,
         "firmware": [{"dir": portable_path(d), "sha256": _firmware_sha256(d)} for d in build.firmware_dirs],
         "machine": plan.machine, "profile": hashlib.sha256(text).hexdigest(), "accel": plan.accel,
-        "transport": plan.access.transport, "image": _boot_sha256(plan),
+        "transport": plan.access.transport, "reads": transport_reads(plan.access.transport),
+        "image": _boot_sha256(plan),
     }
+
+
+def transport_reads(name: str) -> str:
+    """What the host itself reads in a capture by transport `name` (its `reads`, e.g. the firmware
+    transport's tables, PCI, fw_cfg and registers, with a version): a new reader makes new captures,
+    never a reused one that lacks what it reads. "" for a transport that only takes the guest's output."""
+    return str(getattr(get_transport(name), "reads", ""))
 
 
 def inputs_key(inputs: dict[str, Any]) -> str:

@@ -14,6 +14,12 @@ its raw inputs are files in a run's host-side directory (what QEMU says about th
 only when the run collected them (`--migrate`). The fingerprint stage decodes it only when that
 directory is given and holds its inputs; `compare()` compares it when both fingerprints have it,
 and refuses a pair where only one has it. A guest-side category missing stays an error.
+
+A guest-side category that some transports do not collect (`collected`: raw dir -> whether the
+capture has its inputs; registers and fw_cfg are read only at the firmware hand-off) is left out
+of a fingerprint whose capture lacks them, and the fingerprint's `source.not_collected` names it;
+`compare()` leaves it out of a pair where either side did not collect it, with a note saying so
+(category by category, as across transports). Where it was collected, it is compared like any.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ class Category:
     compare: Comparer
     policy: tuple[PolicyRule, ...] = ()   # severity rows for this category, first match wins
     host_side: bool = False            # raw inputs from the run's host-side dir, only with --migrate
+    collected: Callable[[Path], bool] | None = None   # a capture has its inputs (None: always)
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier() or not self.name.islower():
@@ -58,8 +65,9 @@ def _builtins() -> None:
     from harness.drift import host as host_drift
     from harness.drift import pci as pci_drift
     from harness.drift import policy
+    from harness.drift import registers as registers_drift
     from harness.drift import smbios as smbios_drift
-    from harness.fingerprint import acpi, cpuid, e820, host, pci, smbios
+    from harness.fingerprint import acpi, cpuid, e820, fwcfg, host, pci, registers, smbios
 
     for category in (
         Category("pci", "PCI", (pci.DEVICES,), pci.decode, pci_drift.compare, policy.PCI),
@@ -68,6 +76,10 @@ def _builtins() -> None:
         Category("smbios", "SMBIOS", (smbios.ENTRY_POINT_FILE, smbios.TABLE_FILE), smbios.decode,
                  smbios_drift.compare, policy.SMBIOS),
         Category("e820", "memory map (e820)", (str(e820.MEMMAP),), e820.decode, e820_drift.compare, policy.E820),
+        Category("registers", "device registers", (registers.ROOT,), registers.decode, registers_drift.compare,
+                 policy.REGISTERS, collected=registers.collected),
+        Category("fwcfg", "fw_cfg files", (fwcfg.ROOT,), fwcfg.decode, registers_drift.compare_fwcfg,
+                 policy.FWCFG, collected=fwcfg.collected),
         Category("migration", "live migration", (host.MIGRATION,), partial(host.decode_migration, guest=_decoders),
                  partial(host_drift.compare_migration, guest=_comparers), policy.MIGRATION, host_side=True),
         Category("vmstate", "migration schema (vmstate)", (host.VMSTATE,), host.decode_vmstate,
@@ -78,9 +90,10 @@ def _builtins() -> None:
         _REGISTRY.setdefault(category.name, category)
 
 
-def _decoders() -> dict[str, Decoder]:
-    """The guest-side decoders, for the migration category (the hardware seen after each leg)."""
-    return {name: c.decode for name, c in registry().items() if not c.host_side}
+def _decoders(raw: Path) -> dict[str, Decoder]:
+    """The decoders of the guest-side categories `raw` has the inputs of, for the migration category
+    (the hardware seen after each leg)."""
+    return {name: get(name).decode for name in collected_names(raw)}
 
 
 def _comparers() -> dict[str, Comparer]:
@@ -88,7 +101,7 @@ def _comparers() -> dict[str, Comparer]:
 
 
 def registry() -> dict[str, Category]:
-    """Every registered category by name, in registration order (the built-in eight first)."""
+    """Every registered category by name, in registration order (the built-in ten first)."""
     if not _REGISTRY:
         _builtins()
     return _REGISTRY
@@ -101,6 +114,12 @@ def names() -> tuple[str, ...]:
 def guest_names() -> tuple[str, ...]:
     """The guest-side categories: always in a fingerprint, decoded from a capture's raw/."""
     return tuple(name for name, c in registry().items() if not c.host_side)
+
+
+def collected_names(raw: Path) -> tuple[str, ...]:
+    """The guest-side categories a capture (its raw/ dir) has the inputs of."""
+    return tuple(name for name, c in registry().items()
+                 if not c.host_side and (c.collected is None or c.collected(raw)))
 
 
 def host_names() -> tuple[str, ...]:
@@ -142,5 +161,5 @@ def registered(category: Category) -> Iterator[Category]:
         unregister(category.name)
 
 
-__all__ = ["Category", "Comparer", "Decoder", "get", "guest_names", "host_names", "names", "register", "registered",
+__all__ = ["Category", "Comparer", "Decoder", "collected_names", "get", "guest_names", "host_names", "names", "register", "registered",
            "registry", "unregister"]

@@ -491,7 +491,8 @@ def decode_partial(path: Path) -> tuple[dict[str, Any], tuple[str, ...]] | None:
     try:
         from harness.fingerprint import fingerprint_capture
 
-        return fingerprint_capture(path), CATEGORIES
+        fp = fingerprint_capture(path)
+        return fp, tuple(c for c in CATEGORIES if c in fp)      # registers/fwcfg: firmware captures only
     except ImportError:
         pass
     try:
@@ -512,3 +513,18 @@ def decode_partial(path: Path) -> tuple[dict[str, Any], tuple[str, ...]] | None:
         fp[category] = module.decode(capture.raw)
         done.append(category)
     return (fp, tuple(done)) if done else None
+
+
+# -- registers and fw_cfg (read at the firmware hand-off) -------------------------------------------
+
+REGISTERS = DATA / "registers"
+
+
+def registers_fingerprint(name: str) -> dict[str, Any]:
+    """A fingerprint with the registers and fwcfg categories decoded from real bytes under
+    tests/data/registers/NAME/raw (what the firmware transport read; see its README)."""
+    from harness.fingerprint import SCHEMA_VERSION, fwcfg, registers
+
+    raw = REGISTERS / name / "raw"
+    return {"schema": SCHEMA_VERSION, "source": {"capture": str(REGISTERS / name), "transport": "firmware"},
+            "registers": registers.decode(raw), "fwcfg": fwcfg.decode(raw)}

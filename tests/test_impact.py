@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import DATA
-from drift_samples import cpuid_vcpus, set_cpuid_bit
+from drift_samples import cpuid_vcpus, registers_fingerprint, set_cpuid_bit
 
 from harness.drift import IMPACT, LEVELS, Drift, compare, groups, impact_for, impact_markdown, run_impact
 from harness.drift.impact import entry_of, facet_of, rule_for
@@ -36,15 +36,16 @@ def real(name: str) -> dict[str, Any]:
 WINDOWS_Q35 = "qemu-10.0-pc-q35-5.2-windows"
 
 
-def _mutate(edit: Callable[[dict[str, Any]], None], base: str = WINDOWS_Q35) -> Pair:
-    old = real(base)
+def _mutate(edit: Callable[[dict[str, Any]], None], base: str = WINDOWS_Q35,
+            load: Callable[[str], dict[str, Any]] = real) -> Pair:
+    old = load(base)
     new = copy.deepcopy(old)
     edit(new)
     return old, new
 
 
-def _pair(old: str, new: str) -> Pair:
-    return real(old), real(new)
+def _pair(old: str, new: str, load: Callable[[str], dict[str, Any]] = real) -> Pair:
+    return load(old), load(new)
 
 
 def _pci_of(fp: dict[str, Any], base: int) -> str:
@@ -162,7 +163,46 @@ CASES: dict[str, tuple[Callable[[], Pair], str]] = {
     "smbios-other": (lambda: _mutate(_set(["smbios", "32/0", "fields", "boot_status"], "Hardware failure")),
                      "fields.boot_status"),
     "e820": (lambda: _mutate(lambda fp: fp["e820"]["map"]["ranges"][3].update(end="0x1ffeffff")), "ranges[3].end"),
+    # registers and fw_cfg: real bytes (tests/data/registers); both sides real where a real pair exists
+    "registers-presence": (lambda: _regs(lambda fp: fp["registers"].pop("0000:00:04.0")), "(function)"),
+    "registers-not-compared": (lambda: _regs(lambda fp: fp["registers"]["0000:00:1f.0"]["not_compared"].update(
+        PM1_TMR="read")), "not_compared.PM1_TMR"),
+    # hw_compat_5_1: virtio-blk offers one queue on pc-q35-5.1, two on 5.2 (VIRTIO_BLK_F_MQ with them)
+    "virtio-features": (lambda: _regs_pair(REGS_52, REGS_51), "features.VIRTIO_BLK_F_MQ"),
+    # a QEMU whose hda-duplex reported another device ID: the windows sample, edited
+    "hda-codec-ids": (lambda: _regs(lambda fp: fp["registers"]["0000:00:04.0"]["codecs"]["0"].update(
+        device_id="0x0023")), "codecs.0.device_id"),
+    "nic-eeprom-mac": (lambda: _regs(lambda fp: fp["registers"]["0000:00:03.0"].update(eeprom_mac="52:54:00:a3:00:02")),
+                       "eeprom_mac"),
+    "registers": (lambda: _regs_pair(REGS_52, REGS_51), "num_queues"),
+    "fwcfg-derived": (lambda: _regs_pair(REGS_52, REGS_51), "sha256"),
+    # QEMU 10.0 (trixie) adds etc/boot/kernel for a -kernel boot; the files after it move one selector
+    "fwcfg-payload": (lambda: _regs_pair(REGS_BOOKWORM, REGS_TRIXIE), "(file)"),
+    # a QEMU that numbered its files otherwise: the windows sample, edited
+    "fwcfg-selector": (lambda: _regs(lambda fp: fp["fwcfg"]["(interface)"].update(selectors={"bootorder": "0x0021"})),
+                       "selectors"),
+    # pc_compat_5_1: no SMI CPU hotplug on pc-q35-5.1
+    "fwcfg": (lambda: _regs_pair(REGS_52, REGS_51), "decoded.features[1]"),
 }
+REGS_52, REGS_51 = "qemu-7.2.22-pc-q35-5.2-linux-virtio", "qemu-7.2.22-pc-q35-5.1-linux-virtio"
+REGS_BOOKWORM, REGS_TRIXIE = "qemu-7.2.22-pc-q35-7.2-linux-virtio", "qemu-10.0.13-pc-q35-7.2-linux-virtio"
+
+
+def _with_registers(name: str) -> dict[str, Any]:
+    """A whole fingerprint: the other categories of a real capture (the same on both sides of a
+    pair), the registers and fwcfg of the firmware-transport sample `name`."""
+    fp = real(WINDOWS_Q35)
+    fp.update({k: v for k, v in registers_fingerprint(name).items() if k in ("registers", "fwcfg")})
+    fp["source"].pop("not_collected", None)
+    return fp
+
+
+def _regs(edit: Callable[[dict[str, Any]], None]) -> Pair:
+    return _mutate(edit, "qemu-7.2.22-pc-q35-7.2-windows", _with_registers)
+
+
+def _regs_pair(old: str, new: str) -> Pair:
+    return _pair(old, new, _with_registers)
 
 
 def _bridged() -> Pair:

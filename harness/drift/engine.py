@@ -40,10 +40,24 @@ def check_fingerprint(fp: Any, side: str, categories: Iterable[str] | None = Non
                 raise QabiError(f"{name}: {category} entry {key!r} is not an object")
 
 
-def _present(cats: tuple[str, ...], old: Any, new: Any) -> tuple[str, ...]:
-    """`cats` without the host-side categories neither fingerprint has; one side only is an error."""
+def _transport(fp: Any) -> str:
+    source = fp.get("source") if isinstance(fp, dict) else None
+    return str(source.get("transport", "serial")) if isinstance(source, dict) else "serial"
+
+
+def _present(cats: tuple[str, ...], old: Any, new: Any, notes: list[str]) -> tuple[str, ...]:
+    """`cats` without the host-side categories neither fingerprint has (one side only is an error)
+    and without the categories a side's transport did not collect (a note says so)."""
     out = []
     for category in cats:
+        if not get(category).host_side and get(category).collected is not None:
+            lacking = [side for side, fp in (("old", old), ("new", new)) if isinstance(fp, dict) and category not in fp]
+            if lacking:
+                sides = " and ".join(f"the {side} capture ({_transport(old if side == 'old' else new)} transport)"
+                                     for side in lacking)
+                notes.append(f"{category}: not compared: {sides} did not collect it (only the firmware "
+                             "transport reads it)")
+                continue
         if get(category).host_side:
             has = [isinstance(fp, dict) and category in fp for fp in (old, new)]
             if not any(has):
@@ -66,8 +80,9 @@ def compare(old: dict[str, Any], new: dict[str, Any], waivers: Waivers | None = 
     for a fingerprint that is not schema 1 or lacks a compared category, and for a host-side
     category that only one of the two has (never compared as if it were unchanged)."""
     cats = tuple(names() if categories is None else categories)
+    notes: list[str] = []
     if categories is None:
-        cats = _present(cats, old, new)
+        cats = _present(cats, old, new, notes)
     unknown = [c for c in cats if c not in names()]
     if unknown:
         raise QabiError(f"unknown categor{'ies' if len(unknown) > 1 else 'y'} {', '.join(unknown)} "
@@ -75,7 +90,6 @@ def compare(old: dict[str, Any], new: dict[str, Any], waivers: Waivers | None = 
     check_fingerprint(old, "old", cats)
     check_fingerprint(new, "new", cats)
     drifts: list[Drift] = []
-    notes: list[str] = []
     for category in cats:
         try:
             a, b = old[category], new[category]

@@ -57,6 +57,8 @@ def compare_migration(old: dict[str, Any], new: dict[str, Any],
                                      "captured" if before else None, "captured" if after else None))
             continue
         for category, compare in guest().items():
+            if category not in before or category not in after:    # not collected by one probe run
+                continue
             for d in compare(before[category], after[category]):
                 path = f"{category}.{d.path}" if d.path else category
                 drifts.append(make_drift("migration", leg, f"migration {leg}: {d.subject}", path, d.old, d.new,

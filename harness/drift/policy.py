@@ -209,6 +209,73 @@ E820: tuple[PolicyRule, ...] = (
                "Memory map: ranges, sizes and types the guest kernel lays itself out in.",
                example=("map", "ranges[2].end")),
 )
+REGISTERS: tuple[PolicyRule, ...] = (
+    PolicyRule("registers", "(function)", "info",
+               "Registers of a function read on one side only: the function itself appearing or "
+               "disappearing is the pci category's drift.",
+               example=("0000:00:05.0", "(function)")),
+    PolicyRule("registers", "not_compared.*", "info",
+               "What is read but left out of the values, or deliberately not read, with the reason: "
+               "registers that change by themselves (PM timer, TCO timer, HDA wall clock, QXL mm_clock), "
+               "status bits set by events (PM1_STS, GPE0_STS, SMI_STS, TCO1/2_STS, SMBus HST_STS, AHCI IS, "
+               "HDA INTSTS), driver state the firmware wrote (virtio device_status, driver_feature, "
+               "msix_config, queue_enable, config_generation), and registers a read would change "
+               "(virtio ISR, e1000 ICR and statistics, SMBus HOST_BLOCK_DB). HDA codec verbs are sent "
+               "last, through ICW/ICS with GCTL.CRST left as the firmware left it (QEMU answers in "
+               "reset); IRR keeps the last response.",
+               example=("0000:00:1f.0", "not_compared.PM1_TMR")),
+    PolicyRule("registers", "features.*", "break",
+               "A virtio feature bit offered or withdrawn (by its specification name): the driver "
+               "negotiates it, and live migration needs the destination to offer a superset of what "
+               "the guest accepted.",
+               example=("0000:00:04.0", "features.VIRTIO_F_RING_RESET")),
+    PolicyRule("registers", "device_feature", "info",
+               "The 64 feature bits as one number: each changed bit is its own drift under features.",
+               example=("0000:00:04.0", "device_feature")),
+    PolicyRule("registers", "{num_queues,queue_sizes,config.num_queues,config.max_virtqueue_pairs}",
+               "break",
+               "virtio queues: how many and each one's size (queue_sizes, in queue order, repeats folded: "
+               "`256 ×2, 64`); the driver sizes its rings by them and its queues and "
+               "interrupt vectors by them, and migration carries per-queue state.",
+               example=("0000:00:04.0", "num_queues")),
+    PolicyRule("registers", "{eeprom.*,eeprom_mac}", "break",
+               "Intel NIC EEPROM words: MAC, PBA, subsystem and device IDs the driver (and Windows' "
+               "inf) reads, init control words.",
+               example=("0000:00:03.0", "eeprom.subsystem_id")),
+    PolicyRule("registers", "codecs.*.{vendor_id,device_id,nodes.*.subsystem_id,nodes.*.revision_id}", "break",
+               "HDA codec vendor, device, subsystem and revision IDs: the HDAUDIO\\FUNC_01&VEN_&DEV_&SUBSYS_ "
+               "hardware ID Windows binds its codec driver on; Linux's snd-hda codec driver matches the "
+               "vendor ID.",
+               example=("0000:00:04.0", "codecs.0.device_id")),
+    PolicyRule("registers", "{HCSPARAMS1.fields.MaxPorts,extended_capabilities*}", "break",
+               "xHCI root hub ports and supported protocols: USB devices move to other ports (Windows "
+               "enumerates them anew).",
+               example=("0000:00:05.0", "HCSPARAMS1.fields.MaxPorts")),
+    PolicyRule("registers", "*", "warn",
+               "Any other device register or configuration field (virtio device configuration, NIC, "
+               "xHCI, AHCI, HDA, VGA/QXL, chipset registers at reset): drivers read them at probe.",
+               example=("0000:00:04.0", "config.seg_max")),
+)
+FWCFG: tuple[PolicyRule, ...] = (
+    PolicyRule("fwcfg", "selectors*", "info",
+               "How the files are numbered (QEMU: from 0x20 in name order, so a selector follows from "
+               "the names): the firmware and the guest find files by name in the directory.",
+               entry="(interface)", example=("(interface)", "selectors")),
+    PolicyRule("fwcfg", "{sha256,size}", "info",
+               "ACPI and SMBIOS blobs and the table loader: their tables are decoded and compared by "
+               "the acpi and smbios categories; the -kernel boot ROM is there because qabi boots its "
+               "payload with -kernel.",
+               entry="{etc/acpi/*,etc/table-loader,etc/smbios/*,genroms/linuxboot*}",
+               example=("etc/acpi/tables", "sha256")),
+    PolicyRule("fwcfg", "*", "info",
+               "Files that carry the -kernel payload (QEMU >= 10.0 adds etc/boot/kernel): there only "
+               "because qabi boots its payload with -kernel; listed by name and size, content not read.",
+               entry="etc/boot/*", example=("etc/boot/kernel", "(file)")),
+    PolicyRule("fwcfg", "*", "warn",
+               "A fw_cfg file added, removed or changed (by name): the firmware acts on it (SMI "
+               "features, boot order, e820, option ROMs) and a guest may read it.",
+               example=("etc/msr_feature_control", "(file)")),
+)
 MIGRATION: tuple[PolicyRule, ...] = (
     PolicyRule("migration", "*", "break",
                "Live migration (--migrate): a leg that failed (the destination refused the stream, naming "

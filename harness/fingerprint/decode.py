@@ -35,7 +35,12 @@ def fingerprint_capture(capture: Capture | Path | str, categories: tuple[str, ..
     }
     for category in names() if categories is None else categories:
         cat = get(category)
-        if not cat.host_side:
+        if not cat.host_side and cat.collected is not None and not cat.collected(capture.raw):
+            if categories is not None:
+                raise QabiError(f"{capture.path}: no {category!r} data (the {out['source']['transport']} "
+                                "transport does not collect it)")
+            out["source"].setdefault("not_collected", []).append(category)
+        elif not cat.host_side:
             out[category] = cat.decode(capture.raw)
         elif host is not None and all((host / r).exists() for r in cat.raw):
             out[category] = cat.decode(host)

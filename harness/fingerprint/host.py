@@ -41,10 +41,10 @@ def _load(path: Path) -> dict[str, Any]:
     return data
 
 
-def decode_migration(host: Path, guest: Callable[[], Mapping[str, Callable[[Path], Any]]]) -> dict[str, Any]:
+def decode_migration(host: Path, guest: Callable[[Path], Mapping[str, Callable[[Path], Any]]]) -> dict[str, Any]:
     """Per leg: status, error, section, device, source, destination, seconds, and `hardware`
-    (every guest-side category decoded from the leg's probe run with `guest()`'s decoders, which the
-    registry hands in; None when there was none)."""
+    (every guest-side category the leg's probe run collected, decoded with `guest(folder)`'s decoders,
+    which the registry hands in; None when there was none)."""
     out: dict[str, Any] = {}
     for leg, entry in _load(host / MIGRATION).items():
         if entry.get("status") not in ("ok", "failed"):
@@ -56,7 +56,7 @@ def decode_migration(host: Path, guest: Callable[[], Mapping[str, Callable[[Path
             folder = (host / leg / str(raw)).resolve()
             if not folder.is_relative_to(host.resolve()) or not folder.is_dir():
                 raise DecodeError(MIGRATION, None, f"leg {leg!r}: probe run {raw!r} is not in {host}")
-            hardware = {name: decode(folder) for name, decode in guest().items()}
+            hardware = {name: decode(folder) for name, decode in guest(folder).items()}
         decoded["hardware"] = hardware
         out[str(leg)] = decoded
     return out

@@ -65,8 +65,12 @@ class TransportResult:
 
 
 class Transport(Protocol):
+    """`name` and `needs_nic` (reaches the guest over its first NIC); a transport whose host side reads
+    the VM itself also says what it reads (`reads`, a versioned string: a capture input, so a new
+    reader never reuses an old capture)."""
+
     name: str
-    needs_nic: bool          # reaches the guest over its first NIC
+    needs_nic: bool
 
     def setup(self, plan: CapturePlan, workdir: Path, console_log: Path) -> Setup: ...
 

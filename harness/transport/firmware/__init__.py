@@ -24,7 +24,10 @@ the results at 0x30000 and halts. The host then reads, over the qtest line proto
   (legacy IDE ranges, the boot VGA's shadowed ROM);
 - CPUID of vCPU0 as /dev/cpu/0/cpuid, the leaves and subleaves the guest probe keeps (only the
   boot vCPU runs the payload: manifest `probe.cpuid_vcpus` is "0");
-- the memory map as /sys/firmware/memmap/N, after Linux's e820 sanitizing.
+- the memory map as /sys/firmware/memmap/N, after Linux's e820 sanitizing;
+- then, after everything above (so nothing here changes what it measured), what drivers read:
+  fw_cfg's directory and files (fwcfg.py) and the registers behind each function's BARs
+  (registers.py, through bars.py).
 
 The records have the guest probe's paths, so capture() writes the same bundle.
 """
@@ -40,9 +43,12 @@ from typing import TYPE_CHECKING
 from harness.errors import CaptureError
 from harness.qemu.process import spawn
 from harness.transport.base import Session, Setup, TransportResult, early_exit_error
+from harness.transport.firmware.bars import scratch_ram
+from harness.transport.firmware.fwcfg import fwcfg_records
 from harness.transport.firmware.pci import _mcfg_base, pci_records, qmp_query_pci
 from harness.transport.firmware.qtest import Memory, Qtest
 from harness.transport.firmware.records import cpuid_record, memmap_records, sanitize_e820
+from harness.transport.firmware.registers import register_records
 from harness.transport.firmware.seabios import MARKER, PAYLOAD, RESULT, payload_sha256, read_payload
 from harness.transport.firmware.tables import acpi_records, smbios_records
 from harness.transport.framing import Record
@@ -52,6 +58,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PAYLOAD",
+    "READS",
     "TRANSPORT",
     "FirmwareTransport",
     "Memory",
@@ -62,6 +69,9 @@ __all__ = [
 ]
 
 QTEST_SOCKET = "qtest.sock"
+READS = "tables, pci, fw_cfg, registers 1"
+"""What the host reads at the hand-off (part of a firmware capture's cache key: a capture made by a
+reader that read less is never reused as if it had read this)."""
 CONSOLE = "console.out"
 
 
@@ -70,6 +80,7 @@ class FirmwareTransport:
 
     name = "firmware"
     needs_nic = False
+    reads = READS
 
     def setup(self, plan: CapturePlan, workdir: Path, console_log: Path) -> Setup:
         digest = payload_sha256()
@@ -122,8 +133,15 @@ def run(argv: list[str], env: dict[str, str], workdir: Path, console_log: Path, 
                 smbios = smbios_records(qt, mem)
                 sizes = qmp_query_pci(workdir / "qmp.sock", deadline, alive)
                 pci = pci_records(qt, _mcfg_base(acpi), sizes)
+                timings["tables_and_pci"] = round(time.monotonic() - started - timings["boot_to_handoff"], 3)
+                mark = time.monotonic()
+                fwcfg = fwcfg_records(qt, scratch_ram(result.e820))
+                timings["fw_cfg"] = round(time.monotonic() - mark, 3)
+                mark = time.monotonic()
+                registers = register_records(qt, pci, sizes)
+                timings["registers"] = round(time.monotonic() - mark, 3)
                 records = [*acpi, *smbios, *pci, Record("/dev/cpu/0/cpuid", cpuid_record(result.cpuid)),
-                           *memmap_records(result.e820)]
+                           *memmap_records(result.e820), *fwcfg, *registers]
             timings["transfer"] = round(time.monotonic() - started - timings["boot_to_handoff"], 3)
     finally:
         listener.close()

@@ -78,10 +78,11 @@ class Qtest:
             out.append(line[2:].strip())
         return out
 
-    def read(self, addr: int, length: int) -> bytes:
+    def read(self, addr: int, length: int, before: tuple[str, ...] = ()) -> bytes:
+        """`length` bytes at `addr`, after the commands `before` (one round trip for all)."""
         if length <= 0:
             return b""
-        (reply,) = self.batch([f"b64read {addr:#x} {length:#x}"])
+        reply = self.batch([*before, f"b64read {addr:#x} {length:#x}"])[-1]
         try:
             data = base64.b64decode(reply, validate=True)
         except ValueError:
@@ -93,13 +94,41 @@ class Qtest:
     def readl(self, addr: int) -> int:
         return int(self.batch([f"readl {addr:#x}"])[0], 16)
 
+    def write(self, addr: int, data: bytes) -> None:
+        """Guest memory (or MMIO) at `addr` := `data`."""
+        if data:
+            self.batch([self.write_command(addr, data)])
+
+    @staticmethod
+    def write_command(addr: int, data: bytes) -> str:
+        return f"b64write {addr:#x} {len(data):#x} {base64.b64encode(data).decode()}"
+
+    def values(self, commands: list[str]) -> list[int]:
+        """Run `commands` (reads and writes: `readl A`, `inb P`, `writew A V`, `outl P V` …) and
+        return the value of each read, in order (a write answers a bare OK and gives none)."""
+        replies = self.batch(commands)
+        out = []
+        for cmd, reply in zip(commands, replies, strict=True):
+            if cmd.startswith(("read", "in")):
+                try:
+                    out.append(int(reply, 16))
+                except ValueError:
+                    raise CaptureError(f"qtest sent a malformed reply to {cmd!r}: {reply[:40]!r}") from None
+        return out
+
     def config_dwords(self, bdf: int, count: int = 64) -> bytes:
         """The first 4*count bytes of a function's config space, through CF8/CFC."""
+        return self.configs([bdf], count)[0]
+
+    def configs(self, bdfs: list[int], count: int = 64) -> list[bytes]:
+        """config_dwords of several functions in one round trip."""
         cmds = []
-        for i in range(count):
-            cmds += [f"outl 0xcf8 {0x80000000 | bdf << 8 | i * 4:#x}", "inl 0xcfc"]
+        for bdf in bdfs:
+            for i in range(count):
+                cmds += [f"outl 0xcf8 {0x80000000 | bdf << 8 | i * 4:#x}", "inl 0xcfc"]
         replies = self.batch(cmds)
-        return b"".join(struct.pack("<I", int(replies[2 * i + 1], 16) & 0xFFFFFFFF) for i in range(count))
+        dwords = [struct.pack("<I", int(replies[2 * i + 1], 16) & 0xFFFFFFFF) for i in range(count * len(bdfs))]
+        return [b"".join(dwords[n * count:(n + 1) * count]) for n in range(len(bdfs))]
 
 
 E820_RAM, E820_RESERVED, E820_ACPI, E820_NVS = 1, 2, 3, 4
