@@ -147,40 +147,37 @@ def pci_records(qt: Qtest, ecam: int | None, sizes: dict[tuple[int, int, int], d
     vga_done = False
     while pending:
         bus = pending.pop(0)
-        for dev in range(32):
-            functions = 1
-            fn = 0
-            while fn < functions:
-                bdf = bus << 8 | dev << 3 | fn
-                fn += 1
-                ident = qt.config_dwords(bdf, 1)
-                if ident[:2] in (b"\xff\xff", b"\x00\x00"):
-                    if fn == 1:
-                        break
-                    continue
-                config = qt.config_dwords(bdf)
-                if fn == 1 and config[0x0E] & 0x80:
-                    functions = 8
-                if ecam is not None and _find_cap(config, 0x10) is not None:
-                    ext = qt.read(ecam + (bdf << 12), 4096)
-                    if ext[0x100:0x104] != b"\xff\xff\xff\xff":
-                        config = config + ext[256:]
-                class_code = config[0x0B] << 8 | config[0x0A]
-                command = struct.unpack_from("<H", config, 4)[0]
-                boot_vga = False
-                if class_code == 0x0300 and command & 3 and not vga_done:
-                    boot_vga = vga_done = True
-                where = f"/sys/bus/pci/devices/0000:{bus:02x}:{dev:02x}.{fn - 1}"
-                records.append(Record(f"{where}/config", config))
-                records.append(Record(f"{where}/resource",
-                                      resource_text(config, sizes.get((bus, dev, fn - 1), {}), boot_vga)))
-                if config[0x0E] & 0x7F == 1:
-                    secondary = config[0x19]
-                    if secondary in seen or secondary <= bus:
-                        raise CaptureError(f"PCI bridge {where[21:]} leads to bus {secondary:#04x}, which was "
-                                           "already scanned: a looping bridge chain")
-                    if len(seen) >= MAX_BUSES:
-                        raise CaptureError(f"more than {MAX_BUSES} PCI buses")
-                    seen.add(secondary)
-                    pending.append(secondary)
+        # a bus in three round trips: function 0 of every slot (id, header type), the other functions
+        # of multi-function slots, then the config space of every function present
+        heads = qt.configs([bus << 8 | dev << 3 for dev in range(32)], 4)
+        present = [(dev, 0) for dev, head in enumerate(heads) if head[:2] not in (b"\xff\xff", b"\x00\x00")]
+        multi = [(dev, fn) for dev, _ in present if heads[dev][0x0E] & 0x80 for fn in range(1, 8)]
+        if multi:
+            ids = qt.configs([bus << 8 | dev << 3 | fn for dev, fn in multi], 1)
+            present += [slot for slot, ident in zip(multi, ids, strict=True) if ident[:2] not in (b"\xff\xff", b"\x00\x00")]
+        present.sort()
+        for (dev, fn), config in zip(present, qt.configs([bus << 8 | dev << 3 | fn for dev, fn in present]),
+                                     strict=True):
+            bdf = bus << 8 | dev << 3 | fn
+            if ecam is not None and _find_cap(config, 0x10) is not None:
+                ext = qt.read(ecam + (bdf << 12), 4096)
+                if ext[0x100:0x104] != b"\xff\xff\xff\xff":
+                    config = config + ext[256:]
+            class_code = config[0x0B] << 8 | config[0x0A]
+            command = struct.unpack_from("<H", config, 4)[0]
+            boot_vga = False
+            if class_code == 0x0300 and command & 3 and not vga_done:
+                boot_vga = vga_done = True
+            where = f"/sys/bus/pci/devices/0000:{bus:02x}:{dev:02x}.{fn}"
+            records.append(Record(f"{where}/config", config))
+            records.append(Record(f"{where}/resource", resource_text(config, sizes.get((bus, dev, fn), {}), boot_vga)))
+            if config[0x0E] & 0x7F == 1:
+                secondary = config[0x19]
+                if secondary in seen or secondary <= bus:
+                    raise CaptureError(f"PCI bridge {where[21:]} leads to bus {secondary:#04x}, which was "
+                                       "already scanned: a looping bridge chain")
+                if len(seen) >= MAX_BUSES:
+                    raise CaptureError(f"more than {MAX_BUSES} PCI buses")
+                seen.add(secondary)
+                pending.append(secondary)
     return records
