@@ -28,6 +28,7 @@ from harness.qemu.process import private_dir
 from harness.transport.base import Session, get_transport
 from harness.transport.framing import write_raw
 from harness.transport.launch import check_accel, qemu_argv
+from harness.transport.platform import platform
 
 MANIFEST = "manifest.json"
 DEFAULT_TIMEOUT = 180.0
@@ -271,7 +272,7 @@ def _capture(plan: CapturePlan, transport: Any, out: Path, staging: Path) -> Cap
     try:
         shutil.rmtree(staging, ignore_errors=True)
         (staging / "raw").mkdir(parents=True)
-        with private_dir() as work:
+        with private_dir() as work, platform(plan, work):
             setup = transport.setup(plan, work, console_log)
             argv = qemu_argv(plan, work, setup)
             result = transport.run(Session(argv, plan.build.environ(), work, console_log, plan.timeout, setup))

@@ -45,6 +45,7 @@ from harness.matrix.shard import Shard, check_shard, select
 from harness.qemu import QemuBuild, resolve
 from harness.report import Migration, Run, RunSet, RunStatus, ShardInfo
 from harness.transport.launch import check_accel
+from harness.transport.platform import platform_key
 
 VERSIONED = re.compile(r"pc-(i440fx|q35)-(\d+)\.(\d+)")
 
@@ -119,7 +120,7 @@ def capture_key(plan: CapturePlan) -> str:
         "qabi": __version__, "sha256": build.sha256, "firmware": [_portable(d) for d in build.firmware_dirs],
         "profile": Path(profile.source).read_text() if profile.source else repr(profile),
         "machine": plan.machine, "accel": plan.accel, "image": image.sha256 if image else None,
-        **access.key_parts(plan.user_image),
+        **access.key_parts(plan.user_image), **platform_key(plan),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
