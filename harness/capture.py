@@ -244,6 +244,9 @@ def plan_capture(build: QemuBuild, profile: GuestProfile, machine: str, accel: s
         raise QabiError(f"--timeout must be a positive number of seconds, not {timeout}")
     transport = get_transport(access.transport)
     resolved = resolve_machine(build, machine)
+    if not profile.applies_to(resolved):
+        raise QabiError(f"guest profile '{profile.name}' runs on {', '.join(profile.families)} machine types "
+                        f"only, not on {resolved}")
     check_supported(profile, resolved, frozenset(build.info().devices))
     if transport.needs_nic and not profile.nics_for(resolved):
         raise UnsupportedError(f"profile '{profile.name}' has no NIC, so the {transport.name} transport cannot "

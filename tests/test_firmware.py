@@ -19,8 +19,8 @@ from harness.fingerprint import fingerprint_capture
 from harness.guest.profile import load_profile, profile_names
 from harness.qemu import resolve
 from harness.transport import firmware
-from harness.transport.firmware import seabios
 from harness.transport.base import get_transport
+from harness.transport.firmware import seabios
 
 REPO = Path(__file__).resolve().parents[1]
 FIRMWARE = GuestAccess(transport="firmware")

@@ -17,6 +17,9 @@
  *   +0x10 u32 descriptor size                +0x14 u32 descriptor version
  *   +0x18 u32 configuration-table entries    +0x1c u32 variables
  *   +0x20 u32 status (bit 0: the memory map did not fit)
+ *   +0x24 u32 the system table's revision (UEFI version)
+ *   +0x28 u32 the firmware revision      +0x2c u32 firmware vendor length (UTF-16 units, <= 128)
+ *   +0x30 firmware vendor (UTF-16, at most 128 units)
  *   +0x100 configuration table, 24 bytes each: GUID (16), pointer (u64); at most 64
  *   +0x800 variables, 16 bytes each: attributes, size, offset of the bytes, EFI status (low 32)
  *   +0x1000 cpuid entries, 24 bytes each: leaf, subleaf, eax, ebx, ecx, edx; at most 768
@@ -135,6 +138,19 @@ static void record_vars(EFI_SYSTEM_TABLE *st)
     put32(0x1c, (UINT32)(sizeof(names) / sizeof(names[0])));
 }
 
+static void record_firmware(EFI_SYSTEM_TABLE *st)
+{
+    UINT32 n = 0;
+    CHAR16 *vendor = st->FirmwareVendor;
+    put32(0x24, st->Hdr.Revision);
+    put32(0x28, st->FirmwareRevision);
+    while (vendor && n < 128 && vendor[n]) {
+        *(CHAR16 *)(result + 0x30 + 2 * n) = vendor[n];
+        n++;
+    }
+    put32(0x2c, n);
+}
+
 static void record_memmap(EFI_SYSTEM_TABLE *st)
 {
     UINTN size = MEMMAP_MAX, key = 0, desc_size = 0;
@@ -163,6 +179,7 @@ EFI_STATUS efi_main(EFI_HANDLE image, EFI_SYSTEM_TABLE *st)
     SetMem(result, RESULT_PAGES * 4096, 0);
     put32(0x04, 1);
     record_cpuid();
+    record_firmware(st);
     record_config(st);
     record_vars(st);
     for (i = 0; i < sizeof(MAILBOXES) / sizeof(MAILBOXES[0]); i++) {

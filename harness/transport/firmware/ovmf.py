@@ -38,6 +38,7 @@ SECURITY_DB_GUID = "d719b2cb-3d3a-4596-a3bc-dad00e67656f"
 EFIVARS = "/sys/firmware/efi/efivars"
 MEMMAP_FILE = "/sys/firmware/efi/qabi/memmap"
 CONFIG_TABLE_FILE = "/sys/firmware/efi/qabi/config_table"
+FIRMWARE_FILE = "/sys/firmware/efi/qabi/firmware"        # the system table's vendor and revisions
 
 # configuration-table GUIDs, by the names the capture files carry
 ACPI20 = uuid.UUID("8868e871-e4f1-11d3-bc22-0080c73c8881")
@@ -90,12 +91,12 @@ def efi_e820(memmap: bytes, desc_size: int) -> list[tuple[int, int, int]]:
 
 def read_probe(qt: Qtest, addr: int) -> HandOff:
     buf = qt.read(addr, 0x10000)
-    marker, version, n_cpuid, mm_bytes, desc_size, desc_version, n_config, n_vars, status = \
-        struct.unpack_from("<9I", buf)
+    marker, version, n_cpuid, mm_bytes, desc_size, desc_version, n_config, n_vars, status, uefi_rev, \
+        fw_rev, vendor_len = struct.unpack_from("<12I", buf)
     if marker != MARKER or version != 1:
         raise CaptureError(f"the EFI probe's result has marker {marker:#x} version {version} (this qabi reads 1)")
     if n_cpuid > MAX_CPUID or n_config > MAX_CONFIG or n_vars != len(VARS) or mm_bytes > MEMMAP_MAX \
-            or not 40 <= desc_size <= 256 or status & 1:
+            or not 40 <= desc_size <= 256 or status & 1 or vendor_len > 128:
         raise CaptureError(f"the EFI probe wrote absurd counts ({n_cpuid} cpuid, {n_config} config entries, "
                            f"{n_vars} variables, memory map {mm_bytes} bytes / {desc_size}, status {status})")
     cpuid, _order = cpuid_from_entries(buf[0x1000:0x1000 + 24 * n_cpuid], n_cpuid)
@@ -108,8 +109,11 @@ def read_probe(qt: Qtest, addr: int) -> HandOff:
         if guid in CONFIG_NAMES:
             config.setdefault(CONFIG_NAMES[guid], pointer)
     memmap = buf[MEMMAP_AT:MEMMAP_AT + mm_bytes]
+    vendor = buf[0x30:0x30 + 2 * vendor_len].decode("utf-16-le", errors="replace")
+    firmware = f"vendor={vendor!r}\nrevision={fw_rev:#x}\nuefi_revision={uefi_rev >> 16}.{uefi_rev & 0xFFFF}\n"
     records = [Record(MEMMAP_FILE, struct.pack("<II", desc_size, desc_version) + memmap),
-               Record(CONFIG_TABLE_FILE, ("\n".join(table_lines) + "\n").encode())]
+               Record(CONFIG_TABLE_FILE, ("\n".join(table_lines) + "\n").encode()),
+               Record(FIRMWARE_FILE, firmware.encode("utf-8"))]
     for i, name in enumerate(VARS):
         attr, size, offset, var_status = struct.unpack_from("<4I", buf, 0x800 + 16 * i)
         if var_status == EFI_NOT_FOUND:
