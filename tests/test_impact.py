@@ -59,6 +59,15 @@ def _uefi(edit: Callable[[dict[str, Any]], None]) -> Pair:
     return old, new
 
 
+def _hyperv_pair() -> Pair:
+    cpu = {"Skylake-Client-v4-x86_64-cpu": {"type": "Skylake-Client-v4-x86_64-cpu", "pci": False,
+                                            "props": {"hv-spinlocks": 4294967295, "hv-relaxed": False}}}
+    old, new = _mutate(lambda fp: fp.update(hyperv=copy.deepcopy(cpu)))
+    old["hyperv"] = copy.deepcopy(cpu)
+    new["hyperv"]["Skylake-Client-v4-x86_64-cpu"]["props"]["hv-spinlocks"] = 8191
+    return old, new
+
+
 def _add_tpm2(fp: dict[str, Any]) -> None:
     from harness.fingerprint.acpi import decode_table
     from harness.fingerprint.binary import Blob
@@ -187,6 +196,7 @@ CASES: dict[str, tuple[Callable[[], Pair], str]] = {
                      "fields.boot_status"),
     "e820": (lambda: _mutate(lambda fp: fp["e820"]["map"]["ranges"][3].update(end="0x1ffeffff")), "ranges[3].end"),
     "acpi-tpm-presence": (lambda: _mutate(_add_tpm2), ""),
+    "hyperv": (lambda: _hyperv_pair(), "hv-spinlocks"),
     "uefi-secure-boot": (lambda: _uefi(lambda fp: fp["uefi"]["secure_boot"].update(SecureBoot=0)), "SecureBoot"),
     "uefi-keys": (lambda: _uefi(lambda fp: fp["uefi"]["keys/db"]["entries"].pop()), "entries[2]"),
     "uefi-firmware": (lambda: _uefi(lambda fp: fp["uefi"]["firmware"].update(revision="0x10001")), "revision"),

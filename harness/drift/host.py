@@ -24,11 +24,13 @@ new properties are one entry, not 190 lines, in text, HTML and pytest messages a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from harness.drift.common import make_drift, presence_drift
 from harness.drift.model import Change, Drift
 from harness.drift.policy import rule_for
+from harness.fingerprint.host import is_hyperv_prop
 
 BOTH, FORWARD, ROLLBACK, COMPATIBLE = "breaks-both", "breaks-old-to-new", "breaks-new-to-old", "compatible"
 ONE_DUMP = "one-dump"
@@ -205,34 +207,46 @@ def compare_vmstate(old: dict[str, Any], new: dict[str, Any]) -> list[Drift]:
 # -- props -------------------------------------------------------------------------------------------
 
 def compare_props(old: dict[str, Any], new: dict[str, Any]) -> list[Drift]:
+    """Every device's QOM properties but a vCPU's hv-* ones (the `hyperv` category's)."""
+    return _compare_properties("props", old, new, lambda entry, name: not is_hyperv_prop(entry, name))
+
+
+def compare_hyperv(old: dict[str, Any], new: dict[str, Any]) -> list[Drift]:
+    """A vCPU's hv-* properties (harness/fingerprint/host.py decode_hyperv)."""
+    return _compare_properties("hyperv", old, new, is_hyperv_prop)
+
+
+def _compare_properties(category: str, old: dict[str, Any], new: dict[str, Any],
+                        keep: Callable[[dict[str, Any], str], bool]) -> list[Drift]:
     drifts: list[Drift] = []
     for key in sorted(old.keys() | new.keys()):
         a, b = old.get(key), new.get(key)
-        subject = f"props {key}"
+        subject = f"{category} {key}"
         if a is None or b is None:
-            drifts.append(presence_drift("props", key, subject, (a or b or {}).get("type"), added=a is None,
+            drifts.append(presence_drift(category, key, subject, (a or b or {}).get("type"), added=a is None,
                                          path="(device)"))
             continue
-        pa, pb = a.get("props") or {}, b.get("props") or {}
+        pa = {k: v for k, v in (a.get("props") or {}).items() if keep(a, k)}
+        pb = {k: v for k, v in (b.get("props") or {}).items() if keep(b, k)}
         singles: list[Drift] = []
         for name in sorted(pa.keys() | pb.keys()):
             if name in pa and name in pb:
                 if pa[name] != pb[name]:
-                    singles.append(make_drift("props", key, subject, name, pa[name], pb[name]))
+                    singles.append(make_drift(category, key, subject, name, pa[name], pb[name]))
             elif name in pa:
-                singles.append(make_drift("props", key, subject, f"only-old.{name}", pa[name], None, "removed"))
+                singles.append(make_drift(category, key, subject, f"only-old.{name}", pa[name], None, "removed"))
             else:
-                singles.append(make_drift("props", key, subject, f"only-new.{name}", None, pb[name], "added"))
-        drifts += _fold_props(key, subject, singles)
+                singles.append(make_drift(category, key, subject, f"only-new.{name}", None, pb[name], "added"))
+        drifts += _fold_props(category, key, subject, singles)
     return drifts
 
 
-def _fold_props(key: str, subject: str, singles: list[Drift]) -> list[Drift]:
+def _fold_props(category: str, key: str, subject: str, singles: list[Drift]) -> list[Drift]:
     """One drift per (policy row, kind of change) of a device: the first property's path with
     `(+N more)`, old and new as {property: value}, every name in the detail."""
     buckets: dict[tuple[str, Change, str], list[Drift]] = {}
     for d in singles:
-        buckets.setdefault((rule_for("props", key, d.path).doc, d.change, d.severity), []).append(d)
+        buckets.setdefault((rule_for(category, key, d.path).doc, d.change, d.severity), []).append(d)
     out: list[Drift] = []
     for (_doc, change, _severity), group in buckets.items():
         if len(group) == 1:
@@ -240,7 +254,7 @@ def _fold_props(key: str, subject: str, singles: list[Drift]) -> list[Drift]:
             continue
         prefix = {"added": "only-new.", "removed": "only-old."}.get(change, "")
         names = [d.path.removeprefix(prefix) for d in group]
-        folded = make_drift("props", key, subject, f"{group[0].path} (+{len(group) - 1} more)",
+        folded = make_drift(category, key, subject, f"{group[0].path} (+{len(group) - 1} more)",
                             None if change == "added" else {n: d.old for n, d in zip(names, group, strict=True)},
                             None if change == "removed" else {n: d.new for n, d in zip(names, group, strict=True)},
                             change, detail=f"{len(group)} properties: {', '.join(names)}")
