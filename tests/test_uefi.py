@@ -196,3 +196,49 @@ def _compare_uefi(old: dict, new: dict):
     from harness.drift.impact import impact_for
 
     return [replace(d, impact=impact_for(d)) for d in get("uefi").compare(old, new)]
+
+
+# -- real QEMU under TCG ----------------------------------------------------------------------------
+def _swtpm_pids() -> set[int]:
+    out = subprocess.run(["pgrep", "-x", "swtpm"], capture_output=True, text=True, timeout=10).stdout
+    return {int(p) for p in out.split()}
+
+
+@pytest.mark.integration
+def test_windows_11_captures_under_ovmf_with_secure_boot_tpm_and_smm(tmp_path):
+    """The must-show capture: trixie, pc-q35-9.2, win11 (OVMF Secure Boot with the Microsoft keys and the
+    probe's test key, SMM, TPM CRB on swtpm, Hyper-V): the TPM2 table, MSFT0101, OVMF's SMBIOS and
+    the Secure Boot state are in its fingerprint; swtpm is gone afterwards."""
+    from harness.capture import capture
+    from harness.fingerprint import fingerprint_capture
+
+    before = _swtpm_pids()
+    build = resolve("debian:trixie")
+    cap = capture(plan_capture(build, load_profile("win11"), "pc-q35-9.2", timeout=120), tmp_path / "cap")
+    assert _swtpm_pids() <= before                               # killed with QEMU
+    argv = cap.manifest["argv"]
+    assert "pc-q35-9.2,smm=on,hpet=off" in argv and "driver=cfi.pflash01,property=secure,value=on" in argv
+    assert any(a.endswith("OVMF_CODE_4M.secboot.fd") and "readonly=on" in a for a in argv)
+    assert cap.manifest["build"]["ovmf"]["package_version"].startswith("2025.02")
+    fp = fingerprint_capture(cap)
+    assert fp["acpi"]["TPM2"]["fields"]["start_method_name"] == "CRB"
+    assert any(d.get("hid") == "MSFT0101" for d in fp["acpi"]["DSDT"]["devices"].values())
+    bios = fp["smbios"]["0/0"]["fields"]
+    assert bios["vendor"] == "Debian distribution of EDK II" and "UEFI is supported" in \
+        bios["bios_characteristics_extension_2"]
+    assert fp["uefi"]["secure_boot"]["SecureBoot"] == 1 and fp["uefi"]["secure_boot"]["SetupMode"] == 0
+    assert len(fp["uefi"]["keys/db"]["entries"]) == 3
+    assert cap.manifest["timings"]["total"] < 60
+
+
+def test_firmware_from_swaps_ovmf(tmp_path):
+    """--firmware-from: the new build's binary with the other build's OVMF (code and vars template)."""
+    from harness.transport.platform import ovmf_images, vars_template
+
+    trixie = resolve("debian:trixie")
+    mixed = resolve("debian:trixie", firmware_from="debian:bookworm")
+    code, template = ovmf_images(mixed, "ovmf-secboot")
+    bookworm_dir = resolve("debian:bookworm").ovmf_dir()
+    assert code.parent == template.parent == bookworm_dir != trixie.ovmf_dir()
+    assert mixed.provenance()["ovmf"]["package_version"].startswith("2022.11")
+    assert vars_template(mixed, "ovmf-secboot") != vars_template(trixie, "ovmf-secboot")
