@@ -200,7 +200,7 @@ def _compare_uefi(old: dict, new: dict):
 
 # -- real QEMU under TCG ----------------------------------------------------------------------------
 def _swtpm_pids() -> set[int]:
-    out = subprocess.run(["pgrep", "-x", "swtpm"], capture_output=True, text=True, timeout=10).stdout
+    out = subprocess.run(["pgrep", "-x", "swtpm"], check=False, capture_output=True, text=True, timeout=10).stdout
     return {int(p) for p in out.split()}
 
 
@@ -242,3 +242,11 @@ def test_firmware_from_swaps_ovmf(tmp_path):
     assert code.parent == template.parent == bookworm_dir != trixie.ovmf_dir()
     assert mixed.provenance()["ovmf"]["package_version"].startswith("2022.11")
     assert vars_template(mixed, "ovmf-secboot") != vars_template(trixie, "ovmf-secboot")
+
+
+def test_secure_boot_profile_over_serial_is_unsupported_with_the_reason():
+    from harness.capture import SERIAL
+    from harness.errors import UnsupportedError
+
+    with pytest.raises(UnsupportedError, match="not signed with a key in its db: use --transport firmware"):
+        plan_capture(resolve("system"), load_profile("win11"), "pc-q35-7.2", access=SERIAL)
