@@ -8,6 +8,8 @@ import xml.etree.ElementTree as ET
 import pytest
 from test_architecture import BOOKWORM, TRIXIE, _run_harness
 
+from harness.categories import guest_names
+
 pytest_plugins = ["pytester"]
 
 
@@ -30,8 +32,7 @@ def test_failure_message_and_junit_carry_the_impact_and_groups(pytester: pytest.
 
     cases = ET.parse(pytester.path / "abi.xml").getroot().iter("testcase")
     props = {case.get("name"): {p.get("name"): p.get("value") for p in case.iter("property")} for case in cases}
-    assert set(props) == {f"test_guest_abi[pc-i440fx-7.2-minimal-{c}]" for c in ("pci", "cpuid", "acpi", "smbios",
-                                                                                  "e820")}
+    assert set(props) == {f"test_guest_abi[pc-i440fx-7.2-minimal-{c}]" for c in guest_names()}
     for case in props.values():        # every item of the run, passed or failed, carries the run's impact
         assert case["qabi_impact_windows"] == case["qabi_impact_linux"] == "driver"
         assert "acpi DSDT \\_SB.PCI0.S10 asl (+29 more)" in case["qabi_impact_windows_components"]
