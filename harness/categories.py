@@ -59,7 +59,7 @@ def _builtins() -> None:
     from harness.drift import policy
     from harness.drift import smbios as smbios_drift
     from harness.drift import uefi as uefi_drift
-    from harness.fingerprint import acpi, cpuid, e820, host, pci, smbios, uefi
+    from harness.fingerprint import acpi, cpuid, e820, host, hyperv, pci, smbios, uefi
 
     for category in (
         Category("pci", "PCI", (pci.DEVICES,), pci.decode, pci_drift.compare, policy.PCI),
@@ -70,14 +70,15 @@ def _builtins() -> None:
         Category("e820", "memory map (e820)", (str(e820.MEMMAP),), e820.decode, e820_drift.compare, policy.E820),
         Category("uefi", "UEFI (Secure Boot, configuration tables, memory map)", (str(uefi.EFI),), uefi.decode,
                  uefi_drift.compare, policy.UEFI),
+        Category("hyperv", "Hyper-V enlightenments (vCPU hv-* properties)", (str(hyperv.HV_FILE),), hyperv.decode,
+                 host_drift.compare_hyperv, policy.HYPERV),
         Category("migration", "live migration", (host.MIGRATION,), host.decode_migration,
                  host_drift.compare_migration, policy.MIGRATION, host_side=True),
         Category("vmstate", "migration schema (vmstate)", (host.VMSTATE,), host.decode_vmstate,
                  host_drift.compare_vmstate, policy.VMSTATE, host_side=True),
         Category("props", "device properties", (host.PROPS,), host.decode_props, host_drift.compare_props,
                  policy.PROPS, host_side=True),
-        Category("hyperv", "Hyper-V enlightenments (vCPU hv-* properties)", (host.PROPS,), host.decode_hyperv,
-                 host_drift.compare_hyperv, policy.HYPERV, host_side=True),
+
     ):
         _REGISTRY.setdefault(category.name, category)
 

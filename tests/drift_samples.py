@@ -345,6 +345,7 @@ def synthetic_fingerprint() -> dict[str, Any]:
         "smbios": _smbios_category(),
         "e820": _e820_category(),
         "uefi": {},                       # a SeaBIOS guest: no UEFI entries
+        "hyperv": {},                     # a profile without Hyper-V enlightenments
     }
 
 

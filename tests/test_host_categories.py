@@ -32,7 +32,7 @@ def _paths(old: dict[str, Any], new: dict[str, Any]) -> dict[str, str]:
 
 
 def test_registry_marks_the_host_side_categories():
-    assert host_names() == ("migration", "vmstate", "props", "hyperv")
+    assert host_names() == ("migration", "vmstate", "props")
     assert all(not get(n).host_side for n in guest_names()) and "pci" in guest_names()
 
 
@@ -133,20 +133,6 @@ def test_a_devices_property_changes_fold_into_one_entry_per_row():
 
     text = render_text(Comparison(tuple(drifts), categories=("props",)))
     assert text.count("\n") < 25 and "(+189 more)" in text and "190 properties: feat000" in text
-
-
-def test_hyperv_is_the_vcpus_hv_properties_and_props_leaves_them_out():
-    from harness.drift.host import compare_hyperv
-
-    cpu = "Skylake-Client-v4-x86_64-cpu"
-    old = {cpu: {"type": cpu, "pci": False, "props": {"hv-spinlocks": 0xFFFFFFFF, "hv-relaxed": False, "level": 13}},
-           "e1000e": {"type": "e1000e", "pci": True, "props": {"hv-not-a-cpu": 1}}}
-    new = copy.deepcopy(old)
-    new[cpu]["props"].update({"hv-spinlocks": 0x1FFF, "level": 22})
-    new["e1000e"]["props"]["hv-not-a-cpu"] = 2
-    assert [(d.category, d.path, d.severity) for d in compare_hyperv(
-        {cpu: old[cpu]}, {cpu: new[cpu]})] == [("hyperv", "hv-spinlocks", "warn")]
-    assert {d.path for d in compare_props(old, new)} == {"level", "hv-not-a-cpu"}
 
 
 def test_host_side_category_on_one_side_only_is_an_error(vmstate):

@@ -60,11 +60,12 @@ def _uefi(edit: Callable[[dict[str, Any]], None]) -> Pair:
 
 
 def _hyperv_pair() -> Pair:
-    cpu = {"Skylake-Client-v4-x86_64-cpu": {"type": "Skylake-Client-v4-x86_64-cpu", "pci": False,
-                                            "props": {"hv-spinlocks": 4294967295, "hv-relaxed": False}}}
-    old, new = _mutate(lambda fp: fp.update(hyperv=copy.deepcopy(cpu)))
-    old["hyperv"] = copy.deepcopy(cpu)
-    new["hyperv"]["Skylake-Client-v4-x86_64-cpu"]["props"]["hv-spinlocks"] = 8191
+    """The boot vCPU's hv-* properties of a real OVMF capture (tests/data/uefi), spinlocks changed."""
+    from harness.fingerprint import hyperv
+
+    old, new = _mutate(lambda fp: fp.update(hyperv=hyperv.decode(UEFI_RAW)))
+    old["hyperv"] = hyperv.decode(UEFI_RAW)
+    new["hyperv"]["vcpu0"]["props"]["hv-spinlocks"] = 8191
     return old, new
 
 

@@ -313,3 +313,19 @@ def test_uefi_is_left_out_only_where_the_other_transport_cannot_read_it():
     assert across_transports(fw, seabios) == (entries, {}, [])
     assert _compare_uefi(entries, {}) and all(d.severity == "break" for d in _compare_uefi(entries, {})
                                               if d.key in ("secure_boot", "keys/db", "firmware"))
+
+
+def test_hyperv_properties_of_the_boot_vcpu():
+    from harness.drift.host import compare_hyperv, hyperv_across_transports
+    from harness.fingerprint import hyperv
+
+    fp = hyperv.decode(WIN11)
+    props = fp["vcpu0"]["props"]
+    assert props["hv-vendor-id"] == "Microsoft Hv" and props["hv-version-id-build"] == 14393
+    assert props["hv-relaxed"] is False            # TCG: the profile's enlightenments are not applied
+    assert hyperv.decode(PROXMOX) == {}            # a capture without the record
+    changed = {"vcpu0": {**fp["vcpu0"], "props": {**props, "hv-version-id-build": 20348, "hv-new": True}}}
+    assert {(d.path, d.severity) for d in compare_hyperv(fp, changed)} == {
+        ("hv-version-id-build", "warn"), ("only-new.hv-new", "info")}
+    fw, serial = {"source": {"transport": "firmware"}, "hyperv": fp}, {"source": {"transport": "serial"}, "hyperv": {}}
+    assert hyperv_across_transports(fw, serial)[:2] == ({}, {})

@@ -7,6 +7,7 @@ from typing import Any
 
 from harness.categories import get, names
 from harness.drift import cpuid as cpuid_drift
+from harness.drift import host as host_drift
 from harness.drift import uefi as uefi_drift
 from harness.drift.impact import assess
 from harness.drift.model import Comparison, Drift
@@ -59,7 +60,8 @@ def _present(cats: tuple[str, ...], old: Any, new: Any) -> tuple[str, ...]:
 
 
 # categories that two transports read differently: what of them is compared, and a note on the rest
-ACROSS_TRANSPORTS = {"cpuid": cpuid_drift.across_transports, "uefi": uefi_drift.across_transports}
+ACROSS_TRANSPORTS = {"cpuid": cpuid_drift.across_transports, "uefi": uefi_drift.across_transports,
+                     "hyperv": host_drift.hyperv_across_transports}
 
 
 def compare(old: dict[str, Any], new: dict[str, Any], waivers: Waivers | None = None, *,

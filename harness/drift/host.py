@@ -27,10 +27,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from harness.drift.common import make_drift, presence_drift
+from harness.drift.common import make_drift, presence_drift, read_by_the_hand_off_only
 from harness.drift.model import Change, Drift
 from harness.drift.policy import rule_for
-from harness.fingerprint.host import is_hyperv_prop
 
 BOTH, FORWARD, ROLLBACK, COMPATIBLE = "breaks-both", "breaks-old-to-new", "breaks-new-to-old", "compatible"
 ONE_DUMP = "one-dump"
@@ -207,13 +206,17 @@ def compare_vmstate(old: dict[str, Any], new: dict[str, Any]) -> list[Drift]:
 # -- props -------------------------------------------------------------------------------------------
 
 def compare_props(old: dict[str, Any], new: dict[str, Any]) -> list[Drift]:
-    """Every device's QOM properties but a vCPU's hv-* ones (the `hyperv` category's)."""
-    return _compare_properties("props", old, new, lambda entry, name: not is_hyperv_prop(entry, name))
+    """Every device's QOM properties."""
+    return _compare_properties("props", old, new, lambda entry, name: True)
 
 
 def compare_hyperv(old: dict[str, Any], new: dict[str, Any]) -> list[Drift]:
-    """A vCPU's hv-* properties (harness/fingerprint/host.py decode_hyperv)."""
-    return _compare_properties("hyperv", old, new, is_hyperv_prop)
+    """The boot vCPU's hv-* properties (harness/fingerprint/hyperv.py)."""
+    return _compare_properties("hyperv", old, new, lambda entry, name: name.startswith("hv-"))
+
+
+hyperv_across_transports = read_by_the_hand_off_only(
+    "hyperv", "the vCPU's hv-* properties (the firmware transport reads them over QMP)")
 
 
 def _compare_properties(category: str, old: dict[str, Any], new: dict[str, Any],

@@ -330,7 +330,7 @@ IMPACT: tuple[ImpactRule, ...] = (
                "Linux's hyperv code use (timers, IPIs, TLB flush, synthetic interrupts); no device.",
                "QEMU docs/system/i386/hyperv.rst (the hv-* flags and the CPUID leaves they set); Microsoft "
                "Hypervisor Top Level Functional Specification (the 0x40000000 leaves)",
-               example=("Skylake-Client-v4-x86_64-cpu", "hv-spinlocks", "")),
+               example=("vcpu0", "hv-spinlocks", "")),
     # -- e820 --------------------------------------------------------------------------------------
     ImpactRule("e820", "e820", "*", "driver", "driver",
                "Memory map: the kernel lays itself out in it, and resume from hibernation needs the same "

@@ -277,17 +277,18 @@ PROPS: tuple[PolicyRule, ...] = (
                example=("virtio-net-pci", "vectors")),
 )
 HYPERV: tuple[PolicyRule, ...] = (
-    PolicyRule("hyperv", "(device)", "break",
-               "A vCPU exists under one build only (same machine type and profile).",
-               example=("Skylake-Client-v4-x86_64-cpu", "(device)")),
+    PolicyRule("hyperv", "(device)", "warn",
+               "The vCPU's hv-* properties were read on one side only (a profile that gained or lost its "
+               "`hyperv` list): compared as a whole.",
+               example=("vcpu0", "(device)")),
     PolicyRule("hyperv", "only-new.*", "info",
                "An hv-* property the old build does not have: a new enlightenment, off unless the profile "
                "or the machine type turns it on.",
-               example=("Skylake-Client-v4-x86_64-cpu", "only-new.hv-emsr-bitmap")),
+               example=("vcpu0", "only-new.hv-emsr-bitmap")),
     PolicyRule("hyperv", "*", "warn",
                "An hv-* value that differs on the same machine type and profile (an enlightenment's default, "
                "spinlock retries, the Hyper-V version ids): what Windows on KVM reads in the Hyper-V CPUID "
-               "leaves.", example=("Skylake-Client-v4-x86_64-cpu", "hv-spinlocks")),
+               "leaves.", example=("vcpu0", "hv-spinlocks")),
 )
 FALLBACK: tuple[PolicyRule, ...] = (
     PolicyRule("*", "*", "warn",

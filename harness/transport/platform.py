@@ -110,6 +110,8 @@ def platform_key(plan: CapturePlan) -> dict[str, str]:
             parts["efi_probe"] = probe_sha256(profile.firmware == "ovmf-secboot")
     if profile.tpm:
         parts["tpm_state"] = sha256_file(TPM_STATE)
+    if profile.hyperv and plan.access.transport == "firmware":
+        parts["hv_properties"] = "qmp-1"      # the capture holds the vCPU's hv-* properties
     return parts
 
 

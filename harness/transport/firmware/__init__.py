@@ -38,10 +38,11 @@ e820, and it adds the Secure Boot variables and the configuration table as recor
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import CaptureError
 from harness.qemu.process import spawn
@@ -53,6 +54,7 @@ from harness.transport.firmware.records import HandOff, cpuid_record, memmap_rec
 from harness.transport.firmware.seabios import PAYLOAD, payload_sha256
 from harness.transport.firmware.tables import acpi_records, smbios_records
 from harness.transport.framing import Record
+from harness.transport.qmp import Qmp
 
 if TYPE_CHECKING:
     from harness.capture import CapturePlan
@@ -69,6 +71,7 @@ __all__ = [
 ]
 
 QTEST_SOCKET = "qtest.sock"
+HV_PROPERTIES = "/sys/hypervisor/qabi/vcpu0-hv-properties.json"   # host-read (QMP), not a guest file
 CONSOLE = "console.out"
 
 
@@ -89,11 +92,12 @@ class FirmwareTransport:
                            "-chardev", f"file,id=qabicon,path={workdir / CONSOLE}", "-serial", "chardev:qabicon",
                            "-qtest", f"unix:{workdir / QTEST_SOCKET}"),
                      image={"sha256": digest, "payload": str(path.relative_to(PAYLOAD.parents[2]))},
-                     state=firmware)
+                     state=(firmware, bool(plan.profile.hyperv)))
 
     def run(self, session: Session) -> TransportResult:
+        firmware, hyperv = session.setup.state or ("seabios", False)
         return run(session.argv, session.env, session.workdir, session.console_log, session.timeout,
-                   session.setup.state or "seabios")
+                   firmware, hyperv)
 
 
 def _wait(qt: Qtest, firmware: str) -> HandOff:
@@ -108,12 +112,32 @@ def _wait(qt: Qtest, firmware: str) -> HandOff:
     return ovmf.read_probe(qt, addr)
 
 
+def hv_properties_record(qmp_path: Path, deadline: float, alive: Any) -> Record:
+    """The boot vCPU's hv-* QOM properties (name: value) as JSON, read over QMP: what QEMU would put
+    into the Hyper-V CPUID leaves under KVM (under TCG it builds none)."""
+    with Qmp.connect(qmp_path, max(1.0, deadline - time.monotonic()), alive, "QEMU") as qmp:
+        cpus = qmp.cmd("query-cpus-fast") or []
+        path = next((c.get("qom-path") for c in cpus if c.get("cpu-index") == 0), None)
+        if not isinstance(path, str):
+            raise CaptureError("QEMU's query-cpus-fast names no vCPU 0")
+        values: dict[str, Any] = {}
+        for prop in qmp.cmd("qom-list", path=path) or []:
+            name = str(prop.get("name", ""))
+            if name.startswith("hv-") and len(values) < 256:
+                value = qmp.cmd("qom-get", path=path, property=name)
+                if value is None or isinstance(value, (bool, int, str)):
+                    values[name] = value
+    return Record(HV_PROPERTIES, (json.dumps(values, indent=1, sort_keys=True) + "\n").encode())
+
+
 class _NotYet(Exception):
     """The probe has not signalled yet."""
 
 
 def run(argv: list[str], env: dict[str, str], workdir: Path, console_log: Path, timeout: float,
-        firmware: str = "seabios") -> TransportResult:
+        firmware: str = "seabios", hyperv: bool = False) -> TransportResult:
+    """One hand-off capture; with `hyperv` (the profile asks for enlightenments) the boot vCPU's
+    hv-* QOM properties are read over QMP too (HV_PROPERTIES: host-read, as the PCI sizes are)."""
     started = time.monotonic()
     deadline = started + timeout
     stderr_path = workdir / "qemu.stderr"
@@ -157,6 +181,8 @@ def run(argv: list[str], env: dict[str, str], workdir: Path, console_log: Path, 
                 pci = pci_records(qt, _mcfg_base(acpi), sizes)
                 records = [*acpi, *smbios, *pci, Record("/dev/cpu/0/cpuid", cpuid_record(result.cpuid)),
                            *memmap_records(result.e820), *result.records]
+                if hyperv:
+                    records.append(hv_properties_record(workdir / "qmp.sock", deadline, alive))
             timings["transfer"] = round(time.monotonic() - started - timings["boot_to_handoff"], 3)
     finally:
         listener.close()
