@@ -80,4 +80,3 @@ def decode_props(host: Path) -> dict[str, Any]:
         if not isinstance(entry.get("type"), str) or not isinstance(entry.get("props"), dict):
             raise DecodeError(PROPS, None, f"device {key!r} has no type or props")
     return data
-
