@@ -40,6 +40,7 @@ from harness.qemu.process import private_dir
 from harness.transport.base import Session, get_transport
 from harness.transport.framing import write_raw
 from harness.transport.launch import check_accel, qemu_argv
+from harness.transport.platform import platform, platform_key
 
 MANIFEST = "manifest.json"
 @dataclass(frozen=True)
@@ -162,7 +163,13 @@ def plan_capture(build: QemuBuild, profile: GuestProfile, machine: str, accel: s
         raise QabiError(f"--timeout must be a positive number of seconds, not {timeout}")
     transport = get_transport(access.transport)
     resolved = resolve_machine(build, machine)
+    if not profile.applies_to(resolved):
+        raise QabiError(f"guest profile '{profile.name}' runs on {', '.join(profile.families)} machine types "
+                        f"only, not on {resolved}")
     check_supported(profile, resolved, frozenset(build.info().devices))
+    if profile.firmware == "ovmf-secboot" and transport.name != "firmware":
+        raise UnsupportedError(f"profile '{profile.name}' boots with Secure Boot, and the reference kernel is not "
+                               f"signed with a key in its db: use --transport firmware (the signed EFI probe)")
     if transport.needs_nic and not profile.nics_for(resolved):
         raise UnsupportedError(f"profile '{profile.name}' has no NIC, so the {transport.name} transport cannot "
                                "reach it (use --transport firmware or serial)")
@@ -190,7 +197,7 @@ def _capture(plan: CapturePlan, transport: Any, out: Path, staging: Path) -> Cap
     try:
         shutil.rmtree(staging, ignore_errors=True)
         (staging / "raw").mkdir(parents=True)
-        with private_dir() as work:
+        with private_dir() as work, platform(plan, work):
             setup = transport.setup(plan, work, console_log)
             argv = qemu_argv(plan, work, setup)
             result = transport.run(Session(argv, plan.build.environ(), work, console_log, plan.timeout, setup))
@@ -260,7 +267,7 @@ def _fail(staging: Path, out: Path, exc: BaseException) -> None:
 # The inputs are recorded in the manifest (`inputs`), so the key is recomputed from what the capture
 # says it is on import and on every reuse: a capture filed under another build's key is never used.
 KEY_LENGTH = 24
-INPUT_FIELDS = ("qabi", "build", "firmware", "machine", "profile", "accel", "transport", "reads", "image")
+INPUT_FIELDS = ("qabi", "build", "firmware", "machine", "profile", "accel", "transport", "reads", "image", "platform")
 CAPTURE_NAME = re.compile(rf"(?P<machine>[A-Za-z0-9][A-Za-z0-9.+-]*)_(?P<profile>{PROFILE_NAME.pattern})"
                           rf"_(?P<key>[0-9a-f]{{{KEY_LENGTH}}})")
 
@@ -269,8 +276,8 @@ def capture_inputs(plan: CapturePlan) -> dict[str, Any]:
     """Everything that decides what a capture contains, as its manifest records it: qabi's version,
     the binary's sha256, each firmware dir (portable) with the sha256 of its tree, the resolved
     machine type, the profile file's sha256, the accelerator, the transport and what the host reads
-    through it, and the sha256 of what boots (the firmware payload, the reference image or the user's
-    image)."""
+    through it, the sha256 of what boots (the firmware payload or EFI probe, the reference image or the
+    user's image) and the platform's own inputs (OVMF code and vars, the TPM state: `platform_key`)."""
     build, profile = plan.build, plan.profile
     text = Path(profile.source).read_bytes() if profile.source else repr(profile).encode()
     return {
@@ -278,7 +285,7 @@ def capture_inputs(plan: CapturePlan) -> dict[str, Any]:
         "firmware": [{"dir": portable_path(d), "sha256": _firmware_sha256(d)} for d in build.firmware_dirs],
         "machine": plan.machine, "profile": hashlib.sha256(text).hexdigest(), "accel": plan.accel,
         "transport": plan.access.transport, "reads": transport_reads(plan.access.transport),
-        "image": _boot_sha256(plan),
+        "image": _boot_sha256(plan), "platform": platform_key(plan),
     }
 
 
@@ -331,7 +338,9 @@ def manifest_key(cap: Capture) -> str:
     if not isinstance(inputs, dict) or sorted(inputs) != sorted(INPUT_FIELDS):
         raise CaptureError(f"{path}: {MANIFEST} records no valid capture inputs (made by an older qabi?)")
     firmware = inputs["firmware"]
-    if not all(isinstance(inputs[f], str) for f in INPUT_FIELDS if f != "firmware") \
+    platform = inputs["platform"]
+    if not all(isinstance(inputs[f], str) for f in INPUT_FIELDS if f not in ("firmware", "platform")) \
+            or not isinstance(platform, dict) or not all(isinstance(v, str) for v in platform.values()) \
             or not isinstance(firmware, list) \
             or not all(isinstance(f, dict) and sorted(f) == ["dir", "sha256"] and all(isinstance(v, str) for v in f.values())
                        for f in firmware):
@@ -380,9 +389,9 @@ def _boot_sha256(plan: CapturePlan) -> str:
     if plan.user_image is not None:
         return plan.user_image.sha256
     if plan.access.transport == "firmware":
-        from harness.transport.firmware import payload_sha256
+        from harness.transport.firmware import boot_sha256
 
-        return payload_sha256()
+        return boot_sha256(plan.profile.firmware)
     from harness.guest import build_reference_image
 
     return build_reference_image(plan.reference).sha256

@@ -67,7 +67,8 @@ def _builtins() -> None:
     from harness.drift import policy
     from harness.drift import registers as registers_drift
     from harness.drift import smbios as smbios_drift
-    from harness.fingerprint import acpi, cpuid, e820, fwcfg, host, pci, registers, smbios
+    from harness.drift import uefi as uefi_drift
+    from harness.fingerprint import acpi, cpuid, e820, fwcfg, host, hyperv, pci, registers, smbios, uefi
 
     for category in (
         Category("pci", "PCI", (pci.DEVICES,), pci.decode, pci_drift.compare, policy.PCI),
@@ -80,6 +81,10 @@ def _builtins() -> None:
                  policy.REGISTERS, collected=registers.collected),
         Category("fwcfg", "fw_cfg files", (fwcfg.ROOT,), fwcfg.decode, registers_drift.compare_fwcfg,
                  policy.FWCFG, collected=fwcfg.collected),
+        Category("uefi", "UEFI (Secure Boot, configuration tables, memory map)", (str(uefi.EFI),), uefi.decode,
+                 uefi_drift.compare, policy.UEFI),
+        Category("hyperv", "Hyper-V enlightenments (vCPU hv-* properties)", (str(hyperv.HV_FILE),), hyperv.decode,
+                 host_drift.compare_hyperv, policy.HYPERV),
         Category("migration", "live migration", (host.MIGRATION,), partial(host.decode_migration, guest=_decoders),
                  partial(host_drift.compare_migration, guest=_comparers), policy.MIGRATION, host_side=True),
         Category("vmstate", "migration schema (vmstate)", (host.VMSTATE,), host.decode_vmstate,

@@ -123,6 +123,15 @@ def check_unique(machines: tuple[str, ...], guests: tuple[str, ...]) -> None:
             raise QabiError(f"{option} {twice[:80]} is given twice: each of its runs would be made twice")
 
 
+def _applies(guest: str, machine: str) -> bool:
+    """Whether `guest` is a run on `machine` (a profile's `families`; a bump by its old side). A
+    profile that does not load is planned: its run reports the error."""
+    try:
+        return load_profile(guest).applies_to(split_machine(machine)[0])
+    except QabiError:
+        return True
+
+
 def check_plan(machines: list[str], guests: list[str], old: Side, new: Side) -> None:
     """The run list, checked once before any capture (one line, exit 2): every profile loads, none
     is asked twice (under any spelling), and every machine type is one that at least one side has
@@ -287,7 +296,12 @@ class Check:
             machines = self.machines()
             guests = expand_guests(list(self.request.guests))
             check_plan(machines, guests, self.old, self.new)
-            self._planned = [(m, g) for m in machines for g in guests]
+            self._planned = [(m, g) for m in machines for g in guests if _applies(g, m)]
+            for guest in self.request.guests:
+                if machines and not any(g == guest for _m, g in self._planned):
+                    families = ", ".join(load_profile(guest).families)
+                    raise QabiError(f"guest profile '{guest}' runs on {families} machine types only, and none "
+                                    f"of {', '.join(machines)} is one")
         return list(self._planned)
 
     def cases(self) -> list[tuple[str, str]]:
@@ -372,6 +386,9 @@ class Check:
         if self.old.build is None or self.new.build is None:
             return Migration("skipped", str(r.migrate), error="a recorded baseline has no build to migrate"), \
                 (None, None)
+        if profile.uefi or profile.tpm:
+            return Migration("skipped", str(r.migrate), error="live migration of an OVMF or TPM profile is not "
+                             "implemented (the vars copy and swtpm would have to move with it)"), (None, None)
         # the live guest is the reference guest on its serial console, whatever transport made the
         # cold-boot captures: it probes again after it moved
         plans = [plan_capture(side.build, profile, machine, r.accel, r.timeout, SERIAL)

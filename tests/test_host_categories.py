@@ -113,6 +113,28 @@ def test_changed_compat_property_is_named_with_both_values():
                    ("only-new.rss", None, False, "info"), ("only-old.x-only-old", 1, None, "warn")}
 
 
+def test_a_devices_property_changes_fold_into_one_entry_per_row():
+    """The vCPU model's new properties (bookworm -> trixie: 190 of them) are one drift with a count and
+    the list folded, not one line each; what different policy rows decide stays apart."""
+    cpu = "/machine/unattached/device[0]"
+    old = {cpu: {"type": "Nehalem-x86_64-cpu", "pci": False, "props": {"x-a": 1, "x-b": 2, "level": 11}}}
+    new = copy.deepcopy(old)
+    new[cpu]["props"].update({f"feat{i:03}": False for i in range(190)})
+    new[cpu]["props"].update({"x-a": 3, "x-b": 4})
+    drifts = compare_props(old, new)
+    assert [(d.path, d.severity, d.change) for d in drifts] == [
+        ("only-new.feat000 (+189 more)", "info", "added"), ("x-a (+1 more)", "warn", "changed")]
+    added, compat = drifts
+    assert added.new == {f"feat{i:03}": False for i in range(190)} and added.old is None
+    assert added.detail is not None and added.detail.startswith("190 properties: feat000, feat001")
+    assert (compat.old, compat.new) == ({"x-a": 1, "x-b": 2}, {"x-a": 3, "x-b": 4})
+    from harness.drift.model import Comparison
+    from harness.report.text import render_text
+
+    text = render_text(Comparison(tuple(drifts), categories=("props",)))
+    assert text.count("\n") < 25 and "(+189 more)" in text and "190 properties: feat000" in text
+
+
 def test_host_side_category_on_one_side_only_is_an_error(vmstate):
     base = base_fingerprint()
     with_host = copy.deepcopy(base)

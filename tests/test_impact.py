@@ -44,6 +44,40 @@ def _mutate(edit: Callable[[dict[str, Any]], None], base: str = WINDOWS_Q35,
     return old, new
 
 
+UEFI_RAW = DATA / "uefi" / "trixie-pc-q35-9.2-win11" / "raw"
+
+
+def _uefi(edit: Callable[[dict[str, Any]], None]) -> Pair:
+    """The Windows capture with the uefi entries of a real OVMF capture (tests/data/uefi) on both
+    sides, `edit` applied to the new side's."""
+    from harness.fingerprint import uefi
+
+    def add(fp: dict[str, Any]) -> None:
+        fp["uefi"] = uefi.decode(UEFI_RAW)
+        edit(fp)
+    old, new = _mutate(lambda fp: add(fp))
+    old["uefi"] = uefi.decode(UEFI_RAW)
+    return old, new
+
+
+def _hyperv_pair() -> Pair:
+    """The boot vCPU's hv-* properties of a real OVMF capture (tests/data/uefi), spinlocks changed."""
+    from harness.fingerprint import hyperv
+
+    old, new = _mutate(lambda fp: fp.update(hyperv=hyperv.decode(UEFI_RAW)))
+    old["hyperv"] = hyperv.decode(UEFI_RAW)
+    new["hyperv"]["vcpu0"]["props"]["hv-spinlocks"] = 8191
+    return old, new
+
+
+def _add_tpm2(fp: dict[str, Any]) -> None:
+    from harness.fingerprint.acpi import decode_table
+    from harness.fingerprint.binary import Blob
+
+    fp["acpi"]["TPM2"] = {"label": "TPM2", **decode_table(Blob("TPM2", (UEFI_RAW / "sys/firmware/acpi/tables/TPM2")
+                                                               .read_bytes()))}
+
+
 def _pair(old: str, new: str, load: Callable[[str], dict[str, Any]] = real) -> Pair:
     return load(old), load(new)
 
@@ -183,6 +217,13 @@ CASES: dict[str, tuple[Callable[[], Pair], str]] = {
                        "selectors"),
     # pc_compat_5_1: no SMI CPU hotplug on pc-q35-5.1
     "fwcfg": (lambda: _regs_pair(REGS_52, REGS_51), "decoded.features[1]"),
+    "acpi-tpm-presence": (lambda: _mutate(_add_tpm2), ""),
+    "hyperv": (lambda: _hyperv_pair(), "hv-spinlocks"),
+    "uefi-secure-boot": (lambda: _uefi(lambda fp: fp["uefi"]["secure_boot"].update(SecureBoot=0)), "SecureBoot"),
+    "uefi-keys": (lambda: _uefi(lambda fp: fp["uefi"]["keys/db"]["entries"].pop()), "entries[2]"),
+    "uefi-firmware": (lambda: _uefi(lambda fp: fp["uefi"]["firmware"].update(revision="0x10001")), "revision"),
+    "uefi-other": (lambda: _uefi(lambda fp: fp["uefi"]["memmap"]["ranges"][1].update(start="0x7f000")),
+                   "ranges[1].start"),
 }
 REGS_52, REGS_51 = "qemu-7.2.22-pc-q35-5.2-linux-virtio", "qemu-7.2.22-pc-q35-5.1-linux-virtio"
 REGS_BOOKWORM, REGS_TRIXIE = "qemu-7.2.22-pc-q35-7.2-linux-virtio", "qemu-10.0.13-pc-q35-7.2-linux-virtio"
@@ -224,7 +265,7 @@ def test_every_row_decides_its_example(rule):
     entry, path, facet = rule.example
     assert rule_for(category, entry, path, facet) is rule, f"an earlier row shadows {rule.name}"
     assert rule.why and rule.source and rule.windows in LEVELS and rule.linux in LEVELS[:3]
-    assert (rule.windows == "activation") == bool(rule.component), rule.name
+    assert (rule.windows in ("activation", "recovery")) == bool(rule.component), rule.name
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -248,7 +289,7 @@ def test_device_or_activation_impact_is_break():
     for name, (make, _path) in sorted(CASES.items()):
         for d in compare(*make()).drifts:
             assert d.impact is not None
-            if {d.impact.windows, d.impact.linux} & {"device", "activation"}:
+            if {d.impact.windows, d.impact.linux} & {"device", "activation", "recovery"}:
                 assert d.severity == "break", (name, d.subject, d.path, d.severity)
 
 

@@ -43,9 +43,10 @@ def _new_key() -> tuple[bytes, bytes]:
 
 @pytest.mark.parametrize("guest", ["linux-virtio", "windows"])
 def test_ssh_and_serial_captures_are_byte_identical(tmp_path, guest):
-    from harness.capture import SERIAL, plan_capture
+    from harness.capture import plan_capture
     from harness.check import captured
     from harness.guest.profile import load_profile
+    from harness.plan import SERIAL
     from harness.qemu import resolve
 
     over_ssh = tmp_path / "ssh"

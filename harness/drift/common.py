@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from harness.drift.diffing import Atom
@@ -35,3 +36,23 @@ def presence_drift(category: str, entry: str, subject: str, summary: Any, added:
 def label_of(entry: dict[str, Any], fallback: str) -> str:
     label = entry.get("label")
     return label if isinstance(label, str) and label else fallback
+
+
+AcrossTransports = Callable[[dict[str, Any], dict[str, Any]], tuple[dict[str, Any], dict[str, Any], list[str]]]
+
+
+def read_by_the_hand_off_only(category: str, what: str) -> AcrossTransports:
+    """For a category only the firmware transport reads (`what` it holds): over two transports where
+    one side is empty, nothing is compared and a note says so; otherwise both sides as they are (an
+    empty side over the same transport is a real change: a drift)."""
+    def across(old_fp: dict[str, Any], new_fp: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+        from harness.drift.pci_state import transport_of
+
+        old, new = old_fp[category], new_fp[category]
+        sides = transport_of(old_fp), transport_of(new_fp)
+        if sides[0] == sides[1] or bool(old) == bool(new):
+            return old, new, []
+        read, unread = (sides[0], sides[1]) if old else (sides[1], sides[0])
+        note = f"{category}: not compared (read over {read}; the guest probe over {unread} does not read {what})"
+        return {}, {}, [note]
+    return across

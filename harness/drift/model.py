@@ -12,7 +12,7 @@ from harness.drift.glob import glob_match
 Severity = Literal["break", "warn", "info"]
 Change = Literal["added", "removed", "changed"]
 Verdict = Literal["unchanged", "drift"]
-Level = Literal["none", "driver", "device", "activation"]   # a guest's reaction (harness/drift/impact.py)
+Level = Literal["none", "driver", "device", "activation", "recovery"]   # a guest's reaction (harness/drift/impact.py)
 
 SEVERITIES: tuple[Severity, ...] = ("break", "warn", "info")
 _RANK: dict[str, int] = {s: i for i, s in enumerate(SEVERITIES)}

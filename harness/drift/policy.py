@@ -306,6 +306,27 @@ VMSTATE: tuple[PolicyRule, ...] = (
                "A versioned change both builds load either way (a field behind a version both accept).",
                example=("virtio-net-device", "compatible:minimum_version_id")),
 )
+UEFI: tuple[PolicyRule, ...] = (
+    PolicyRule("uefi", "*", "break",
+               "Secure Boot state (SecureBoot, SetupMode, AuditMode, DeployedMode): measured into PCR 7, "
+               "what BitLocker seals to by default on UEFI with Secure Boot.",
+               entry="secure_boot", example=("secure_boot", "SecureBoot")),
+    PolicyRule("uefi", "{sha256,size,entries*,}", "break",
+               "A Secure Boot key database (PK, KEK, db, dbx) changed, appeared or disappeared: its "
+               "bytes are PCR 7 inputs, and db/dbx decide which boot loaders run.",
+               entry="keys/*", example=("keys/db", "entries[3]")),
+    PolicyRule("uefi", "*", "break",
+               "The firmware's vendor or revision (EFI system table): another firmware build, measured "
+               "into PCR 0 (BitLocker without PCR 7 binding seals to it).",
+               entry="firmware", example=("firmware", "revision")),
+    PolicyRule("uefi", "*", "warn",
+               "Which configuration tables the firmware installed (ACPI, SMBIOS, TCG2 final events…).",
+               entry="config_table", example=("config_table", "tables[2]")),
+    PolicyRule("uefi", "*", "warn",
+               "Ranges of the UEFI memory map the OS keeps apart from its RAM (runtime services, "
+               "reserved, ACPI, MMIO): where runtime services live; hibernation resume needs the same map.",
+               entry="memmap", example=("memmap", "ranges[4].pages")),
+)
 PROPS: tuple[PolicyRule, ...] = (
     PolicyRule("props", "(device)", "break",
                "A device of the running VM exists under one build only (same machine type and profile).",
@@ -323,6 +344,20 @@ PROPS: tuple[PolicyRule, ...] = (
                "moved, a property the new build dropped).",
                example=("virtio-net-pci", "vectors")),
 )
+HYPERV: tuple[PolicyRule, ...] = (
+    PolicyRule("hyperv", "(device)", "warn",
+               "The vCPU's hv-* properties were read on one side only (a profile that gained or lost its "
+               "`hyperv` list): compared as a whole.",
+               example=("vcpu0", "(device)")),
+    PolicyRule("hyperv", "only-new.*", "info",
+               "An hv-* property the old build does not have: a new enlightenment, off unless the profile "
+               "or the machine type turns it on.",
+               example=("vcpu0", "only-new.hv-emsr-bitmap")),
+    PolicyRule("hyperv", "*", "warn",
+               "An hv-* value that differs on the same machine type and profile (an enlightenment's default, "
+               "spinlock retries, the Hyper-V version ids): what Windows on KVM reads in the Hyper-V CPUID "
+               "leaves.", example=("vcpu0", "hv-spinlocks")),
+)
 FALLBACK: tuple[PolicyRule, ...] = (
     PolicyRule("*", "*", "warn",
                "Anything not named above: behaviour a guest may notice.",
@@ -332,8 +367,8 @@ FALLBACK: tuple[PolicyRule, ...] = (
 
 # every category's rows, built-in ones first (the registry's order); add_rows/remove_rows for the rest
 CATEGORY_ROWS: dict[str, tuple[PolicyRule, ...]] = {
-    "pci": PCI, "cpuid": CPUID, "acpi": ACPI, "smbios": SMBIOS, "e820": E820, "migration": MIGRATION,
-    "vmstate": VMSTATE, "props": PROPS,
+    "pci": PCI, "cpuid": CPUID, "acpi": ACPI, "smbios": SMBIOS, "e820": E820, "registers": REGISTERS,
+    "fwcfg": FWCFG, "uefi": UEFI, "hyperv": HYPERV, "migration": MIGRATION, "vmstate": VMSTATE, "props": PROPS,
 }
 
 
