@@ -10,13 +10,15 @@ from __future__ import annotations
 import difflib
 import re
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from harness.errors import QabiError, UnsupportedError
+from harness.guest.drivers import DriverRule, NotAllowed, check_driver, check_key, check_property
 
+_T = TypeVar("_T")
 GUESTS_DIR = Path(__file__).resolve().parents[2] / "guests"
 FAMILIES = ("i440fx", "q35")
 _DEVICE_KEYS = {"driver", "id", "addr", "bus", "families", "props", "mac", "disk", "cdrom", "audio"}
@@ -87,11 +89,6 @@ BUS = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}(?:\.\d{1,3})?")
 ADDR = re.compile(r"(?:0x)?[0-9a-fA-F]{1,2}(?:\.(?:0x)?[0-7])?")
 MAC = re.compile(r"[0-9a-f][02468ace](?::[0-9a-f]{2}){5}")     # lower case, unicast
 PROP_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
-PROP_VALUE = re.compile(r"[A-Za-z0-9._:+-]{0,64}")
-# properties that name a host file or another QEMU object, or that the launcher sets itself
-_HOST_PROPS = {"romfile", "file", "filename", "path", "fd", "drive", "chardev", "netdev", "audiodev", "id",
-               "bus", "addr", "mac", "driver", "memdev", "rng", "iothread", "tpmdev", "backend", "fsdev", "spicevmc",
-               "logfile", "bootindex-file"}
 RESERVED_ID_PREFIX = "qabi"                     # ids the launcher gives its own objects
 
 
@@ -122,6 +119,7 @@ def _device(path: Path, index: int, raw: object) -> Device:
     if "driver" not in raw:
         raise _fail(path, f"{where}: 'driver' (a string) is required")
     driver = _str(path, f"{where}: driver", raw["driver"], DRIVER)
+    rule = _allowed(path, where, check_driver, driver)
     families_raw = raw.get("families", list(FAMILIES))
     if not isinstance(families_raw, list) or not families_raw or not set(families_raw) <= set(FAMILIES):
         raise _fail(path, f"{where}: families must be a non-empty list among {', '.join(FAMILIES)}")
@@ -142,29 +140,32 @@ def _device(path: Path, index: int, raw: object) -> Device:
         if not isinstance(value, bool):
             raise _fail(path, f"{where}: {key} must be true or false")
         flags[key] = value
+    for key in ("mac", "disk", "cdrom", "audio"):
+        if raw.get(key, False) is not False:
+            _allowed(path, where, check_key, rule, key)
     return Device(
         driver=driver, id=dev_id,
         addr=_str(path, f"{where}: addr", raw["addr"], ADDR) if "addr" in raw else None,
         bus=_str(path, f"{where}: bus", raw["bus"], BUS) if "bus" in raw else None,
         families=tuple(families_raw),
-        props=tuple(_prop(path, where, k, v) for k, v in props.items()),
+        props=tuple(_prop(path, where, rule, k, v) for k, v in props.items()),
         mac=_str(path, f"{where}: mac", raw["mac"], MAC) if "mac" in raw else None,
         disk=disk, cdrom=flags["cdrom"], audio=flags["audio"])
 
 
-def _prop(path: Path, where: str, key: str, value: object) -> tuple[str, str]:
-    """One `props` entry as QEMU option text; a key naming a host file or another QEMU object, and a
-    value that could carry another option (`,`) or a path, are refused."""
+def _prop(path: Path, where: str, rule: DriverRule, key: str, value: object) -> tuple[str, str]:
+    """One `props` entry as QEMU option text: only a property on the driver's allow-list
+    (harness/guest/drivers.py), with a value of its type; anything else is refused, naming why."""
     _str(path, f"{where}: property name", key, PROP_KEY)
-    lowered = key.lower()
-    if lowered in _HOST_PROPS or any(word in lowered for word in ("file", "path", "dir")):
-        raise _fail(path, f"{where}: property {key!r} is not allowed in a profile (it names a host file or a "
-                          "QEMU object the launcher owns)")
-    if isinstance(value, bool):
-        return key, "on" if value else "off"
-    if isinstance(value, int):
-        return key, str(value)
-    return key, _str(path, f"{where}: property {key}", value, PROP_VALUE)
+    return key, _allowed(path, where, check_property, rule, key, value)
+
+
+def _allowed(path: Path, where: str, check: Callable[..., _T], *args: Any) -> _T:
+    """`check(*args)` of harness/guest/drivers.py, its refusal naming the profile file and device."""
+    try:
+        return check(*args)
+    except NotAllowed as exc:
+        raise _fail(path, f"{where}: {exc}") from None
 
 
 def _name(path: Path, data: dict[str, Any]) -> str:
