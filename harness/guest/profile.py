@@ -57,9 +57,14 @@ class GuestProfile:
     uuid: str
     devices: tuple[Device, ...] = field(default_factory=tuple)
     source: str = ""
+    machine: str | None = None            # the machine type the VM runs (an imported profile pins it)
+    smbios: tuple[tuple[int, tuple[tuple[str, str], ...]], ...] = ()   # (type, ((field, value), ...))
 
     def devices_for(self, machine: str) -> list[Device]:
         family = machine_family(machine)
+        if self.machine is not None and machine_family(self.machine) != family:
+            raise UnsupportedError(f"profile '{self.name}' is a {machine_family(self.machine)} VM "
+                                   f"(machine = {self.machine}); {machine} is of the {family} family")
         return [d for d in self.devices if family in d.families]
 
     def drivers_for(self, machine: str) -> list[str]:
@@ -75,7 +80,7 @@ def _fail(path: Path, message: str) -> QabiError:
 
 # -- the schema: every key known, every value of a bounded shape that cannot reach a host file or
 # another QEMU option (profile files are hostile input: they may come from anyone) -------------------
-_TOP_KEYS = {"name", "description", "cpu", "memory", "smp", "uuid", "device"}
+_TOP_KEYS = {"name", "description", "cpu", "memory", "smp", "uuid", "device", "machine", "smbios"}
 _SMP_KEYS = ("cpus", "sockets", "dies", "clusters", "cores", "threads", "maxcpus")
 MAX_VCPUS = 288
 MEMORY_MIB = (16, 1 << 20)                     # 16 MiB .. 1 TiB
@@ -89,6 +94,14 @@ BUS = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}(?:\.\d{1,3})?")
 ADDR = re.compile(r"(?:0x)?[0-9a-fA-F]{1,2}(?:\.(?:0x)?[0-7])?")
 MAC = re.compile(r"[0-9a-f][02468ace](?::[0-9a-f]{2}){5}")     # lower case, unicast
 PROP_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+# a versioned machine type: what a profile pins (an alias such as q35 names another type on each build)
+VERSIONED_MACHINE = re.compile(r"pc-(?:i440fx|q35)-\d{1,2}\.\d{1,2}")
+# SMBIOS strings the profile sets (-smbios type=N,field=value): printable ASCII, bounded
+SMBIOS_FIELDS = {0: ("vendor", "version", "date", "release"),
+                 1: ("manufacturer", "product", "version", "serial", "sku", "family"),
+                 2: ("manufacturer", "product", "version", "serial", "asset", "location"),
+                 3: ("manufacturer", "version", "serial", "asset", "sku")}
+SMBIOS_VALUE = re.compile(r"[ -~]{0,64}")
 RESERVED_ID_PREFIX = "qabi"                     # ids the launcher gives its own objects
 
 
@@ -168,6 +181,34 @@ def _allowed(path: Path, where: str, check: Callable[..., _T], *args: Any) -> _T
         raise _fail(path, f"{where}: {exc}") from None
 
 
+def _machine(path: Path, raw: object) -> str:
+    machine = _str(path, "machine", raw)
+    if not VERSIONED_MACHINE.fullmatch(machine):
+        raise _fail(path, f"machine {machine[:80]!r} is not a versioned i440fx or q35 machine type (such as "
+                          "pc-q35-7.2): an alias names another machine type on each build")
+    return machine
+
+
+def _smbios(path: Path, raw: object) -> tuple[tuple[int, tuple[tuple[str, str], ...]], ...]:
+    """`[smbios]` with `type0` .. `type3` tables of strings (the system UUID is `uuid`)."""
+    if not isinstance(raw, dict):
+        raise _fail(path, "smbios must be a table ([smbios] with type0 .. type3)")
+    known = {f"type{t}": t for t in SMBIOS_FIELDS}
+    out = []
+    for key, table in raw.items():
+        if key not in known:
+            raise _fail(path, f"smbios: unknown key {key[:40]!r} (known: {', '.join(known)})")
+        kind = known[key]
+        if not isinstance(table, dict):
+            raise _fail(path, f"smbios.{key} must be a table of strings")
+        unknown = sorted(set(table) - set(SMBIOS_FIELDS[kind]))
+        if unknown:
+            raise _fail(path, f"smbios.{key}: unknown field(s) {', '.join(u[:40] for u in unknown)} "
+                              f"(known: {', '.join(SMBIOS_FIELDS[kind])})")
+        out.append((kind, tuple((k, _str(path, f"smbios.{key}.{k}", v, SMBIOS_VALUE)) for k, v in table.items())))
+    return tuple(sorted(out))
+
+
 def _name(path: Path, data: dict[str, Any]) -> str:
     if "name" in data:
         return _str(path, "name", data["name"], NAME)
@@ -199,11 +240,18 @@ def load_profile(name_or_path: str) -> GuestProfile:
     if not path.is_file():
         raise QabiError(f"unknown guest profile '{name_or_path[:200]}' (known: {', '.join(profile_names())})")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise _fail(path, f"malformed TOML: {exc}") from None
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise _fail(path, f"cannot read the profile: {exc}") from None
+    return parse_profile(text, path)
+
+
+def parse_profile(text: str, path: Path) -> GuestProfile:
+    """A profile's TOML `text` (from `path`, which names it in messages), checked against the schema."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise _fail(path, f"malformed TOML: {exc}") from None
     unknown = sorted(set(data) - _TOP_KEYS)
     if unknown:
         raise _fail(path, f"unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(_TOP_KEYS))})")
@@ -224,7 +272,14 @@ def load_profile(name_or_path: str) -> GuestProfile:
         cpu=_str(path, "cpu", data["cpu"], CPU),
         memory_mib=_int(path, "memory (MiB)", data["memory"], *MEMORY_MIB),
         smp=_smp(path, data.get("smp", {"cpus": 1})), uuid=_str(path, "uuid", data["uuid"]),
-        devices=devices, source=str(path))
+        devices=devices, source=str(path),
+        machine=_machine(path, data["machine"]) if "machine" in data else None,
+        smbios=_smbios(path, data["smbios"]) if "smbios" in data else ())
+    if profile.machine is not None:
+        family = machine_family(profile.machine)
+        stray = next((d.driver for d in devices if family not in d.families), None)
+        if stray:
+            raise _fail(path, f"device {stray} is not on the {family} family of machine = {profile.machine}")
     if not re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", profile.uuid):
         raise _fail(path, f"uuid '{profile.uuid[:80]}' is not a lower-case UUID")
     return profile

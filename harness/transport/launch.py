@@ -69,6 +69,8 @@ def hardware_args(profile: GuestProfile, machine: str, workdir: Path, hostfwd: s
     smp = ",".join(f"{k}={v}" for k, v in profile.smp)
     args = ["-machine", machine, "-cpu", profile.cpu, "-m", str(profile.memory_mib), "-smp", smp,
             "-uuid", profile.uuid, "-rtc", f"base={RTC_BASE},clock=vm"]
+    for kind, fields in profile.smbios:
+        args += ["-smbios", ",".join([f"type={kind}", *(f"{k}={_opt(v)}" for k, v in fields)])]
     devices = profile.devices_for(machine)
     if any(d.audio for d in devices):
         args += ["-audiodev", f"none,id={AUDIODEV_ID}"]
