@@ -28,6 +28,7 @@ from harness.qemu.process import private_dir
 from harness.transport.base import DEFAULT_TRANSPORT, Session, check_transport, get_transport
 from harness.transport.framing import write_raw
 from harness.transport.launch import check_accel, qemu_argv
+from harness.transport.platform import platform
 
 MANIFEST = "manifest.json"
 DEFAULT_TIMEOUT = 180.0
@@ -242,6 +243,9 @@ def plan_capture(build: QemuBuild, profile: GuestProfile, machine: str, accel: s
         raise QabiError(f"--timeout must be a positive number of seconds, not {timeout}")
     transport = get_transport(access.transport)
     resolved = resolve_machine(build, machine)
+    if not profile.applies_to(resolved):
+        raise QabiError(f"guest profile '{profile.name}' runs on {', '.join(profile.families)} machine types "
+                        f"only, not on {resolved}")
     check_supported(profile, resolved, frozenset(build.info().devices))
     if transport.needs_nic and not profile.nics_for(resolved):
         raise UnsupportedError(f"profile '{profile.name}' has no NIC, so the {transport.name} transport cannot "
@@ -270,7 +274,7 @@ def _capture(plan: CapturePlan, transport: Any, out: Path, staging: Path) -> Cap
     try:
         shutil.rmtree(staging, ignore_errors=True)
         (staging / "raw").mkdir(parents=True)
-        with private_dir() as work:
+        with private_dir() as work, platform(plan, work):
             setup = transport.setup(plan, work, console_log)
             argv = qemu_argv(plan, work, setup)
             result = transport.run(Session(argv, plan.build.environ(), work, console_log, plan.timeout, setup))

@@ -58,7 +58,8 @@ def _builtins() -> None:
     from harness.drift import pci as pci_drift
     from harness.drift import policy
     from harness.drift import smbios as smbios_drift
-    from harness.fingerprint import acpi, cpuid, e820, host, pci, smbios
+    from harness.drift import uefi as uefi_drift
+    from harness.fingerprint import acpi, cpuid, e820, host, pci, smbios, uefi
 
     for category in (
         Category("pci", "PCI", (pci.DEVICES,), pci.decode, pci_drift.compare, policy.PCI),
@@ -67,6 +68,8 @@ def _builtins() -> None:
         Category("smbios", "SMBIOS", (smbios.ENTRY_POINT_FILE, smbios.TABLE_FILE), smbios.decode,
                  smbios_drift.compare, policy.SMBIOS),
         Category("e820", "memory map (e820)", (str(e820.MEMMAP),), e820.decode, e820_drift.compare, policy.E820),
+        Category("uefi", "UEFI (Secure Boot, configuration tables, memory map)", (str(uefi.EFI),), uefi.decode,
+                 uefi_drift.compare, policy.UEFI),
         Category("migration", "live migration", (host.MIGRATION,), host.decode_migration,
                  host_drift.compare_migration, policy.MIGRATION, host_side=True),
         Category("vmstate", "migration schema (vmstate)", (host.VMSTATE,), host.decode_vmstate,
@@ -78,7 +81,7 @@ def _builtins() -> None:
 
 
 def registry() -> dict[str, Category]:
-    """Every registered category by name, in registration order (the built-in eight first)."""
+    """Every registered category by name, in registration order (the built-in nine first)."""
     if not _REGISTRY:
         _builtins()
     return _REGISTRY

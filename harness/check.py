@@ -45,6 +45,7 @@ from harness.matrix.shard import Shard, check_shard, select
 from harness.qemu import QemuBuild, resolve
 from harness.report import Migration, Run, RunSet, RunStatus, ShardInfo
 from harness.transport.launch import check_accel
+from harness.transport.platform import platform_key
 
 VERSIONED = re.compile(r"pc-(i440fx|q35)-(\d+)\.(\d+)")
 
@@ -111,6 +112,15 @@ def expand_guests(asked: list[str] | None) -> list[str]:
     return list(asked) if asked else profile_names()
 
 
+def _applies(guest: str, machine: str) -> bool:
+    """Whether `guest` is a run on `machine` (a profile's `families`; a bump by its old side). A
+    profile that does not load is planned: its run reports the error."""
+    try:
+        return load_profile(guest).applies_to(split_machine(machine)[0])
+    except QabiError:
+        return True
+
+
 def capture_key(plan: CapturePlan) -> str:
     """Everything that decides what a capture contains; identical keys give identical raw bytes."""
     build, profile, access = plan.build, plan.profile, plan.access
@@ -119,7 +129,7 @@ def capture_key(plan: CapturePlan) -> str:
         "qabi": __version__, "sha256": build.sha256, "firmware": [_portable(d) for d in build.firmware_dirs],
         "profile": Path(profile.source).read_text() if profile.source else repr(profile),
         "machine": plan.machine, "accel": plan.accel, "image": image.sha256 if image else None,
-        **access.key_parts(plan.user_image),
+        **access.key_parts(plan.user_image), **platform_key(plan),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -246,7 +256,14 @@ class Check:
         """Every (machine, guest) run of the whole request, whatever the shard, in report order;
         a machine `OLD:NEW` is a bump (harness/matrix/bump.py)."""
         if self._planned is None:
-            self._planned = [(m, g) for m in self.machines() for g in expand_guests(list(self.request.guests))]
+            guests = expand_guests(list(self.request.guests))
+            machines = self.machines()
+            self._planned = [(m, g) for m in machines for g in guests if _applies(g, m)]
+            for guest in self.request.guests:
+                if machines and not any(g == guest for _m, g in self._planned):
+                    families = ", ".join(load_profile(guest).families)
+                    raise QabiError(f"guest profile '{guest}' runs on {families} machine types only, and none "
+                                    f"of {', '.join(machines)} is one")
         return list(self._planned)
 
     def cases(self) -> list[tuple[str, str]]:

@@ -19,6 +19,7 @@ TOOLS: dict[str, str] = {
     "ssh-keygen": "openssh-client",
     "chromium": "chromium",
     "unshare": "util-linux",
+    "swtpm": "swtpm",
 }
 
 

@@ -10,6 +10,10 @@ Levels, in order:
     activation  Windows only: a component of the hardware identity Windows activation weighs
                 changed (SMBIOS system/baseboard identity and UUID, ACPI OEM IDs for OEM
                 activation, CPU model, display/storage/network adapter IDs)
+    recovery    Windows only: BitLocker recovery at the next boot (worse than reactivation: the
+                48-digit recovery key is needed before Windows starts): a measurement the TPM
+                protector is sealed to changed (Secure Boot state or key databases: PCR 7; the
+                firmware build: PCR 0 without PCR 7 binding), or the TPM itself is gone
 
 Rows are matched like the severity policy (harness/drift/policy.py): category, entry glob (the
 drift's entry key without anything run-specific: `DSDT`, `1/0`, `0x00000001/0x0`,
@@ -38,8 +42,8 @@ from harness.drift.acpi import identity_facet
 from harness.drift.glob import glob_match
 from harness.drift.model import Drift
 
-Level = Literal["none", "driver", "device", "activation"]
-LEVELS: tuple[Level, ...] = ("none", "driver", "device", "activation")
+Level = Literal["none", "driver", "device", "activation", "recovery"]
+LEVELS: tuple[Level, ...] = ("none", "driver", "device", "activation", "recovery")
 _RANK = {level: i for i, level in enumerate(LEVELS)}
 
 # -- sources (cited by the rows) -------------------------------------------------------------------
@@ -83,6 +87,14 @@ LINUX_DMI = ("Linux: quirks and platform drivers match struct dmi_system_id on D
              "(MODALIAS=dmi:bvn…:bvr…:svn…:pn…; drivers/firmware/dmi-id.c)")
 ACPI_SPEC = "ACPI 6.5 specification, §5.2 (system description tables) and §6.1 (_HID, _CID, _UID, _ADR)"
 SMBIOS_SPEC = "DMTF DSP0134 SMBIOS Reference Specification 3.x, §5.2 (entry points) and §7 (structures)"
+BITLOCKER = ("Microsoft Learn, 'BitLocker recovery overview' (recovery is triggered by changes to the boot "
+             "configuration and firmware the TPM measures: Secure Boot policy, firmware updates, a TPM that "
+             "was cleared or is missing): https://learn.microsoft.com/windows/security/operating-system-security/"
+             "data-protection/bitlocker/recovery-overview; 'BitLocker Group Policy settings' (on UEFI with "
+             "Secure Boot the TPM protector is bound to PCR 7 and 11; otherwise PCR 0, 2, 4, 11)")
+TCG_PFP = ("TCG PC Client Platform Firmware Profile Specification 1.05, §3.3.4 (PCR 0: firmware code; PCR 7: "
+           "SecureBoot, PK, KEK, db, dbx)")
+UEFI_SPEC = "UEFI Specification 2.10, §32 (Secure Boot and driver signing) and §4.6 (configuration table)"
 HIBERNATE = ("Linux arch/x86/power/hibernate.c (resume refuses an image whose e820 map differs); Windows "
              "resume from hibernation likewise needs the same memory map")
 
@@ -121,8 +133,8 @@ class ImpactRule:
                 and glob_match(self.path, path) and glob_match(self.facet, facet))
 
     def impact(self) -> Impact:
-        return Impact(self.windows, self.linux, self.why, self.component if self.windows == "activation" else "",
-                      self.name)
+        return Impact(self.windows, self.linux, self.why,
+                      self.component if self.windows in ("activation", "recovery") else "", self.name)
 
 
 _CAPS = "{capabilities,extended_capabilities}"
@@ -212,6 +224,10 @@ IMPACT: tuple[ImpactRule, ...] = (
                "Linux loads feature-matched modules); no device changes.", LINUX_CPU,
                example=("0x00000001/0x0", "ecx[15]", "")),
     # -- acpi --------------------------------------------------------------------------------------
+    ImpactRule("acpi-tpm-presence", "acpi", "", "recovery", "driver",
+               "The TPM2 table appeared or disappeared: without its TPM, BitLocker's TPM protector cannot "
+               "unseal (recovery); Linux loses or gains its TPM driver.", f"{BITLOCKER}; {TCG_PFP}",
+               entry="TPM2", component="TPM", example=("TPM2", "", "")),
     ImpactRule("acpi-licensing-tables", "acpi", "*", "activation", "none",
                "SLIC/MSDM: OEM activation's licensing tables; Linux ignores them.", MS_SLIC,
                entry="{SLIC,MSDM}", component="OEM activation table (SLIC/MSDM)",
@@ -288,6 +304,26 @@ IMPACT: tuple[ImpactRule, ...] = (
     ImpactRule("smbios-other", "smbios", "*", "driver", "driver",
                "Other SMBIOS structures and fields: tools and DMI matches may read them.", LINUX_DMI,
                example=("32/0", "fields.status", "")),
+    # -- uefi --------------------------------------------------------------------------------------
+    ImpactRule("uefi-secure-boot", "uefi", "*", "recovery", "none",
+               "Secure Boot state: PCR 7 changes, so BitLocker (bound to PCR 7 on UEFI with Secure Boot) "
+               "asks for its recovery key; Linux boots on (a PCR 7-sealed LUKS key would not unseal).",
+               f"{BITLOCKER}; {TCG_PFP}", entry="secure_boot", component="Secure Boot state (PCR 7)",
+               example=("secure_boot", "SecureBoot", "")),
+    ImpactRule("uefi-keys", "uefi", "*", "recovery", "none",
+               "PK, KEK, db or dbx: PCR 7 measures them, so BitLocker asks for its recovery key; a db or "
+               "dbx change also decides whether the boot loader may run at all.",
+               f"{BITLOCKER}; {TCG_PFP}; {UEFI_SPEC}", entry="keys/*",
+               component="Secure Boot key database (PCR 7)", example=("keys/dbx", "sha256", "")),
+    ImpactRule("uefi-firmware", "uefi", "*", "recovery", "none",
+               "Another firmware build (vendor, revision): PCR 0 measures the firmware code, so BitLocker "
+               "without PCR 7 binding asks for its recovery key (with PCR 7 binding it does not).",
+               f"{BITLOCKER}; {TCG_PFP}", entry="firmware", component="firmware measurement (PCR 0)",
+               example=("firmware", "revision", "")),
+    ImpactRule("uefi-other", "uefi", "*", "driver", "driver",
+               "Configuration tables and the runtime part of the UEFI memory map: what the OS's EFI code "
+               "uses (runtime services, the TCG event log); no identity.", f"{UEFI_SPEC}; {HIBERNATE}",
+               example=("memmap", "ranges[1].start", "")),
     # -- e820 --------------------------------------------------------------------------------------
     ImpactRule("e820", "e820", "*", "driver", "driver",
                "Memory map: the kernel lays itself out in it, and resume from hibernation needs the same "
@@ -478,7 +514,7 @@ def worst(levels: Iterable[str]) -> Level:
 def _component(d: Drift, os_name: str) -> str:
     assert d.impact is not None
     where = f"{d.subject} {d.path}".rstrip()
-    if os_name == "windows" and d.impact.windows == "activation" and d.impact.component:
+    if os_name == "windows" and d.impact.windows in ("activation", "recovery") and d.impact.component:
         return f"{d.impact.component}: {where}"
     return where
 

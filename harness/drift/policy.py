@@ -238,6 +238,27 @@ VMSTATE: tuple[PolicyRule, ...] = (
                "A versioned change both builds load either way (a field behind a version both accept).",
                example=("virtio-net-device", "compatible:minimum_version_id")),
 )
+UEFI: tuple[PolicyRule, ...] = (
+    PolicyRule("uefi", "*", "break",
+               "Secure Boot state (SecureBoot, SetupMode, AuditMode, DeployedMode): measured into PCR 7, "
+               "what BitLocker seals to by default on UEFI with Secure Boot.",
+               entry="secure_boot", example=("secure_boot", "SecureBoot")),
+    PolicyRule("uefi", "{sha256,size,entries*,}", "break",
+               "A Secure Boot key database (PK, KEK, db, dbx) changed, appeared or disappeared: its "
+               "bytes are PCR 7 inputs, and db/dbx decide which boot loaders run.",
+               entry="keys/*", example=("keys/db", "entries[3]")),
+    PolicyRule("uefi", "*", "break",
+               "The firmware's vendor or revision (EFI system table): another firmware build, measured "
+               "into PCR 0 (BitLocker without PCR 7 binding seals to it).",
+               entry="firmware", example=("firmware", "revision")),
+    PolicyRule("uefi", "*", "warn",
+               "Which configuration tables the firmware installed (ACPI, SMBIOS, TCG2 final events…).",
+               entry="config_table", example=("config_table", "tables[2]")),
+    PolicyRule("uefi", "*", "warn",
+               "Ranges of the UEFI memory map the OS keeps apart from its RAM (runtime services, "
+               "reserved, ACPI, MMIO): where runtime services live; hibernation resume needs the same map.",
+               entry="memmap", example=("memmap", "ranges[4].pages")),
+)
 PROPS: tuple[PolicyRule, ...] = (
     PolicyRule("props", "(device)", "break",
                "A device of the running VM exists under one build only (same machine type and profile).",

@@ -343,6 +343,42 @@ def _waet(b: Blob) -> tuple[dict[str, Any], dict[str, Any]]:
     return {"flags": _flags(b.u32(36), WAET_FLAGS)}, {}
 
 
+# -- TPM2 and BGRT ---------------------------------------------------------------------------------
+
+TPM2_START_METHODS = {0: "not allowed", 1: "legacy", 2: "ACPI start", 6: "TIS (memory mapped)",
+                      7: "CRB", 8: "CRB with ACPI start", 11: "CRB with ARM SMC", 12: "FIFO over I2C"}
+
+
+def _tpm2(b: Blob) -> tuple[dict[str, Any], dict[str, Any]]:
+    """TCG ACPI Specification, TPM2 table: platform class, control area, start method and its
+    parameters; the event log's minimum length (LAML) and address (LASA, allocated: a pointer)."""
+    b.need(36, 20, "TPM2 body")
+    method = b.u32(48)
+    fields: dict[str, Any] = {"platform_class": {0: "client", 1: "server"}.get(b.u16(36), hx(b.u16(36))),
+                              "control_area_address": hx(b.u64(40)), "start_method": method,
+                              "start_method_name": TPM2_START_METHODS.get(method, "reserved")}
+    pointers: dict[str, Any] = {}
+    if len(b) >= 64:
+        fields["start_method_parameters"] = b.bytes(52, 12).hex()
+    if len(b) >= 76:
+        fields["log_area_minimum_length"] = b.u32(64)
+        pointers["log_area_start_address"] = hx(b.u64(68))
+    return fields, pointers
+
+
+BGRT_IMAGE_TYPES = {0: "bitmap"}
+
+
+def _bgrt(b: Blob) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Boot Graphics Resource Table: version, status, image type and offset; the image's address is
+    the firmware's allocation (a pointer), not what the OS compares."""
+    b.need(36, 20, "BGRT body")
+    return ({"version": b.u16(36), "status": {"displayed": bool(b.u8(38) & 1), "orientation": b.u8(38) >> 1 & 3},
+             "image_type": BGRT_IMAGE_TYPES.get(b.u8(39), hx(b.u8(39))),
+             "image_offset_x": b.u32(48), "image_offset_y": b.u32(52)},
+            {"image_address": hx(b.u64(40))})
+
+
 # -- SRAT / SLIT ----------------------------------------------------------------------------------
 
 SRAT_TYPES = {0: "Processor Local APIC/SAPIC Affinity", 1: "Memory Affinity",
@@ -425,7 +461,7 @@ def _sdt(width: int) -> Callable[[Blob], tuple[dict[str, Any], dict[str, Any]]]:
 
 BODY_DECODERS: dict[str, Callable[[Blob], tuple[dict[str, Any], dict[str, Any]]]] = {
     "FACP": _fadt, "APIC": _madt, "HPET": _hpet, "MCFG": _mcfg, "WAET": _waet, "SRAT": _srat,
-    "SLIT": _slit, "RSDT": _sdt(4), "XSDT": _sdt(8),
+    "SLIT": _slit, "RSDT": _sdt(4), "XSDT": _sdt(8), "TPM2": _tpm2, "BGRT": _bgrt,
 }
 
 

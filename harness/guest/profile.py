@@ -59,16 +59,34 @@ class GuestProfile:
     source: str = ""
     machine: str | None = None            # the machine type the VM runs (an imported profile pins it)
     smbios: tuple[tuple[int, tuple[tuple[str, str], ...]], ...] = ()   # (type, ((field, value), ...))
+    families: tuple[str, ...] = FAMILIES       # the machine families the profile applies to
+    firmware: str = "seabios"                  # seabios | ovmf | ovmf-secboot
+    smm: bool | None = None                    # None: the machine type's default
+    tpm: str | None = None                     # crb | tis: a TPM 2.0 on swtpm, started by qabi
+    hyperv: tuple[tuple[str, str | None], ...] = ()   # Hyper-V enlightenments: (name, value or None)
+    hpet: bool | None = None                   # None: the machine type's default
+
+    @property
+    def uefi(self) -> bool:
+        return self.firmware != "seabios"
+
+    def applies_to(self, machine: str) -> bool:
+        """Whether this profile runs on `machine`'s family at all (`families`; a q35-only profile is
+        not planned on i440fx: it is not a run there, neither a pass nor a skip)."""
+        return machine_family(machine) in self.families
+
+    def cpu_option(self) -> str:
+        """The -cpu value: the named model, its flags, then the Hyper-V enlightenments as hv-* properties."""
+        hv = [f"hv-{name}={value}" if value is not None else f"hv-{name}=on" for name, value in self.hyperv]
+        return ",".join([self.cpu, *hv])
 
     def devices_for(self, machine: str) -> list[Device]:
         family = machine_family(machine)
-        if self.machine is not None and machine_family(self.machine) != family:
-            raise UnsupportedError(f"profile '{self.name}' is a {machine_family(self.machine)} VM "
-                                   f"(machine = {self.machine}); {machine} is of the {family} family")
         return [d for d in self.devices if family in d.families]
 
     def drivers_for(self, machine: str) -> list[str]:
-        return sorted({d.driver for d in self.devices_for(machine)})
+        tpm = {TPM_DRIVERS[self.tpm]} if self.tpm else set()
+        return sorted({d.driver for d in self.devices_for(machine)} | tpm)
 
     def nics_for(self, machine: str) -> list[Device]:
         return [d for d in self.devices_for(machine) if d.mac]
@@ -80,7 +98,25 @@ def _fail(path: Path, message: str) -> QabiError:
 
 # -- the schema: every key known, every value of a bounded shape that cannot reach a host file or
 # another QEMU option (profile files are hostile input: they may come from anyone) -------------------
-_TOP_KEYS = {"name", "description", "cpu", "memory", "smp", "uuid", "device", "machine", "smbios"}
+_TOP_KEYS = {"name", "description", "cpu", "memory", "smp", "uuid", "device", "families", "firmware", "smm",
+             "tpm", "hyperv", "hpet", "machine", "smbios"}
+FIRMWARES = ("seabios", "ovmf", "ovmf-secboot")
+# The TPM: `tpm = "crb" | "tis"` is the one -device driver a profile gets outside [[device]] (on
+# qabi's swtpm backend, harness/transport/platform.py); kept in this small table, apart from the
+# device schema, so that a driver allow-list and this stay two separate tables.
+TPM_DRIVERS = {"crb": "tpm-crb", "tis": "tpm-tis"}
+TPMS = tuple(TPM_DRIVERS)
+# Hyper-V enlightenments a profile may ask for (QEMU's hv-* CPU properties), with the value shape each
+# takes: None = on/off only, else the pattern and the bounds of its number (spinlocks: retries, >= 0xfff).
+HYPERV: dict[str, tuple[int, int] | None] = {
+    "relaxed": None, "vapic": None, "spinlocks": (0xFFF, 0xFFFFFFFF), "vpindex": None, "runtime": None,
+    "synic": None, "stimer": None, "stimer-direct": None, "frequencies": None, "tlbflush": None,
+    "tlbflush-ext": None, "tlbflush-direct": None, "ipi": None, "reset": None, "time": None, "crash": None,
+    "reenlightenment": None, "avic": None, "xmm-input": None, "emsr-bitmap": None,
+}
+_HV_ITEM = re.compile(r"([a-z][a-z-]{1,31})(?:=(0x[0-9a-fA-F]{1,8}|\d{1,10}))?")
+# CPU models and options that pass the host's CPU through: never (the guest would see the host)
+_HOST_CPU = re.compile(r"(?:^|,)(?:host|max)(?:,|$)|host-phys-bits|host-cache-info|migratable=off")
 _SMP_KEYS = ("cpus", "sockets", "dies", "clusters", "cores", "threads", "maxcpus")
 MAX_VCPUS = 288
 MEMORY_MIB = (16, 1 << 20)                     # 16 MiB .. 1 TiB
@@ -133,9 +169,7 @@ def _device(path: Path, index: int, raw: object) -> Device:
         raise _fail(path, f"{where}: 'driver' (a string) is required")
     driver = _str(path, f"{where}: driver", raw["driver"], DRIVER)
     rule = _allowed(path, where, check_driver, driver)
-    families_raw = raw.get("families", list(FAMILIES))
-    if not isinstance(families_raw, list) or not families_raw or not set(families_raw) <= set(FAMILIES):
-        raise _fail(path, f"{where}: families must be a non-empty list among {', '.join(FAMILIES)}")
+    families_raw = _families(path, f"{where}: ", raw.get("families", list(FAMILIES)))
     dev_id = _str(path, f"{where}: id", raw["id"], DEVICE_ID) if "id" in raw else None
     if dev_id and dev_id.lower().startswith(RESERVED_ID_PREFIX):
         raise _fail(path, f"{where}: id {dev_id!r}: ids starting with '{RESERVED_ID_PREFIX}' are qabi's own")
@@ -230,6 +264,63 @@ def _smp(path: Path, raw: object) -> tuple[tuple[str, int], ...]:
     return tuple((k, _int(path, f"smp.{k}", v, 1, MAX_VCPUS)) for k, v in raw.items())
 
 
+def _hyperv(path: Path, raw: object) -> tuple[tuple[str, str | None], ...]:
+    if not isinstance(raw, list) or len(raw) > len(HYPERV):
+        raise _fail(path, f"hyperv must be a list of enlightenments such as [\"relaxed\", \"spinlocks=0x1fff\"] "
+                          f"(at most {len(HYPERV)})")
+    out: list[tuple[str, str | None]] = []
+    for item in raw:
+        text = _str(path, "hyperv item", item)
+        match = _HV_ITEM.fullmatch(text)
+        if not match or match.group(1) not in HYPERV:
+            raise _fail(path, f"hyperv: {text[:80]!r} is not a known enlightenment (known: {', '.join(HYPERV)})")
+        name, value = match.group(1), match.group(2)
+        bounds = HYPERV[name]
+        if (bounds is None) != (value is None):
+            raise _fail(path, f"hyperv: {name} {'takes no value' if bounds is None else 'needs a value'}")
+        if bounds is not None and value is not None and not bounds[0] <= int(value, 0) <= bounds[1]:
+            raise _fail(path, f"hyperv: {name}={value} is out of range ({bounds[0]:#x}..{bounds[1]:#x})")
+        if name in (n for n, _ in out):
+            raise _fail(path, f"hyperv: {name} is given twice")
+        out.append((name, value))
+    return tuple(out)
+
+
+def _choice(path: Path, key: str, value: object, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise _fail(path, f"{key} = {str(value)[:40]!r} is not one of {', '.join(choices)}")
+    return str(value)
+
+
+def _bool(path: Path, key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(path, f"{key} must be true or false")
+    return value
+
+
+def _families(path: Path, where: str, raw: object) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not raw or not set(raw) <= set(FAMILIES):
+        raise _fail(path, f"{where}families must be a non-empty list among {', '.join(FAMILIES)}")
+    return tuple(f for f in FAMILIES if f in raw)
+
+
+def _platform(path: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """The platform keys: machine families, firmware, SMM, TPM, Hyper-V, HPET (checked together:
+    Secure Boot needs SMM, and OVMF's SMM and Secure Boot need q35)."""
+    out: dict[str, Any] = {"families": _families(path, "", data.get("families", list(FAMILIES)))}
+    out["firmware"] = _choice(path, "firmware", data.get("firmware", "seabios"), FIRMWARES)
+    out["smm"] = _bool(path, "smm", data["smm"]) if "smm" in data else None
+    out["tpm"] = _choice(path, "tpm", data["tpm"], TPMS) if "tpm" in data else None
+    out["hyperv"] = _hyperv(path, data.get("hyperv", []))
+    out["hpet"] = _bool(path, "hpet", data["hpet"]) if "hpet" in data else None
+    if out["firmware"] == "ovmf-secboot":
+        if out["smm"] is not True:
+            raise _fail(path, "firmware = \"ovmf-secboot\" needs smm = true (the Secure Boot variables live in SMM)")
+        if out["families"] != ("q35",):
+            raise _fail(path, "firmware = \"ovmf-secboot\" needs families = [\"q35\"] (OVMF's SMM build runs on q35 only)")
+    return out
+
+
 def load_profile(name_or_path: str) -> GuestProfile:
     """Load `guests/NAME.toml` (or a path to a profile file), checked against a strict schema."""
     path = Path(name_or_path)
@@ -272,14 +363,15 @@ def parse_profile(text: str, path: Path) -> GuestProfile:
         cpu=_str(path, "cpu", data["cpu"], CPU),
         memory_mib=_int(path, "memory (MiB)", data["memory"], *MEMORY_MIB),
         smp=_smp(path, data.get("smp", {"cpus": 1})), uuid=_str(path, "uuid", data["uuid"]),
-        devices=devices, source=str(path),
+        devices=devices, source=str(path), **_platform(path, data),
         machine=_machine(path, data["machine"]) if "machine" in data else None,
         smbios=_smbios(path, data["smbios"]) if "smbios" in data else ())
-    if profile.machine is not None:
-        family = machine_family(profile.machine)
-        stray = next((d.driver for d in devices if family not in d.families), None)
-        if stray:
-            raise _fail(path, f"device {stray} is not on the {family} family of machine = {profile.machine}")
+    if profile.machine is not None and not profile.applies_to(profile.machine):
+        raise _fail(path, f"machine = {profile.machine} is not of the profile's families "
+                          f"({', '.join(profile.families)})")
+    if _HOST_CPU.search(profile.cpu):
+        raise _fail(path, f"cpu {profile.cpu[:80]!r}: host CPU passthrough (host, max, host-phys-bits, host-cache-info) "
+                          "is not allowed: name a CPU model (and a fixed phys-bits)")
     if not re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", profile.uuid):
         raise _fail(path, f"uuid '{profile.uuid[:80]}' is not a lower-case UUID")
     return profile

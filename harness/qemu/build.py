@@ -23,16 +23,19 @@ QEMU_PACKAGE = "qemu-system-x86"
 BINARY = "qemu-system-x86_64"
 # Firmware that newer releases only recommend but that is guest-visible (option ROMs, BIOS), and
 # the module package that holds the QXL display where a release splits it out.
-FIRMWARE_PACKAGES = ("seabios", "ipxe-qemu", "qemu-system-modules-spice")
+FIRMWARE_PACKAGES = ("seabios", "ipxe-qemu", "qemu-system-modules-spice", "ovmf")
 PREFIX_MANIFEST = "qabi-prefix.json"
-FIRMWARE_SUBDIRS = ("usr/share/qemu", "usr/share/seabios", "usr/lib/ipxe/qemu")
+OVMF_PACKAGE = "ovmf"
+OVMF_SUBDIR = "usr/share/OVMF"
+FIRMWARE_SUBDIRS = ("usr/share/qemu", "usr/share/seabios", "usr/lib/ipxe/qemu", OVMF_SUBDIR)
+HOST_OVMF_DIR = "/usr/share/OVMF"          # Debian's ovmf package on the host (the `system` build)
 QUERY_TIMEOUT = 60
 # Where a Debian QEMU looks for modules and firmware when its own dirs lack a file. A build that
 # brings its own firmware runs in a private mount namespace with these hidden, so it can never
 # silently load the host's modules (a crash for another QEMU version) or the host's firmware
 # (a false attribution of what the guest sees).
 HOST_QEMU_DIRS = ("/usr/lib/x86_64-linux-gnu/qemu", "/usr/share/qemu", "/usr/share/seabios",
-                  "/usr/lib/ipxe", "/usr/share/ipxe")
+                  "/usr/lib/ipxe", "/usr/share/ipxe", HOST_OVMF_DIR, "/usr/share/ovmf")
 _HIDE_SCRIPT = ('for d in "$@"; do [ "$d" = -- ] && break; if [ -d "$d" ]; then '
                 'mount -t tmpfs -o size=4k,mode=0555 qabi-hidden "$d" || exit 125; fi; shift; done; '
                 'shift; exec "$@"')
@@ -103,8 +106,18 @@ class QemuBuild:
             "spec": self.spec, "kind": self.kind, "version": info.version,
             "package_version": self.package_version, "executable": str(self.executable),
             "sha256": self.sha256, "firmware_dirs": list(self.firmware_dirs),
-            "firmware_from": self.firmware_from,
+            "firmware_from": self.firmware_from, "ovmf": ovmf_provenance(self),
         }
+
+    def ovmf_dir(self) -> Path | None:
+        """The directory of this build's OVMF images: the one in its firmware dirs (a Debian prefix,
+        or the prefix `--firmware-from` names), the host's for `system`; None when it has none."""
+        for d in self.firmware_dirs:
+            if Path(d).name == "OVMF" and Path(d).is_dir():
+                return Path(d)
+        if self.kind == "system" and Path(HOST_OVMF_DIR).is_dir():
+            return Path(HOST_OVMF_DIR)
+        return None
 
     def as_json(self) -> dict[str, Any]:
         info = self.info()
@@ -198,6 +211,8 @@ def provision(suite: str, version: str | None, refresh: bool = False, offline: b
     if version is not None:
         prefix = _prefix_dir(suite, version)
         if (prefix / PREFIX_MANIFEST).is_file():
+            if not offline:
+                _add_ovmf(prefix, suite)
             return prefix
     if offline:
         raise BuildError(f"debian:{suite}{'=' + version if version else ''} is not in the cache and "
@@ -229,6 +244,70 @@ def provision(suite: str, version: str | None, refresh: bool = False, offline: b
                 write_json(tmp / PREFIX_MANIFEST, manifest)
     write_json(_pointer(suite), {"suite": suite, "version": version})
     return prefix
+
+
+def _add_ovmf(prefix: Path, suite: str) -> None:
+    """Bring a prefix provisioned before OVMF joined the closure up to date: the suite's `ovmf`
+    (its usr/share/OVMF, renamed into place whole) joins it and its manifest."""
+    if (prefix / OVMF_SUBDIR).is_dir() or _prefix_ovmf_version(prefix) is not None:
+        return
+    with file_lock(prefix.with_name(prefix.name + ".lock")):
+        manifest = json.loads((prefix / PREFIX_MANIFEST).read_text())
+        if (prefix / OVMF_SUBDIR).is_dir() or manifest.get("ovmf_absent"):
+            return
+        s = archive.Suite(suite)
+        s.ensure_index()
+        if not s.exists(OVMF_PACKAGE):
+            write_json(prefix / PREFIX_MANIFEST, {**manifest, "ovmf_absent": True})
+            return
+        files = s.resolve([OVMF_PACKAGE])
+        debs = archive.download(files)
+        unpacked = prefix.with_name(f".{prefix.name}.ovmf-{os.getpid()}")
+        try:
+            archive.unpack(debs, unpacked)
+            with staging_dir(prefix / OVMF_SUBDIR) as tmp:
+                for item in (unpacked / OVMF_SUBDIR).iterdir():
+                    os.rename(item, tmp / item.name)
+        finally:
+            shutil.rmtree(unpacked, ignore_errors=True)
+        known = {p["name"] for p in manifest["packages"]}
+        manifest["packages"] += [f.as_dict() for f in files if f.name not in known]
+        write_json(prefix / PREFIX_MANIFEST, manifest)
+
+
+def _prefix_ovmf_version(prefix: Path) -> str | None:
+    try:
+        manifest = json.loads((prefix / PREFIX_MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return next((str(p["version"]) for p in manifest.get("packages", []) if p.get("name") == OVMF_PACKAGE), None)
+
+
+_OVMF_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def ovmf_provenance(build: QemuBuild) -> dict[str, Any] | None:
+    """OVMF as this build runs it: the package version and the sha256 of every image (.fd), or None
+    when the build has no OVMF."""
+    where = build.ovmf_dir()
+    if where is None:
+        return None
+    version: str | None = None
+    if build.kind == "system" and where == Path(HOST_OVMF_DIR):
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            done = subprocess.run(check=False, args=["dpkg-query", "-W", "-f=${Version}", OVMF_PACKAGE],
+                                  capture_output=True, text=True, timeout=30)
+            version = done.stdout.strip() or None
+    else:
+        version = _prefix_ovmf_version(where.parents[2])
+    files = {}
+    for image in sorted(where.glob("*.fd")):
+        st = image.stat()
+        key = (str(image.resolve()), st.st_size, st.st_mtime_ns)
+        if key not in _OVMF_HASHES:
+            _OVMF_HASHES[key] = sha256_file(image)
+        files[image.name] = _OVMF_HASHES[key]
+    return {"dir": str(where), "package_version": version, "files": files}
 
 
 def verify_prefix(prefix: Path) -> None:

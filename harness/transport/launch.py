@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from harness.errors import QabiError
 from harness.guest.profile import GuestProfile, disk_size
+from harness.transport.platform import machine_options, platform_args
 
 if TYPE_CHECKING:
     from harness.capture import CapturePlan
@@ -46,7 +47,7 @@ def qemu_argv(plan: CapturePlan, workdir: Path, setup: Setup, incoming: Path | N
     return [*plan.build.argv(), "-no-user-config", "-nodefaults", "-display", "none", "-no-reboot",
             "-accel", ACCEL_ARGS[check_accel(plan.accel)],
             *hardware_args(plan.profile, plan.machine, workdir, setup.hostfwd, setup.boot_disk),
-            *setup.args, "-qmp", f"unix:{workdir / QMP_SOCKET},server=on,wait=off", *wait]
+            *platform_args(plan, workdir), *setup.args, "-qmp", f"unix:{workdir / QMP_SOCKET},server=on,wait=off", *wait]
 
 
 def dump_vmstate_argv(build: QemuBuild, machine: str, out: Path) -> list[str]:
@@ -67,7 +68,7 @@ def hardware_args(profile: GuestProfile, machine: str, workdir: Path, hostfwd: s
     sees of its hardware.
     """
     smp = ",".join(f"{k}={v}" for k, v in profile.smp)
-    args = ["-machine", machine, "-cpu", profile.cpu, "-m", str(profile.memory_mib), "-smp", smp,
+    args = ["-machine", machine + machine_options(profile), "-cpu", profile.cpu_option(), "-m", str(profile.memory_mib), "-smp", smp,
             "-uuid", profile.uuid, "-rtc", f"base={RTC_BASE},clock=vm"]
     for kind, fields in profile.smbios:
         args += ["-smbios", ",".join([f"type={kind}", *(f"{k}={_opt(v)}" for k, v in fields)])]

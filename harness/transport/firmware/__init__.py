@@ -27,6 +27,12 @@ the results at 0x30000 and halts. The host then reads, over the qtest line proto
 - the memory map as /sys/firmware/memmap/N, after Linux's e820 sanitizing.
 
 The records have the guest probe's paths, so capture() writes the same bundle.
+
+The probe is the firmware's own: the profile's `firmware` picks the probe module (PROBES):
+seabios.py (the payload above) or ovmf.py (an EFI application OVMF starts; it announces its result
+buffer in a mailbox page, and ACPI and SMBIOS are read where the EFI configuration table points;
+its CPUID is read in 64-bit mode, its memory map is the UEFI one as Linux's EFI stub turns it into
+e820, and it adds the Secure Boot variables and the configuration table as records).
 """
 
 from __future__ import annotations
@@ -40,10 +46,11 @@ from typing import TYPE_CHECKING
 from harness.errors import CaptureError
 from harness.qemu.process import spawn
 from harness.transport.base import Session, Setup, TransportResult, early_exit_error
+from harness.transport.firmware import ovmf, seabios
 from harness.transport.firmware.pci import _mcfg_base, pci_records, qmp_query_pci
 from harness.transport.firmware.qtest import Memory, Qtest
-from harness.transport.firmware.records import cpuid_record, memmap_records, sanitize_e820
-from harness.transport.firmware.seabios import MARKER, PAYLOAD, RESULT, payload_sha256, read_payload
+from harness.transport.firmware.records import HandOff, cpuid_record, memmap_records, sanitize_e820
+from harness.transport.firmware.seabios import PAYLOAD, payload_sha256
 from harness.transport.firmware.tables import acpi_records, smbios_records
 from harness.transport.framing import Record
 
@@ -72,17 +79,41 @@ class FirmwareTransport:
     needs_nic = False
 
     def setup(self, plan: CapturePlan, workdir: Path, console_log: Path) -> Setup:
-        digest = payload_sha256()
-        return Setup(args=("-kernel", str(PAYLOAD),
+        firmware = plan.profile.firmware
+        if firmware == "seabios":
+            path, digest = PAYLOAD, payload_sha256()
+        else:
+            secure = firmware == "ovmf-secboot"
+            path, digest = ovmf.probe_path(secure), ovmf.probe_sha256(secure)
+        return Setup(args=("-kernel", str(path),
                            "-chardev", f"file,id=qabicon,path={workdir / CONSOLE}", "-serial", "chardev:qabicon",
                            "-qtest", f"unix:{workdir / QTEST_SOCKET}"),
-                     image={"sha256": digest, "payload": "guests/payload/payload.bin"})
+                     image={"sha256": digest, "payload": str(path.relative_to(PAYLOAD.parents[2]))},
+                     state=firmware)
 
     def run(self, session: Session) -> TransportResult:
-        return run(session.argv, session.env, session.workdir, session.console_log, session.timeout)
+        return run(session.argv, session.env, session.workdir, session.console_log, session.timeout,
+                   session.setup.state or "seabios")
 
 
-def run(argv: list[str], env: dict[str, str], workdir: Path, console_log: Path, timeout: float) -> TransportResult:
+def _wait(qt: Qtest, firmware: str) -> HandOff:
+    """Poll until the firmware's probe is done, then read what it recorded."""
+    if firmware == "seabios":
+        if not seabios.ready(qt):
+            raise _NotYet
+        return seabios.handoff(qt)
+    addr = ovmf.ready(qt)
+    if addr is None:
+        raise _NotYet
+    return ovmf.read_probe(qt, addr)
+
+
+class _NotYet(Exception):
+    """The probe has not signalled yet."""
+
+
+def run(argv: list[str], env: dict[str, str], workdir: Path, console_log: Path, timeout: float,
+        firmware: str = "seabios") -> TransportResult:
     started = time.monotonic()
     deadline = started + timeout
     stderr_path = workdir / "qemu.stderr"
@@ -107,23 +138,25 @@ def run(argv: list[str], env: dict[str, str], workdir: Path, console_log: Path, 
                         raise CaptureError(f"QEMU never connected to its qtest socket within {timeout:.0f}s") from None
             with contextlib.closing(conn):
                 qt = Qtest(conn, deadline + 10, alive)    # replies: a grace beyond the wait
-                while qt.readl(RESULT) != MARKER:
+                while True:
+                    try:
+                        result = _wait(qt, firmware)
+                        break
+                    except _NotYet:
+                        pass
                     if time.monotonic() > deadline:
-                        raise CaptureError(f"the reference payload never signalled completion within "
+                        what = "reference payload" if firmware == "seabios" else "EFI probe"
+                        raise CaptureError(f"the {what} never signalled completion within "
                                            f"{timeout:.0f}s (console log: {console_log})")
-                    time.sleep(0.005)
+                    time.sleep(0.005 if firmware == "seabios" else 0.05)
                 timings["boot_to_handoff"] = round(time.monotonic() - started, 3)
-                result = read_payload(qt)
-                if result.e820_status not in (0, 3) or not result.e820:
-                    raise CaptureError(f"the firmware's INT 15h E820 failed (status {result.e820_status}, "
-                                       f"{len(result.e820)} entries)")
                 mem = Memory.from_e820(result.e820)
-                acpi = acpi_records(qt, mem)
-                smbios = smbios_records(qt, mem)
+                acpi = acpi_records(qt, mem, result.rsdp)
+                smbios = smbios_records(qt, mem, result.smbios)
                 sizes = qmp_query_pci(workdir / "qmp.sock", deadline, alive)
                 pci = pci_records(qt, _mcfg_base(acpi), sizes)
                 records = [*acpi, *smbios, *pci, Record("/dev/cpu/0/cpuid", cpuid_record(result.cpuid)),
-                           *memmap_records(result.e820)]
+                           *memmap_records(result.e820), *result.records]
             timings["transfer"] = round(time.monotonic() - started - timings["boot_to_handoff"], 3)
     finally:
         listener.close()
@@ -131,7 +164,7 @@ def run(argv: list[str], env: dict[str, str], workdir: Path, console_log: Path, 
         out = workdir / CONSOLE
         console_log.write_bytes(out.read_bytes()[:1 << 20] if out.is_file() else b"")
     timings["total"] = round(time.monotonic() - started, 3)
-    info = {"payload": "1", "cpuid_vcpus": "0", "e820_entries": str(len(result.e820))}
+    info = {**result.info, "cpuid_vcpus": "0", "e820_entries": str(len(result.e820))}
     return TransportResult(records, info, timings, details={"cpuid_vcpus": [0]})
 
 

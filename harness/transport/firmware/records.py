@@ -5,12 +5,41 @@ Linux's e820 sanitizing). Any firmware's probe module builds its bundle through 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass, field
 
 from harness.errors import CaptureError
 from harness.transport.framing import Record
 
 L40, L80, X1D = 0x40000000, 0x80000000, 0x8000001D
 SUBLEAF_LEAVES = (4, 7, 11, 13, 15, 16, 18, 20, 23, 24, 29, 31, 0x8000001D, 0x80000020, 0x80000026)
+
+
+@dataclass(frozen=True)
+class HandOff:
+    """What a firmware's hand-off probe recorded, as the transport's shared flow reads it: the memory
+    map as e820 ranges, CPUID of the boot vCPU, where the firmware put the ACPI root (RSDP; None:
+    search the BIOS areas) and the SMBIOS entry points (3.x, 2.x; None: search), extra records of
+    the probe's own, and what it says about itself."""
+
+    e820: list[tuple[int, int, int]]
+    cpuid: dict[tuple[int, int], tuple[int, int, int, int]]
+    records: list[Record] = field(default_factory=list)
+    rsdp: int | None = None
+    smbios: tuple[int | None, int | None] | None = None
+    info: dict[str, str] = field(default_factory=dict)
+
+
+def cpuid_from_entries(raw: bytes, count: int) -> tuple[dict[tuple[int, int], tuple[int, int, int, int]],
+                                                        list[tuple[int, int]]]:
+    """A probe's CPUID entries (24 bytes each: leaf, subleaf, eax, ebx, ecx, edx) by (leaf, subleaf),
+    and their order."""
+    cpuid: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+    order = []
+    for i in range(count):
+        leaf, sub, a, b, c, d = struct.unpack_from("<6I", raw, 24 * i)
+        cpuid[(leaf, sub)] = (a, b, c, d)
+        order.append((leaf, sub))
+    return cpuid, order
 
 
 def _set_bits(mask: int, first: int) -> list[int]:

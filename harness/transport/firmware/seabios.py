@@ -10,6 +10,7 @@ from pathlib import Path
 
 from harness.errors import CaptureError
 from harness.transport.firmware.qtest import Qtest
+from harness.transport.firmware.records import HandOff, cpuid_from_entries
 
 PAYLOAD_DIR = Path(__file__).resolve().parents[3] / "guests" / "payload"
 PAYLOAD = PAYLOAD_DIR / "payload.bin"
@@ -39,14 +40,21 @@ def read_payload(qt: Qtest) -> PayloadResult:
         raise CaptureError(f"the payload wrote absurd counts ({n_e820} e820, {n_cpuid} cpuid entries)")
     raw = qt.read(E820_AT, 20 * n_e820)
     e820 = [struct.unpack_from("<QQI", raw, 20 * i) for i in range(n_e820)]
-    raw = qt.read(CPUID_AT, 24 * n_cpuid)
-    cpuid: dict[tuple[int, int], tuple[int, int, int, int]] = {}
-    order = []
-    for i in range(n_cpuid):
-        leaf, sub, a, b, c, d = struct.unpack_from("<6I", raw, 24 * i)
-        cpuid[(leaf, sub)] = (a, b, c, d)
-        order.append((leaf, sub))
+    cpuid, order = cpuid_from_entries(qt.read(CPUID_AT, 24 * n_cpuid), n_cpuid)
     return PayloadResult([(a, n, t) for a, n, t in e820], status, cpuid, order)
+
+
+def ready(qt: Qtest) -> bool:
+    return qt.readl(RESULT) == MARKER
+
+
+def handoff(qt: Qtest) -> HandOff:
+    """The payload's result as the shared flow reads it (ACPI and SMBIOS: the BIOS areas)."""
+    result = read_payload(qt)
+    if result.e820_status not in (0, 3) or not result.e820:
+        raise CaptureError(f"the firmware's INT 15h E820 failed (status {result.e820_status}, "
+                           f"{len(result.e820)} entries)")
+    return HandOff(e820=result.e820, cpuid=result.cpuid, info={"payload": "1"})
 
 
 def payload_bytes() -> bytes:

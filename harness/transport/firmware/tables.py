@@ -1,9 +1,11 @@
-"""ACPI and SMBIOS as Linux finds them in a BIOS boot: the RSDP in the EBDA or 0xE0000-0xFFFFF,
-the SMBIOS entry point in 0xF0000-0xFFFFF; every table read over qtest, bounded by guest memory."""
+"""ACPI and SMBIOS as Linux finds them: in a BIOS boot the RSDP in the EBDA or 0xE0000-0xFFFFF and
+the SMBIOS entry point in 0xF0000-0xFFFFF; under UEFI where the EFI configuration table points
+(ACPI 2.0 / 1.0, SMBIOS3 / SMBIOS); every table read over qtest, bounded by guest memory."""
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 from harness.errors import CaptureError
 from harness.transport.firmware.qtest import MAX_TABLES, Memory, Qtest
@@ -36,6 +38,20 @@ def find_rsdp(qt: Qtest) -> tuple[int, bytes]:
     raise CaptureError("no ACPI RSDP in the EBDA or 0xE0000-0xFFFFF: did the firmware run?")
 
 
+def rsdp_at(qt: Qtest, mem: Memory, addr: int) -> tuple[int, bytes]:
+    """The RSDP the EFI configuration table points at (checked as the BIOS search checks it)."""
+    mem.check("the ACPI RSDP", addr, 36)
+    block = qt.read(addr, 36)
+    if block[:8] != b"RSD PTR " or not _checksum_ok(block[:20]):
+        raise CaptureError(f"the EFI configuration table's ACPI pointer {addr:#x} is not a valid RSDP")
+    if block[15] >= 2:
+        length = struct.unpack_from("<I", block, 20)[0]
+        if length == 36 and _checksum_ok(block):
+            return addr, block
+        raise CaptureError(f"the ACPI 2.0 RSDP at {addr:#x} has a bad length or extended checksum")
+    return addr, block[:20]
+
+
 def _table(qt: Qtest, mem: Memory, addr: int, what: str) -> bytes:
     mem.check(what, addr, 8)
     head = qt.read(addr, 8)
@@ -46,8 +62,9 @@ def _table(qt: Qtest, mem: Memory, addr: int, what: str) -> bytes:
     return qt.read(addr, length)
 
 
-def acpi_records(qt: Qtest, mem: Memory) -> list[Record]:
-    _rsdp_addr, rsdp = find_rsdp(qt)
+def acpi_records(qt: Qtest, mem: Memory, rsdp_addr: int | None = None) -> list[Record]:
+    """Every ACPI table; the RSDP searched as in a BIOS boot, or at `rsdp_addr` (UEFI)."""
+    _rsdp_addr, rsdp = find_rsdp(qt) if rsdp_addr is None else rsdp_at(qt, mem, rsdp_addr)
     rev = rsdp[15]
     xsdt = struct.unpack_from("<Q", rsdp, 24)[0] if rev >= 2 and len(rsdp) >= 32 else 0
     if xsdt:
@@ -99,11 +116,18 @@ def acpi_records(qt: Qtest, mem: Memory) -> list[Record]:
     return records
 
 
-def smbios_records(qt: Qtest, mem: Memory) -> list[Record]:
-    """Linux's dmi_scan_machine without EFI: a valid _SM3_ first, then _SM_ (with _DMI_)."""
-    area = qt.read(0xF0000, 0x10000)
+def smbios_records(qt: Qtest, mem: Memory, efi: tuple[int | None, int | None] | None = None) -> list[Record]:
+    """Linux's dmi_scan_machine: a valid _SM3_ first, then _SM_ (with _DMI_); searched in
+    0xF0000-0xFFFFF, or under EFI (`efi`: the SMBIOS3 and SMBIOS pointers) only where they point."""
+    sm3: Sequence[int]
+    sm2: Sequence[int]
+    if efi is None:
+        area = qt.read(0xF0000, 0x10000)
+        sm3 = sm2 = range(0, 0x10000 - 32 + 1, 16)
+    else:
+        area, sm3, sm2 = _efi_entry_points(qt, mem, efi), [0], [32]
     entry = None
-    for off in range(0, 0x10000 - 32 + 1, 16):
+    for off in sm3:
         if area[off:off + 5] == b"_SM3_":
             n = area[off + 6]
             if 24 <= n <= 32 and _checksum_ok(area[off:off + n]):
@@ -112,7 +136,7 @@ def smbios_records(qt: Qtest, mem: Memory) -> list[Record]:
                 entry = (area[off:off + n], addr, table_len, None)
                 break
     if entry is None:
-        for off in range(0, 0x10000 - 32 + 1, 16):
+        for off in sm2:
             if area[off:off + 4] == b"_SM_":
                 n = area[off + 5]
                 if 0x1E <= n <= 32 and _checksum_ok(area[off:off + n]) and area[off + 16:off + 21] == b"_DMI_" \
@@ -123,7 +147,8 @@ def smbios_records(qt: Qtest, mem: Memory) -> list[Record]:
                     entry = (area[off:off + n], addr, table_len, count)
                     break
     if entry is None:
-        raise CaptureError("no SMBIOS entry point in 0xF0000-0xFFFFF")
+        raise CaptureError("no SMBIOS entry point in 0xF0000-0xFFFFF" if efi is None else
+                           "no valid SMBIOS entry point where the EFI configuration table points")
     point, addr, table_len, count = entry
     mem.check("the SMBIOS table", addr, table_len)
     table = qt.read(addr, table_len)
@@ -142,3 +167,16 @@ def smbios_records(qt: Qtest, mem: Memory) -> list[Record]:
         table = table[:pos]
     return [Record("/sys/firmware/dmi/tables/smbios_entry_point", point),
             Record("/sys/firmware/dmi/tables/DMI", table)]
+
+
+def _efi_entry_points(qt: Qtest, mem: Memory, efi: tuple[int | None, int | None]) -> bytes:
+    """The 32 bytes at the SMBIOS3 and at the SMBIOS pointer (zeros for one that is absent), as one
+    area with the offsets 0 (3.x) and 32 (2.x)."""
+    area = b""
+    for addr in efi:
+        if addr:
+            mem.check("the SMBIOS entry point", addr, 32)
+            area += qt.read(addr, 32)
+        else:
+            area += bytes(32)
+    return area + bytes(32)
