@@ -121,6 +121,15 @@ def _applies(guest: str, machine: str) -> bool:
         return True
 
 
+def _pinned(guest: str) -> str | None:
+    """The machine type `guest` pins (`machine = ...`, an imported profile), or None. A profile that
+    does not load pins none: its run reports the error."""
+    try:
+        return load_profile(guest).machine
+    except QabiError:
+        return None
+
+
 def capture_key(plan: CapturePlan) -> str:
     """Everything that decides what a capture contains; identical keys give identical raw bytes."""
     build, profile, access = plan.build, plan.profile, plan.access
@@ -197,7 +206,7 @@ class RunRequest:
 
     old: str
     new: str
-    machines: tuple[str, ...] = ()        # empty: the newest i440fx and q35 types both sides have
+    machines: tuple[str, ...] = ()        # empty: a profile's own `machine`, else `fallback_machines`
     guests: tuple[str, ...] = ()          # empty: every profile in guests/
     accel: str = "tcg"
     timeout: float = DEFAULT_TIMEOUT
@@ -209,6 +218,7 @@ class RunRequest:
     jobs: int = 1
     shard: Shard | None = None            # (I, N): only shard I of N of the runs (harness/matrix/shard.py)
     migrate: str | None = None            # "none"/None, "forward" (old -> new) or "both" (and back)
+    fallback_machines: tuple[str, ...] = ()   # empty: the newest i440fx and q35 types both sides have
 
     def __post_init__(self) -> None:
         from harness.migrate import check_direction
@@ -218,7 +228,7 @@ class RunRequest:
             raise QabiError("--migrate migrates the reference guest: it does not take --guest-image")
         check_accel(self.accel)
         check_shard(self.shard)
-        for machine in self.machines:
+        for machine in (*self.machines, *self.fallback_machines):
             split_machine(machine)
         severity_rank(self.fail_on)
         if self.jobs < 1:
@@ -239,7 +249,10 @@ class Check:
         self._planned: list[tuple[str, str]] | None = None
 
     def machines(self) -> list[str]:
-        asked = list(self.request.machines)
+        """The machine types asked for (--machine), else the fallback ones, else the newest of each
+        family both sides have; a profile that pins its machine type runs on that one instead,
+        unless --machine is given (`planned`)."""
+        asked = list(self.request.machines or self.request.fallback_machines)
         return expand_machines(asked, self.old, self.new) if asked else default_machines(self.old, self.new)
 
     @property
@@ -257,10 +270,15 @@ class Check:
         a machine `OLD:NEW` is a bump (harness/matrix/bump.py)."""
         if self._planned is None:
             guests = expand_guests(list(self.request.guests))
-            machines = self.machines()
-            self._planned = [(m, g) for m in machines for g in guests if _applies(g, m)]
+            pinned = {} if self.request.machines else {g: m for g in guests if (m := _pinned(g))}
+            others = [g for g in guests if g not in pinned]
+            machines = self.machines() if others else []
+            planned = [(m, g) for m in machines for g in others if _applies(g, m)]
+            order = machines + versioned_machines(sorted(set(pinned.values()) - set(machines)))
+            planned += [(m, g) for g, m in pinned.items()]
+            self._planned = sorted(planned, key=lambda run: (order.index(run[0]), guests.index(run[1])))
             for guest in self.request.guests:
-                if machines and not any(g == guest for _m, g in self._planned):
+                if guest not in pinned and machines and not any(g == guest for _m, g in self._planned):
                     families = ", ".join(load_profile(guest).families)
                     raise QabiError(f"guest profile '{guest}' runs on {families} machine types only, and none "
                                     f"of {', '.join(machines)} is one")

@@ -264,7 +264,7 @@ class _Mapper:
         d.cpu_model = model
         for part in parts[1:]:
             key, eq, val = part.partition("=")
-            if key.startswith("hv-") or key.startswith("hv_"):
+            if key.startswith(("hv-", "hv_")):
                 name = key[3:].replace("_", "-")
                 if eq and val not in ("on", "off"):
                     self.hyperv.append(f"{name}={val}")

@@ -145,7 +145,7 @@ class _Mapper:
             if secure:
                 d.top["smm"] = True
         if loader is not None and (loader.text or "").strip():
-            d.note(f"firmware path {loader.text.strip()[:100]}: the build's own OVMF is used")
+            d.note(f"firmware path {(loader.text or '').strip()[:100]}: the build's own OVMF is used")
         if os_.find("nvram") is not None:
             d.note("UEFI variable store (nvram): a fresh copy of the build's template is used")
         for tag in ("kernel", "initrd", "cmdline", "dtb"):
@@ -264,7 +264,8 @@ class _Mapper:
     def sysinfo(self) -> None:
         d = self.d
         os_ = self.root.find("os")
-        mode = os_.find("smbios").get("mode") if os_ is not None and os_.find("smbios") is not None else None
+        smbios = os_.find("smbios") if os_ is not None else None
+        mode = smbios.get("mode") if smbios is not None else None
         info = next((s for s in self.root.findall("sysinfo") if s.get("type") == "smbios"), None)
         if info is None:
             return
@@ -326,9 +327,11 @@ class _Mapper:
         return bus_name, text, props
 
     def _pci_device(self, driver: str, elem: Element, id: str | None = None,
-                    props: dict[str, Value] | None = None, **keys: object) -> None:
+                    props: dict[str, Value] | None = None, mac: str | None = None, disk: str | None = None,
+                    audio: bool = False) -> None:
         bus, addr, extra = self._pci(elem)
-        self.d.add(driver, id=id, bus=bus, addr=addr, props={**extra, **(props or {})}, **keys)  # type: ignore[arg-type]
+        self.d.add(driver, id=id, bus=bus, addr=addr, props={**extra, **(props or {})}, mac=mac, disk=disk,
+                   audio=audio)
 
     def controller(self, elem: Element) -> None:
         d = self.d
@@ -340,7 +343,7 @@ class _Mapper:
             if model not in PCI_CONTROLLERS:
                 raise d.refuse(f"PCI controller {model!r}", "not supported by qabi profile import")
             name = elem.find("model")
-            driver = name.get("name") if name is not None and name.get("name") else PCI_CONTROLLERS[model]
+            driver = (name.get("name") if name is not None else None) or PCI_CONTROLLERS[model]
             target = elem.find("target")
             props: dict[str, Value] = {}
             if target is not None:
@@ -412,7 +415,7 @@ class _Mapper:
         serial = elem.findtext("serial")
         if serial:
             props["serial"] = serial.strip()
-        keys: dict[str, object] = {"cdrom": True} if cdrom else {"disk": DEFAULT_DISK}
+        disk = None if cdrom else DEFAULT_DISK
         if not cdrom:
             d.note(f"disk {dev_name[:20]}: a blank {DEFAULT_DISK} image (qabi never reads the VM's image)")
         addr = elem.find("address")
@@ -423,23 +426,23 @@ class _Mapper:
             driver = "ide-cd" if cdrom else "ide-hd"
             if bus == "sata":
                 name = f"ide.{unit}" if controller == 0 and self.family == "q35" else f"sata{controller}.{unit}"
-                d.add(driver, bus=name, props=props, **keys)  # type: ignore[arg-type]
+                d.add(driver, bus=name, props=props, disk=disk, cdrom=cdrom)
             else:
-                d.add(driver, bus=f"ide.{abus}", props={**props, "unit": unit}, **keys)  # type: ignore[arg-type]
+                d.add(driver, bus=f"ide.{abus}", props={**props, "unit": unit}, disk=disk, cdrom=cdrom)
         elif bus == "virtio":
             if cdrom:
                 raise d.refuse("virtio CD-ROM", "libvirt has none")
-            self._pci_device("virtio-blk-pci", elem, props=props, **keys)
+            self._pci_device("virtio-blk-pci", elem, props=props, disk=disk)
         elif bus == "scsi":
             controller = _int(addr.get("controller"), "<address controller>", 0) if addr is not None else 0
             scsi = {"channel": _int(addr.get("bus"), "<address bus>", 0) if addr is not None else 0,
                     "scsi-id": _int(addr.get("target"), "<address target>", 0) if addr is not None else 0,
                     "lun": _int(addr.get("unit"), "<address unit>", 0) if addr is not None else 0}
             d.add("scsi-cd" if cdrom else "scsi-hd", bus=f"scsi{controller}.0", props={**props, **scsi},
-                  **keys)  # type: ignore[arg-type]
+                  disk=disk, cdrom=cdrom)
         elif bus == "usb":
             usb_bus, port = self._usb(elem)
-            d.add("usb-storage", bus=usb_bus, props={**props, **port}, **keys)  # type: ignore[arg-type]
+            d.add("usb-storage", bus=usb_bus, props={**props, **port}, disk=disk, cdrom=cdrom)
         else:
             raise d.refuse(f"disk bus {bus[:20]!r}", "not supported by qabi profile import")
 
@@ -668,6 +671,6 @@ def _secure_boot(os_: Element, loader: Element | None) -> bool:
             if feature.get("name") == "secure-boot":
                 return feature.get("enabled") == "yes"
     if loader is not None and (loader.text or "").strip():
-        name = loader.text.strip().rsplit("/", 1)[-1].lower()
+        name = (loader.text or "").strip().rsplit("/", 1)[-1].lower()
         return ".ms." in name or "secboot" in name or ".secure." in name
     return os_.get("firmware") == "efi"

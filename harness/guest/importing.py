@@ -138,12 +138,15 @@ class Draft:
             "name": _profile_name(self.name),
             "description": f"imported from {self.source} by qabi profile import",
             "machine": self.machine,
+            "families": [family],
             "cpu": ",".join([self.cpu_model, *self.cpu_flags]),
             "memory": self.memory_mib if self.memory_mib is not None else 128,
             "smp": self.smp or {"cpus": 1},
             "uuid": self.uuid or "00000000-0000-4000-8000-000000000000",
             **self.top,
         }
+        if "hyperv" in data:
+            data["hyperv"] = sorted(set(data["hyperv"]))
         if self.smbios:
             data["smbios"] = {f"type{k}": v for k, v in sorted(self.smbios.items())}
         devices = []
@@ -152,7 +155,6 @@ class Draft:
             for key in ("id", "bus", "addr", "mac", "disk"):
                 if getattr(dev, key) is not None:
                     entry[key] = self.bus(dev.bus) if key == "bus" and dev.bus else getattr(dev, key)
-            entry["families"] = [family]
             for key in ("cdrom", "audio"):
                 if getattr(dev, key):
                     entry[key] = True
