@@ -140,16 +140,16 @@ def cmd_profile_import(args: argparse.Namespace) -> int:
     from harness.cache import atomic_write_bytes
     from harness.guest.importing import import_profile, read_input
 
+    out = None if args.output in (None, "-") else Path(args.output)
+    if out is not None and (out.exists() or out.is_symlink()):
+        raise QabiError(f"{args.output[:200]}: already exists (qabi never overwrites a file; remove it or name another)")
     text, where = read_input(args.input)
     toml, notes = import_profile(text, where)
     for note in notes:
         print(f"qabi: note: {note}", file=sys.stderr)
-    if args.output in (None, "-"):
+    if out is None:
         sys.stdout.write(toml)
         return 0
-    out = Path(args.output)
-    if out.exists() or out.is_symlink():
-        raise QabiError(f"{args.output[:200]}: already exists (qabi never overwrites a file; remove it or name another)")
     atomic_write_bytes(out, toml, what="profile")
     print(f"{out}: profile written ({len(notes)} host-only parts dropped, listed at its top)")
     return 0
