@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from harness.errors import QabiError
 from harness.guest.importing import DEFAULT_DISK, Draft, ImportRefused, Value
+from harness.guest.profile import VERSIONED_MACHINE
 
 # options that take no argument
 FLAGS = {"-S", "-no-user-config", "-nodefaults", "-nodefconfig", "-no-hpet", "-no-shutdown", "-no-reboot",
@@ -235,7 +236,7 @@ class _Mapper:
         d = self.d
         opts = _options(value, "type")
         machine = str(opts.get("type", ""))
-        if not re.fullmatch(r"pc-(?:i440fx|q35)-\d{1,2}\.\d{1,2}", machine):
+        if not VERSIONED_MACHINE.fullmatch(machine):
             raise d.refuse(f"machine type {machine[:40]!r}", "not a versioned i440fx or q35 machine type (such as "
                            "pc-q35-7.2): an alias names another machine type on each QEMU build")
         d.machine = machine

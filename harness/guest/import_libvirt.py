@@ -9,11 +9,11 @@ refused, and the input is bounded in bytes before it is parsed.
 
 from __future__ import annotations
 
-import re
 from xml.etree.ElementTree import Element
 
 from harness.errors import QabiError
 from harness.guest.importing import DEFAULT_DISK, Draft, Value
+from harness.guest.profile import VERSIONED_MACHINE
 
 HYPERV_FLAGS = ("relaxed", "vapic", "vpindex", "runtime", "synic", "stimer", "reset", "frequencies",
                 "reenlightenment", "tlbflush", "ipi", "evmcs", "avic", "emsr_bitmap", "xmm_input")
@@ -131,7 +131,7 @@ class _Mapper:
             raise d.refuse("<os>", "missing")
         type_ = os_.find("type")
         machine = (type_.get("machine") if type_ is not None else None) or ""
-        if not re.fullmatch(r"pc-(?:i440fx|q35)-\d{1,2}\.\d{1,2}", machine):
+        if not VERSIONED_MACHINE.fullmatch(machine):
             raise d.refuse(f"machine type {machine[:40]!r}", "not a versioned i440fx or q35 machine type: pass the "
                            "XML through libvirt (virsh define, then virsh dumpxml) so that it names one, "
                            "such as pc-q35-7.2")
