@@ -370,3 +370,33 @@ def test_check_runs_an_imported_profile_on_its_own_machine_type_without_machine(
     runs = json.loads((tmp_path / "v.json").read_text())["runs"]
     assert [(r["machine"], r["status"]) for r in runs] == [("pc-q35-7.2", "compared")]
     assert runs[0]["guest"] == str(profile)
+
+
+# -- the pinned machine type is the default: check and pytest harness/ ----------------------------------------------
+def test_a_pinned_profile_is_planned_on_its_machine_type_and_an_explicit_machine_wins(tmp_path):
+    from harness.check import Check, RunRequest
+
+    profile = tmp_path / "win2k22.toml"
+    profile.write_text(_imported("win2k22")[0])
+    plain = Check(RunRequest("system", "system", guests=(str(profile), "minimal"),
+                             fallback_machines=("pc-i440fx-7.2",)))
+    assert plain.planned() == [("pc-i440fx-7.2", "minimal"), ("pc-q35-7.2", str(profile))]
+    alone = Check(RunRequest("system", "system", guests=(str(profile),)))
+    assert alone.planned() == [("pc-q35-7.2", str(profile))]
+    asked = Check(RunRequest("system", "system", machines=("pc-q35-7.1",), guests=(str(profile), "minimal")))
+    assert asked.planned() == [("pc-q35-7.1", str(profile)), ("pc-q35-7.1", "minimal")]
+
+
+def test_pytest_harness_runs_a_pinned_profile_on_its_machine_type_only(tmp_path):
+    import sys
+
+    profile = tmp_path / "w22.toml"
+    profile.write_text(_imported("win2k22")[0])
+    done = subprocess.run([sys.executable, "-m", "pytest", "harness/", "--qemu-old", "system", "--qemu-new", "system",
+                           "--guest", str(profile), "--guest", "minimal", "--co", "-q", "-p", "no:cacheprovider"],
+                          capture_output=True, text=True, cwd=DATA.parents[1], timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    items = [line for line in done.stdout.splitlines() if "test_guest_abi[" in line]
+    mine = [line for line in items if str(profile) in line]
+    assert mine and all("[pc-q35-7.2-" in line for line in mine)
+    assert any("[pc-i440fx-7.2-minimal-" in line for line in items)      # the defaults still apply to the rest
