@@ -26,7 +26,7 @@ from harness.guest.profile import parse_profile
 from tests.conftest import DATA, run_qabi
 
 LIBVIRT = DATA / "libvirt"
-DOMAINS = ("win11", "win2k22", "debian11")
+DOMAINS = ("win11", "win2k22", "debian11", "server")
 
 
 def _imported(name: str, suffix: str = "xml") -> tuple[str, list[str]]:
@@ -236,6 +236,7 @@ def _opts(value: str, implied: str | None) -> dict[str, object]:
 _BACKEND_PROPS = {"id", "drive", "netdev", "chardev", "audiodev", "tpmdev", "rng", "bus", "addr", "driver"}
 _HOST_DRIVERS = {"usb-redir"}           # dropped with a note
 _CONSOLE = {"isa-serial"}               # COM1: qabi's console (the transport's -serial) takes it
+_NOT_REPRODUCED = {"device_id"}         # not on the driver allow-list: dropped with a note (checked below)
 
 
 def _hardware(words: list[str]) -> dict[str, object]:
@@ -257,7 +258,10 @@ def _hardware(words: list[str]) -> dict[str, object]:
             out["hpet"] = False
         elif opt == "-cpu":
             model, *flags = value.split(",")
-            out["cpu"] = (model, frozenset(flags))
+            signs = {"on": "+", "off": "-"}                       # x=on is +x, x=off is -x
+            out["cpu"] = (model, frozenset(f"{signs[f.split('=')[1]]}{f.split('=')[0]}"
+                                           if f.endswith(("=on", "=off")) and not f.startswith("hv-") else f
+                                           for f in flags))
         elif opt == "-m":
             out["memory"] = value.split(",")[0]
         elif opt == "-smp":
@@ -295,7 +299,7 @@ def _hardware(words: list[str]) -> dict[str, object]:
         return f"{place(parent)}/{parent['driver']}{'.' + tail if bus not in ids else ''}{where}"
 
     def norm(dev: dict[str, object]) -> tuple[str, str, tuple[tuple[str, str], ...]]:
-        props = {k: str(v).lower() for k, v in dev.items() if k not in _BACKEND_PROPS}
+        props = {k: str(v).lower() for k, v in dev.items() if k not in _BACKEND_PROPS | _NOT_REPRODUCED}
         for key in ("ram_size", "vram_size"):                  # libvirt: bytes; the allow-list: MiB
             if key in props:
                 props[f"{key}_mb"] = str(int(props.pop(key)) >> 20)
@@ -400,3 +404,35 @@ def test_pytest_harness_runs_a_pinned_profile_on_its_machine_type_only(tmp_path)
     mine = [line for line in items if str(profile) in line]
     assert mine and all("[pc-q35-7.2-" in line for line in mine)
     assert any("[pc-i440fx-7.2-minimal-" in line for line in items)      # the defaults still apply to the rest
+
+
+def test_server_domain_maps_sysinfo_scsi_named_cpu_and_notes_what_is_not_reproduced():
+    toml, notes = _imported("server")
+    p = parse_profile(toml, Path("server.toml"))
+    assert p.cpu == "Skylake-Client,+pdpe1gb,-hle,-rtm"
+    assert dict(p.smp) == {"cpus": 4, "sockets": 1, "dies": 1, "cores": 2, "threads": 2}
+    assert dict(p.smbios)[1] == (("manufacturer", "Acme Corp"), ("product", "Server9"), ("version", "2.0"),
+                                 ("serial", "SN-12345"), ("sku", "SKU1"), ("family", "Servers"))
+    assert dict(dict(p.smbios)[0])["vendor"] == "Acme"
+    scsi = [d for d in p.devices if d.driver == "scsi-hd"]
+    assert [(d.bus, dict(d.props)["serial"], d.disk) for d in scsi] == [("scsi0.0", "DISK-0001", "64G")]
+    assert any("scsi-hd property device_id=DISK-0001: not on the driver allow-list" in n for n in notes)
+    assert any(d.driver == "pcie-pci-bridge" for d in p.devices)
+    behind_bridge = sorted((d.driver, d.bus, d.addr) for d in p.devices if d.driver in ("intel-hda", "i6300esb"))
+    assert behind_bridge == [("i6300esb", "pci-16", "0x2"), ("intel-hda", "pci-16", "0x1")]
+
+
+@pytest.mark.integration
+def test_imported_sysinfo_reaches_the_guests_smbios(tmp_path):
+    profile = tmp_path / "server.toml"
+    assert run_qabi("profile", "import", str(LIBVIRT / "server.xml"), "-o", str(profile)).returncode == 0
+    cap = tmp_path / "cap"
+    done = run_qabi("capture", "--qemu", "system", "--guest", str(profile), "-o", str(cap), "--timeout", "120")
+    assert done.returncode == 0, done.stderr
+    assert run_qabi("fingerprint", str(cap), "-o", str(tmp_path / "fp.json")).returncode == 0
+    smbios = json.loads((tmp_path / "fp.json").read_text())["smbios"]
+    system, bios = smbios["1/0"]["fields"], smbios["0/0"]["fields"]
+    assert (system["manufacturer"], system["product_name"], system["serial_number"]) == ("Acme Corp", "Server9",
+                                                                                       "SN-12345")
+    assert system["uuid"] == parse_profile(profile.read_text(), profile).uuid
+    assert bios["vendor"] == "Acme"

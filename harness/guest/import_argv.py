@@ -42,7 +42,7 @@ HOST_OPTIONS = {
     "-append": "kernel command line", "-readconfig": "config file (a host file, not read: its devices are "
     "missing from the profile)", "-fw_cfg": "fw_cfg file from the host (not reproduced)",
     "-add-fd": "file descriptor", "-iscsi": "iSCSI initiator", "-parallel": "parallel port backend",
-    "-id": "", "-only-migratable": "migration policy", "-preconfig": "start mode",
+    "-watchdog-action": "watchdog action", "-id": "", "-only-migratable": "migration policy", "-preconfig": "start mode",
 }
 DROPPED_DRIVERS = {"usb-redir": "USB redirection over a host chardev"}
 BACKENDS = ("-drive", "-blockdev", "-netdev", "-tpmdev", "-chardev", "-object")

@@ -210,7 +210,7 @@ class _Mapper:
         topo = cpu.find("topology") if cpu is not None else None
         if topo is not None:
             for key in ("sockets", "dies", "cores", "threads"):
-                if topo.get(key) is not None and (key != "dies" or topo.get(key) != "1"):
+                if topo.get(key) is not None:
                     smp[key] = _int(topo.get(key), f"<topology {key}>")
         else:
             smp.update(sockets=count, cores=1, threads=1)
@@ -435,6 +435,8 @@ class _Mapper:
             self._pci_device("virtio-blk-pci", elem, props=props, disk=disk)
         elif bus == "scsi":
             controller = _int(addr.get("controller"), "<address controller>", 0) if addr is not None else 0
+            if serial and not cdrom:
+                props["device_id"] = serial.strip()          # libvirt sets it to the serial
             scsi = {"channel": _int(addr.get("bus"), "<address bus>", 0) if addr is not None else 0,
                     "scsi-id": _int(addr.get("target"), "<address target>", 0) if addr is not None else 0,
                     "lun": _int(addr.get("unit"), "<address unit>", 0) if addr is not None else 0}

@@ -107,7 +107,9 @@ class Draft:
         rule = self.rule(driver)
         checked: dict[str, Value] = {}
         for key, value in (props or {}).items():
-            checked[key] = self.prop(rule, key, value)
+            typed = self.prop(rule, key, value)
+            if typed is not None:
+                checked[key] = typed
         dev = DraftDevice(rule.name, self.ident(id) if id else None, bus, addr, checked, mac, disk, cdrom, audio)
         self.devices.append(dev)
         return dev
@@ -118,14 +120,19 @@ class Draft:
         except NotAllowed as exc:
             raise self.refuse(f"device {driver}", str(exc)) from None
 
-    def prop(self, rule: DriverRule, key: str, value: Value) -> Value:
+    def prop(self, rule: DriverRule, key: str, value: Value) -> Value | None:
         """`value` as the profile's TOML takes it (bool, int or text, by the property's type); a
-        property the allow-list refuses (a host file, a descriptor, a backend) is refused here."""
+        property the allow-list refuses (a host file, a descriptor, a backend) is refused here; one
+        that is merely not on the driver's list is dropped with a note (None)."""
         kind = rule.properties().get(key)
         typed = _typed(value, kind.qemu if kind else "")
         try:
             check_property(rule, key, typed)
         except NotAllowed as exc:
+            if kind is None and "(not on its allow-list" in str(exc):
+                self.note(f"{rule.name} property {key[:40]}={str(value)[:40]}: not on the driver allow-list, "
+                          "not reproduced")
+                return None
             raise self.refuse(f"device {rule.name}", str(exc)) from None
         return typed
 
