@@ -45,6 +45,7 @@ def test_win11_domain_imports_with_its_topology_firmware_and_tpm():
     assert p.machine == "pc-q35-7.2" and p.families == ("q35",)
     assert p.uuid == "6f67124f-01f5-47bd-8ccc-cc6652c61550"          # the domain's <uuid>
     assert (p.firmware, p.smm, p.tpm, p.hpet) == ("ovmf-secboot", True, "crb", False)
+    assert p.pm == (("s3", False), ("s4", False))                     # <pm> suspend-to-mem/disk off
     assert dict(p.hyperv) == {"relaxed": None, "vapic": None, "spinlocks": "0x1fff", "time": None}
     assert p.cpu == "qemu64" and p.memory_mib == 8192 and dict(p.smp)["cpus"] == 4
     by_driver = {}
@@ -111,7 +112,7 @@ def test_cli_import_reads_stdin_and_writes_stdout():
 @pytest.mark.parametrize("name", DOMAINS)
 def test_libvirts_command_line_imports_to_the_same_hardware_as_its_xml(name):
     from_xml, from_argv = _profile(name, "xml"), _profile(name, "argv")
-    for key in ("machine", "families", "cpu", "memory_mib", "uuid", "firmware", "smm", "tpm", "hpet", "smbios"):
+    for key in ("machine", "families", "cpu", "memory_mib", "uuid", "firmware", "smm", "tpm", "hpet", "smbios", "pm"):
         assert getattr(from_xml, key) == getattr(from_argv, key), key
     assert sorted(from_xml.hyperv) == sorted(from_argv.hyperv)
     assert dict(from_xml.smp) == dict(from_argv.smp)
@@ -278,6 +279,8 @@ def _hardware(words: list[str]) -> dict[str, object]:
             out["pflash"] = os.path.realpath(str(_opts(value, None)["file"]))
         elif opt == "-global" and "cfi.pflash01" in value and "secure" in value:
             out["secure"] = True
+        elif opt == "-global" and ".disable_s" in value:
+            out.setdefault("pm", set()).add(value)               # type: ignore[union-attr]
         elif opt == "-device":
             devices.append(_opts(value, "driver"))
     if out["pflash"] is None and "machine" in out:
@@ -325,7 +328,7 @@ def test_xml_import_matches_libvirts_own_converter(tmp_path, name):
     profile = _profile(name)
     plan = plan_capture(resolve("system"), profile, profile.machine or "", "tcg", 30)
     ours = _hardware(tokens(" ".join(map(_quote, qemu_argv(plan, tmp_path, Setup())))))
-    for key in ("machine", "smm", "hpet", "cpu", "memory", "smp", "uuid", "smbios", "pflash", "secure"):
+    for key in ("machine", "smm", "hpet", "cpu", "memory", "smp", "uuid", "smbios", "pflash", "secure", "pm"):
         assert ours.get(key) == theirs.get(key), (key, ours.get(key), theirs.get(key))
     assert ours["devices"] == theirs["devices"]
     assert len(ours["devices"]) >= 20                                   # type: ignore[arg-type]

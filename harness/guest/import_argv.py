@@ -329,8 +329,10 @@ class _Mapper:
             driver, _, prop = target.rpartition(".")
         if driver == "cfi.pflash01" and prop == "secure":
             self.secure = val == "on"
-        elif driver in ("ICH9-LPC", "PIIX4_PM") and prop in ("disable_s3", "disable_s4"):
-            d.note(f"-global {driver}.{prop}={val} (S3/S4 in the DSDT): the machine type's default applies")
+        elif driver in ("ICH9-LPC", "PIIX4_PM") and prop in ("disable_s3", "disable_s4") and val in ("0", "1"):
+            pm = d.top.setdefault("pm", {})
+            assert isinstance(pm, dict)
+            pm[prop.removeprefix("disable_")] = val == "0"
         else:
             d.note(f"-global {driver[:30]}.{prop[:30]}={val[:20]}: not reproduced")
 

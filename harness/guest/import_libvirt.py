@@ -258,8 +258,13 @@ class _Mapper:
 
     def pm(self) -> None:
         pm = self.root.find("pm")
-        if pm is not None and len(pm):
-            self.d.note("power management (S3/S4 in the DSDT): the machine type's default applies")
+        states = {}
+        for tag, state in (("suspend-to-mem", "s3"), ("suspend-to-disk", "s4")):
+            elem = pm.find(tag) if pm is not None else None
+            if elem is not None and elem.get("enabled") in ("yes", "no"):
+                states[state] = elem.get("enabled") == "yes"
+        if states:
+            self.d.top["pm"] = states
 
     def sysinfo(self) -> None:
         d = self.d

@@ -63,7 +63,7 @@ class Draft:
     smp: dict[str, int] = field(default_factory=dict)
     uuid: str | None = None
     smbios: dict[int, dict[str, str]] = field(default_factory=dict)
-    top: dict[str, Value | list[str]] = field(default_factory=dict)   # firmware, smm, tpm, hyperv, hpet
+    top: dict[str, Any] = field(default_factory=dict)     # firmware, smm, tpm, hyperv, hpet, pm
     devices: list[DraftDevice] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     _ids: dict[str, str] = field(default_factory=dict)

@@ -59,6 +59,7 @@ class GuestProfile:
     source: str = ""
     machine: str | None = None            # the machine type the VM runs (an imported profile pins it)
     smbios: tuple[tuple[int, tuple[tuple[str, str], ...]], ...] = ()   # (type, ((field, value), ...))
+    pm: tuple[tuple[str, bool], ...] = ()     # ACPI sleep states offered: (("s3", False), ...); unset: default
     families: tuple[str, ...] = FAMILIES       # the machine families the profile applies to
     firmware: str = "seabios"                  # seabios | ovmf | ovmf-secboot
     smm: bool | None = None                    # None: the machine type's default
@@ -99,7 +100,7 @@ def _fail(path: Path, message: str) -> QabiError:
 # -- the schema: every key known, every value of a bounded shape that cannot reach a host file or
 # another QEMU option (profile files are hostile input: they may come from anyone) -------------------
 _TOP_KEYS = {"name", "description", "cpu", "memory", "smp", "uuid", "device", "families", "firmware", "smm",
-             "tpm", "hyperv", "hpet", "machine", "smbios"}
+             "tpm", "hyperv", "hpet", "machine", "smbios", "pm"}
 FIRMWARES = ("seabios", "ovmf", "ovmf-secboot")
 # The TPM: `tpm = "crb" | "tis"` is the one -device driver a profile gets outside [[device]] (on
 # qabi's swtpm backend, harness/transport/platform.py); kept in this small table, apart from the
@@ -243,6 +244,13 @@ def _smbios(path: Path, raw: object) -> tuple[tuple[int, tuple[tuple[str, str], 
     return tuple(sorted(out))
 
 
+def _pm(path: Path, raw: object) -> tuple[tuple[str, bool], ...]:
+    """`pm = { s3 = false, s4 = false }`: whether the DSDT offers S3 (suspend to RAM) and S4."""
+    if not isinstance(raw, dict) or not set(raw) <= {"s3", "s4"}:
+        raise _fail(path, "pm must be a table such as { s3 = false, s4 = false }")
+    return tuple((k, _bool(path, f"pm.{k}", v)) for k, v in sorted(raw.items()))
+
+
 def _name(path: Path, data: dict[str, Any]) -> str:
     if "name" in data:
         return _str(path, "name", data["name"], NAME)
@@ -365,7 +373,8 @@ def parse_profile(text: str, path: Path) -> GuestProfile:
         smp=_smp(path, data.get("smp", {"cpus": 1})), uuid=_str(path, "uuid", data["uuid"]),
         devices=devices, source=str(path), **_platform(path, data),
         machine=_machine(path, data["machine"]) if "machine" in data else None,
-        smbios=_smbios(path, data["smbios"]) if "smbios" in data else ())
+        smbios=_smbios(path, data["smbios"]) if "smbios" in data else (),
+        pm=_pm(path, data["pm"]) if "pm" in data else ())
     if profile.machine is not None and not profile.applies_to(profile.machine):
         raise _fail(path, f"machine = {profile.machine} is not of the profile's families "
                           f"({', '.join(profile.families)})")
