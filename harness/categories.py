@@ -76,12 +76,14 @@ def _builtins() -> None:
                  host_drift.compare_vmstate, policy.VMSTATE, host_side=True),
         Category("props", "device properties", (host.PROPS,), host.decode_props, host_drift.compare_props,
                  policy.PROPS, host_side=True),
+        Category("hyperv", "Hyper-V enlightenments (vCPU hv-* properties)", (host.PROPS,), host.decode_hyperv,
+                 host_drift.compare_hyperv, policy.HYPERV, host_side=True),
     ):
         _REGISTRY.setdefault(category.name, category)
 
 
 def registry() -> dict[str, Category]:
-    """Every registered category by name, in registration order (the built-in nine first)."""
+    """Every registered category by name, in registration order (the built-in ten first)."""
     if not _REGISTRY:
         _builtins()
     return _REGISTRY

@@ -363,6 +363,9 @@ class Check:
         if self.old.build is None or self.new.build is None:
             return Migration("skipped", str(r.migrate), error="a recorded baseline has no build to migrate"), \
                 (None, None)
+        if profile.uefi or profile.tpm:
+            return Migration("skipped", str(r.migrate), error="live migration of an OVMF or TPM profile is not "
+                             "implemented (the vars copy and swtpm would have to move with it)"), (None, None)
         # the live guest is the reference guest on its serial console, whatever transport made the
         # cold-boot captures: it probes again after it moved
         plans = [plan_capture(side.build, profile, machine, r.accel, r.timeout, SERIAL)

@@ -52,6 +52,9 @@ def cmd_qemu_info(args: argparse.Namespace) -> int:
     print(f"firmware dirs:    {', '.join(data['firmware_dirs']) or '(built in)'}")
     if data["firmware_from"]:
         print(f"firmware from:    {data['firmware_from']}")
+    ovmf = data.get("ovmf")
+    print(f"OVMF:             {ovmf['package_version'] or 'unknown version'} ({len(ovmf['files'])} images in "
+          f"{ovmf['dir']})" if ovmf else "OVMF:             none")
     print("machine types:")
     for m in data["machines"]:
         extra = []

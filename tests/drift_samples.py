@@ -344,6 +344,7 @@ def synthetic_fingerprint() -> dict[str, Any]:
         "acpi": _acpi_category(),
         "smbios": _smbios_category(),
         "e820": _e820_category(),
+        "uefi": {},                       # a SeaBIOS guest: no UEFI entries
     }
 
 

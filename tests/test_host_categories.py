@@ -32,7 +32,7 @@ def _paths(old: dict[str, Any], new: dict[str, Any]) -> dict[str, str]:
 
 
 def test_registry_marks_the_host_side_categories():
-    assert host_names() == ("migration", "vmstate", "props")
+    assert host_names() == ("migration", "vmstate", "props", "hyperv")
     assert all(not get(n).host_side for n in guest_names()) and "pci" in guest_names()
 
 
@@ -111,6 +111,42 @@ def test_changed_compat_property_is_named_with_both_values():
     got = {(d.path, d.old, d.new, d.severity) for d in compare_props(old, new)}
     assert got == {("vectors", 4, 7, "warn"), ("x-txburst", 256, 512, "warn"),
                    ("only-new.rss", None, False, "info"), ("only-old.x-only-old", 1, None, "warn")}
+
+
+def test_a_devices_property_changes_fold_into_one_entry_per_row():
+    """The vCPU model's new properties (bookworm -> trixie: 190 of them) are one drift with a count and
+    the list folded, not one line each; what different policy rows decide stays apart."""
+    cpu = "/machine/unattached/device[0]"
+    old = {cpu: {"type": "Nehalem-x86_64-cpu", "pci": False, "props": {"x-a": 1, "x-b": 2, "level": 11}}}
+    new = copy.deepcopy(old)
+    new[cpu]["props"].update({f"feat{i:03}": False for i in range(190)})
+    new[cpu]["props"].update({"x-a": 3, "x-b": 4})
+    drifts = compare_props(old, new)
+    assert [(d.path, d.severity, d.change) for d in drifts] == [
+        ("only-new.feat000 (+189 more)", "info", "added"), ("x-a (+1 more)", "warn", "changed")]
+    added, compat = drifts
+    assert added.new == {f"feat{i:03}": False for i in range(190)} and added.old is None
+    assert added.detail is not None and added.detail.startswith("190 properties: feat000, feat001")
+    assert (compat.old, compat.new) == ({"x-a": 1, "x-b": 2}, {"x-a": 3, "x-b": 4})
+    from harness.drift.model import Comparison
+    from harness.report.text import render_text
+
+    text = render_text(Comparison(tuple(drifts), categories=("props",)))
+    assert text.count("\n") < 25 and "(+189 more)" in text and "190 properties: feat000" in text
+
+
+def test_hyperv_is_the_vcpus_hv_properties_and_props_leaves_them_out():
+    from harness.drift.host import compare_hyperv
+
+    cpu = "Skylake-Client-v4-x86_64-cpu"
+    old = {cpu: {"type": cpu, "pci": False, "props": {"hv-spinlocks": 0xFFFFFFFF, "hv-relaxed": False, "level": 13}},
+           "e1000e": {"type": "e1000e", "pci": True, "props": {"hv-not-a-cpu": 1}}}
+    new = copy.deepcopy(old)
+    new[cpu]["props"].update({"hv-spinlocks": 0x1FFF, "level": 22})
+    new["e1000e"]["props"]["hv-not-a-cpu"] = 2
+    assert [(d.category, d.path, d.severity) for d in compare_hyperv(
+        {cpu: old[cpu]}, {cpu: new[cpu]})] == [("hyperv", "hv-spinlocks", "warn")]
+    assert {d.path for d in compare_props(old, new)} == {"level", "hv-not-a-cpu"}
 
 
 def test_host_side_category_on_one_side_only_is_an_error(vmstate):

@@ -43,6 +43,39 @@ def _mutate(edit: Callable[[dict[str, Any]], None], base: str = WINDOWS_Q35) -> 
     return old, new
 
 
+UEFI_RAW = DATA / "uefi" / "trixie-pc-q35-9.2-win11" / "raw"
+
+
+def _uefi(edit: Callable[[dict[str, Any]], None]) -> Pair:
+    """The Windows capture with the uefi entries of a real OVMF capture (tests/data/uefi) on both
+    sides, `edit` applied to the new side's."""
+    from harness.fingerprint import uefi
+
+    def add(fp: dict[str, Any]) -> None:
+        fp["uefi"] = uefi.decode(UEFI_RAW)
+        edit(fp)
+    old, new = _mutate(lambda fp: add(fp))
+    old["uefi"] = uefi.decode(UEFI_RAW)
+    return old, new
+
+
+def _hyperv_pair() -> Pair:
+    cpu = {"Skylake-Client-v4-x86_64-cpu": {"type": "Skylake-Client-v4-x86_64-cpu", "pci": False,
+                                            "props": {"hv-spinlocks": 4294967295, "hv-relaxed": False}}}
+    old, new = _mutate(lambda fp: fp.update(hyperv=copy.deepcopy(cpu)))
+    old["hyperv"] = copy.deepcopy(cpu)
+    new["hyperv"]["Skylake-Client-v4-x86_64-cpu"]["props"]["hv-spinlocks"] = 8191
+    return old, new
+
+
+def _add_tpm2(fp: dict[str, Any]) -> None:
+    from harness.fingerprint.acpi import decode_table
+    from harness.fingerprint.binary import Blob
+
+    fp["acpi"]["TPM2"] = {"label": "TPM2", **decode_table(Blob("TPM2", (UEFI_RAW / "sys/firmware/acpi/tables/TPM2")
+                                                               .read_bytes()))}
+
+
 def _pair(old: str, new: str) -> Pair:
     return real(old), real(new)
 
@@ -162,6 +195,13 @@ CASES: dict[str, tuple[Callable[[], Pair], str]] = {
     "smbios-other": (lambda: _mutate(_set(["smbios", "32/0", "fields", "boot_status"], "Hardware failure")),
                      "fields.boot_status"),
     "e820": (lambda: _mutate(lambda fp: fp["e820"]["map"]["ranges"][3].update(end="0x1ffeffff")), "ranges[3].end"),
+    "acpi-tpm-presence": (lambda: _mutate(_add_tpm2), ""),
+    "hyperv": (lambda: _hyperv_pair(), "hv-spinlocks"),
+    "uefi-secure-boot": (lambda: _uefi(lambda fp: fp["uefi"]["secure_boot"].update(SecureBoot=0)), "SecureBoot"),
+    "uefi-keys": (lambda: _uefi(lambda fp: fp["uefi"]["keys/db"]["entries"].pop()), "entries[2]"),
+    "uefi-firmware": (lambda: _uefi(lambda fp: fp["uefi"]["firmware"].update(revision="0x10001")), "revision"),
+    "uefi-other": (lambda: _uefi(lambda fp: fp["uefi"]["memmap"]["ranges"][1].update(start="0x7f000")),
+                   "ranges[1].start"),
 }
 
 
@@ -184,7 +224,7 @@ def test_every_row_decides_its_example(rule):
     entry, path, facet = rule.example
     assert rule_for(category, entry, path, facet) is rule, f"an earlier row shadows {rule.name}"
     assert rule.why and rule.source and rule.windows in LEVELS and rule.linux in LEVELS[:3]
-    assert (rule.windows == "activation") == bool(rule.component), rule.name
+    assert (rule.windows in ("activation", "recovery")) == bool(rule.component), rule.name
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -208,7 +248,7 @@ def test_device_or_activation_impact_is_break():
     for name, (make, _path) in sorted(CASES.items()):
         for d in compare(*make()).drifts:
             assert d.impact is not None
-            if {d.impact.windows, d.impact.linux} & {"device", "activation"}:
+            if {d.impact.windows, d.impact.linux} & {"device", "activation", "recovery"}:
                 assert d.severity == "break", (name, d.subject, d.path, d.severity)
 
 

@@ -100,7 +100,7 @@ def test_json_additions_are_optional_and_valid(real):
     image = real["fingerprints"][0][0]["source"]["image"]
     assert data["image"] == image
     run = data["runs"][0]
-    assert run["categories"] == ["pci", "cpuid", "acpi", "smbios", "e820"]
+    assert run["categories"] == ["pci", "cpuid", "acpi", "smbios", "e820", "uefi"]
     assert len(run["details"]) == len(run["drifts"]) and run["seconds"] == 7.6
     assert run["image"] == {"old": image, "new": image}
     # the drifted PCI device carries its config space on both sides

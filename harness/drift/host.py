@@ -16,15 +16,21 @@ description and loaded when it is in the destination's with a version_id <= the 
 subsection is sent only when needed, and a destination that does not know it fails.
 
 props: per device, per property; `only-old.NAME` / `only-new.NAME` for a property one build
-does not have, `NAME` for a changed value (an `x-*` compat property names itself).
+does not have, `NAME` for a changed value (an `x-*` compat property names itself). A device's
+changes that the same policy row decides are folded into one drift with a count (`only-new.NAME
+(+189 more)`, old and new as {name: value}, the names listed in its detail): a new vCPU model's 190
+new properties are one entry, not 190 lines, in text, HTML and pytest messages alike.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from harness.drift.common import make_drift, presence_drift
-from harness.drift.model import Drift
+from harness.drift.model import Change, Drift
+from harness.drift.policy import rule_for
+from harness.fingerprint.host import is_hyperv_prop
 
 BOTH, FORWARD, ROLLBACK, COMPATIBLE = "breaks-both", "breaks-old-to-new", "breaks-new-to-old", "compatible"
 ONE_DUMP = "one-dump"
@@ -201,21 +207,56 @@ def compare_vmstate(old: dict[str, Any], new: dict[str, Any]) -> list[Drift]:
 # -- props -------------------------------------------------------------------------------------------
 
 def compare_props(old: dict[str, Any], new: dict[str, Any]) -> list[Drift]:
+    """Every device's QOM properties but a vCPU's hv-* ones (the `hyperv` category's)."""
+    return _compare_properties("props", old, new, lambda entry, name: not is_hyperv_prop(entry, name))
+
+
+def compare_hyperv(old: dict[str, Any], new: dict[str, Any]) -> list[Drift]:
+    """A vCPU's hv-* properties (harness/fingerprint/host.py decode_hyperv)."""
+    return _compare_properties("hyperv", old, new, is_hyperv_prop)
+
+
+def _compare_properties(category: str, old: dict[str, Any], new: dict[str, Any],
+                        keep: Callable[[dict[str, Any], str], bool]) -> list[Drift]:
     drifts: list[Drift] = []
     for key in sorted(old.keys() | new.keys()):
         a, b = old.get(key), new.get(key)
-        subject = f"props {key}"
+        subject = f"{category} {key}"
         if a is None or b is None:
-            drifts.append(presence_drift("props", key, subject, (a or b or {}).get("type"), added=a is None,
+            drifts.append(presence_drift(category, key, subject, (a or b or {}).get("type"), added=a is None,
                                          path="(device)"))
             continue
-        pa, pb = a.get("props") or {}, b.get("props") or {}
+        pa = {k: v for k, v in (a.get("props") or {}).items() if keep(a, k)}
+        pb = {k: v for k, v in (b.get("props") or {}).items() if keep(b, k)}
+        singles: list[Drift] = []
         for name in sorted(pa.keys() | pb.keys()):
             if name in pa and name in pb:
                 if pa[name] != pb[name]:
-                    drifts.append(make_drift("props", key, subject, name, pa[name], pb[name]))
+                    singles.append(make_drift(category, key, subject, name, pa[name], pb[name]))
             elif name in pa:
-                drifts.append(make_drift("props", key, subject, f"only-old.{name}", pa[name], None, "removed"))
+                singles.append(make_drift(category, key, subject, f"only-old.{name}", pa[name], None, "removed"))
             else:
-                drifts.append(make_drift("props", key, subject, f"only-new.{name}", None, pb[name], "added"))
+                singles.append(make_drift(category, key, subject, f"only-new.{name}", None, pb[name], "added"))
+        drifts += _fold_props(category, key, subject, singles)
     return drifts
+
+
+def _fold_props(category: str, key: str, subject: str, singles: list[Drift]) -> list[Drift]:
+    """One drift per (policy row, kind of change) of a device: the first property's path with
+    `(+N more)`, old and new as {property: value}, every name in the detail."""
+    buckets: dict[tuple[str, Change, str], list[Drift]] = {}
+    for d in singles:
+        buckets.setdefault((rule_for(category, key, d.path).doc, d.change, d.severity), []).append(d)
+    out: list[Drift] = []
+    for (_doc, change, _severity), group in buckets.items():
+        if len(group) == 1:
+            out += group
+            continue
+        prefix = {"added": "only-new.", "removed": "only-old."}.get(change, "")
+        names = [d.path.removeprefix(prefix) for d in group]
+        folded = make_drift(category, key, subject, f"{group[0].path} (+{len(group) - 1} more)",
+                            None if change == "added" else {n: d.old for n, d in zip(names, group, strict=True)},
+                            None if change == "removed" else {n: d.new for n, d in zip(names, group, strict=True)},
+                            change, detail=f"{len(group)} properties: {', '.join(names)}")
+        out += [folded] if folded.severity == group[0].severity else group
+    return out

@@ -324,6 +324,13 @@ IMPACT: tuple[ImpactRule, ...] = (
                "Configuration tables and the runtime part of the UEFI memory map: what the OS's EFI code "
                "uses (runtime services, the TCG event log); no identity.", f"{UEFI_SPEC}; {HIBERNATE}",
                example=("memmap", "ranges[1].start", "")),
+    # -- hyperv ------------------------------------------------------------------------------------
+    ImpactRule("hyperv", "hyperv", "*", "driver", "driver",
+               "Hyper-V enlightenments and ids (KVM only): the paravirtual interfaces Windows' kernel and "
+               "Linux's hyperv code use (timers, IPIs, TLB flush, synthetic interrupts); no device.",
+               "QEMU docs/system/i386/hyperv.rst (the hv-* flags and the CPUID leaves they set); Microsoft "
+               "Hypervisor Top Level Functional Specification (the 0x40000000 leaves)",
+               example=("Skylake-Client-v4-x86_64-cpu", "hv-spinlocks", "")),
     # -- e820 --------------------------------------------------------------------------------------
     ImpactRule("e820", "e820", "*", "driver", "driver",
                "Memory map: the kernel lays itself out in it, and resume from hibernation needs the same "

@@ -276,6 +276,19 @@ PROPS: tuple[PolicyRule, ...] = (
                "moved, a property the new build dropped).",
                example=("virtio-net-pci", "vectors")),
 )
+HYPERV: tuple[PolicyRule, ...] = (
+    PolicyRule("hyperv", "(device)", "break",
+               "A vCPU exists under one build only (same machine type and profile).",
+               example=("Skylake-Client-v4-x86_64-cpu", "(device)")),
+    PolicyRule("hyperv", "only-new.*", "info",
+               "An hv-* property the old build does not have: a new enlightenment, off unless the profile "
+               "or the machine type turns it on.",
+               example=("Skylake-Client-v4-x86_64-cpu", "only-new.hv-emsr-bitmap")),
+    PolicyRule("hyperv", "*", "warn",
+               "An hv-* value that differs on the same machine type and profile (an enlightenment's default, "
+               "spinlock retries, the Hyper-V version ids): what Windows on KVM reads in the Hyper-V CPUID "
+               "leaves.", example=("Skylake-Client-v4-x86_64-cpu", "hv-spinlocks")),
+)
 FALLBACK: tuple[PolicyRule, ...] = (
     PolicyRule("*", "*", "warn",
                "Anything not named above: behaviour a guest may notice.",

@@ -8,7 +8,9 @@ only when the run migrated (`--migrate`):
   on the new side: after moving, the observed one);
 - `vmstate.json` → `vmstate`: per device type instantiated on the VM, its `-dump-vmstate` entry;
 - `props.json` → `props`: per device of the running VM, its type and the scalar values of its
-  QOM properties.
+  QOM properties; and → `hyperv`: per vCPU, its `hv-*` properties (the Hyper-V enlightenments and
+  the ids QEMU puts in the Hyper-V CPUID leaves 0x40000000-0x4000000A, which it builds under KVM
+  only: their values per machine type are what a Windows guest on KVM gets).
 """
 
 from __future__ import annotations
@@ -80,3 +82,18 @@ def decode_props(host: Path) -> dict[str, Any]:
         if not isinstance(entry.get("type"), str) or not isinstance(entry.get("props"), dict):
             raise DecodeError(PROPS, None, f"device {key!r} has no type or props")
     return data
+
+
+CPU_TYPE_SUFFIX = "-x86_64-cpu"
+HV_PREFIX = "hv-"
+
+
+def is_hyperv_prop(entry: dict[str, Any], name: str) -> bool:
+    """A vCPU's hv-* property: the `hyperv` category's, left out of `props`."""
+    return str(entry.get("type", "")).endswith(CPU_TYPE_SUFFIX) and name.startswith(HV_PREFIX)
+
+
+def decode_hyperv(host: Path) -> dict[str, Any]:
+    """Per vCPU: {"type", "pci": False, "props": {hv-* name: value}}."""
+    return {key: {**entry, "props": {k: v for k, v in entry["props"].items() if is_hyperv_prop(entry, k)}}
+            for key, entry in decode_props(host).items() if str(entry["type"]).endswith(CPU_TYPE_SUFFIX)}

@@ -76,10 +76,11 @@ class GuestProfile:
         not planned on i440fx: it is not a run there, neither a pass nor a skip)."""
         return machine_family(machine) in self.families
 
-    def cpu_option(self) -> str:
-        """The -cpu value: the named model, its flags, then the Hyper-V enlightenments as hv-* properties."""
+    def cpu_option(self, hyperv: bool = True) -> str:
+        """The -cpu value: the named model, its flags, then (with `hyperv`) the Hyper-V enlightenments
+        as hv-* properties."""
         hv = [f"hv-{name}={value}" if value is not None else f"hv-{name}=on" for name, value in self.hyperv]
-        return ",".join([self.cpu, *hv])
+        return ",".join([self.cpu, *(hv if hyperv else [])])
 
     def devices_for(self, machine: str) -> list[Device]:
         family = machine_family(machine)

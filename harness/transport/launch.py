@@ -47,7 +47,7 @@ def qemu_argv(plan: CapturePlan, workdir: Path, setup: Setup, incoming: Path | N
     wait += ["-S"] if paused else []
     return [*plan.build.argv(), "-no-user-config", "-nodefaults", "-display", "none", "-no-reboot",
             "-accel", ACCEL_ARGS[check_accel(plan.accel)],
-            *hardware_args(plan.profile, plan.machine, workdir, setup.hostfwd, setup.boot_disk),
+            *hardware_args(plan.profile, plan.machine, workdir, setup.hostfwd, setup.boot_disk, plan.accel),
             *platform_args(plan, workdir), *setup.args, "-qmp", f"unix:{workdir / QMP_SOCKET},server=on,wait=off", *wait]
 
 
@@ -60,17 +60,22 @@ def dump_vmstate_argv(build: QemuBuild, machine: str, out: Path) -> list[str]:
 
 
 def hardware_args(profile: GuestProfile, machine: str, workdir: Path, hostfwd: str | None = None,
-                  boot_disk: tuple[Path, str] | None = None) -> list[str]:
+                  boot_disk: tuple[Path, str] | None = None, accel: str = "tcg") -> list[str]:
     """The hardware part of the argv for `profile` on `machine`; blank disks go in `workdir`.
 
     `hostfwd` is added to the first NIC's user-mode backend (the SSH transport). `boot_disk`
     (path, format) backs the first disk instead of a blank one, always with snapshot=on: the
     guest's writes go to a temporary overlay, never to that file. Neither changes what the guest
     sees of its hardware.
+
+    The profile's Hyper-V enlightenments go on -cpu under KVM only: QEMU builds the Hyper-V CPUID
+    leaves (0x40000000-0x4000000A) and MSRs only under KVM, so under TCG the guest sees none of them
+    either way, and QEMU 7.2 refuses hv-vpindex under TCG ("kernel doesn't allow setting HyperV
+    VP_INDEX"). What the vCPU's hv-* properties are per machine type is read over QMP instead.
     """
     smp = ",".join(f"{k}={v}" for k, v in profile.smp)
-    args = ["-machine", machine + machine_options(profile), "-cpu", profile.cpu_option(), "-m", str(profile.memory_mib), "-smp", smp,
-            "-uuid", profile.uuid, "-rtc", f"base={RTC_BASE},clock=vm"]
+    args = ["-machine", machine + machine_options(profile), "-cpu", profile.cpu_option(hyperv=accel == "kvm"),
+            "-m", str(profile.memory_mib), "-smp", smp, "-uuid", profile.uuid, "-rtc", f"base={RTC_BASE},clock=vm"]
     for kind, fields in profile.smbios:
         args += ["-smbios", ",".join([f"type={kind}", *(f"{k}={_opt(v)}" for k, v in fields)])]
     power = PM_DEVICE[machine_family(machine)]
