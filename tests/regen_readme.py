@@ -20,8 +20,10 @@ def splice(text: str, name: str, block: str) -> str:
 
 if __name__ == "__main__":
     from harness.drift import impact_markdown, policy_markdown
+    from harness.guest.drivers import drivers_markdown
 
     readme = ROOT / "README.md"
     text = splice(readme.read_text(), "policy", policy_markdown())
     text = splice(text, "impact", impact_markdown())
+    text = splice(text, "drivers", drivers_markdown())
     readme.write_text(text)

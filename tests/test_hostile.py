@@ -8,8 +8,10 @@ private mount namespace for a full and a read-only disk (class 3).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -18,9 +20,12 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import DATA, REPO, run_qabi
+
+from harness.guest.drivers import ALIASES, DRIVERS
 
 CAPTURE = DATA / "captures" / "qemu-10.0-pc-q35-5.2-minimal"
 MODULES = Path("/usr/lib/x86_64-linux-gnu/qemu")
@@ -102,7 +107,8 @@ def test_a_driver_typo_is_refused_when_the_profile_loads_with_a_hint(tmp_path):
     assert "driver 'qxl-vgaa' is not allowed" in line and "close: qxl-vga" in line
 
 
-@pytest.mark.parametrize("driver", ["qxl-vga,romfile=/etc/passwd", "../qxl", "qxl vga", ""])
+@pytest.mark.parametrize("driver", ["qxl-vga,romfile=/etc/passwd", "../qxl", "qxl vga", "",
+                                    "usb-host", "vfio-pci", "vhost-vsock-pci"])  # the last: issue 19 class 5
 def test_driver_names_are_checked_when_the_profile_loads(tmp_path, driver):
     profile = _profile(tmp_path, f'[[device]]\ndriver = "{driver}"\n')
     done = run_qabi("capture", "--qemu", "system", "--machine", "pc-i440fx-7.2", "--guest", str(profile),
@@ -580,3 +586,223 @@ def test_ssh_stderr_is_bounded():
     for _ in range(100):
         buf = _tail(buf + b"E" * (1 << 16))
         assert len(buf) <= MAX_STDERR
+
+
+# --- profile driver allow-list (issue 19 class 5) ---
+# QEMU runs as root: a profile must never hand it a host device, descriptor, file, socket, chardev or
+# netdev. Only drivers on the allow-list (harness/guest/drivers.py), and per driver only the listed
+# properties with values of their type, pass the schema; checked against what real builds list.
+def _device_help(argv: list[str], env: dict[str, str] | None = None) -> dict[str, str]:
+    """`-device help` of a real build: every driver name and alias -> the name it stands for."""
+    out = subprocess.run([*argv, "-device", "help"], capture_output=True, text=True, timeout=60, check=True,
+                         env=env).stdout
+    names: dict[str, str] = {}
+    for line in out.splitlines():
+        if line.startswith("name "):
+            name = line.split('"')[1]
+            names[name] = name
+            if ', alias "' in line:
+                names[line.split(', alias "')[1].split('"')[0]] = name
+    return names
+
+
+def _property_help(argv: tuple[str, ...], env: tuple[tuple[str, str], ...], driver: str) -> dict[str, str]:
+    """`-device DRIVER,help` of a real build: property name -> QEMU's type (`bool`, `uint32`, `str`…)."""
+    out = subprocess.run([*argv, "-device", f"{driver},help"], capture_output=True, text=True, timeout=60,
+                         env=dict(env), check=False).stdout
+    props = {}
+    for line in out.splitlines()[1:]:
+        token = line.split()[0] if line.strip() else ""
+        if "=<" in token and token.endswith(">"):
+            name, kind = token.split("=<", 1)
+            props[name] = kind[:-1]
+    return props
+
+
+SYSTEM_DEVICES = _device_help(["qemu-system-x86_64"]) if shutil.which("qemu-system-x86_64") else {}
+HOSTILE_PROPERTIES = ["fd", "vhostfd", "fds", "vhostfds", "ebpf-rss-fds", "chardev", "netdev", "drive", "file",
+                      "filename", "logfile", "x-logfile", "romfile", "path", "sock_path", "socket", "host",
+                      "hostbus", "hostaddr", "hostdevice", "sysfsdev", "pcap", "evdev", "memdev", "rng", "fsdev",
+                      "tpmdev", "iothread", "audiodev", "id", "bus", "addr", "mac"]
+
+
+def _qemu_class(qemu_type: str) -> str:
+    """A QEMU property type as the allow-list's value types name it."""
+    if re.fullmatch(r"u?int(8|16|32|64)?", qemu_type):
+        return "int"
+    return qemu_type
+
+
+@functools.cache
+def _trixie() -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    from harness.qemu import resolve
+
+    build = resolve("debian:trixie")
+    return tuple(build.argv()), tuple(build.environ().items())
+
+
+def _load_device(tmp_path: Path, body: str) -> Any:
+    from harness.guest.profile import load_profile
+
+    path = tmp_path / "p.toml"
+    path.write_text(MINIMAL + "[[device]]\n" + body + "\n")
+    return load_profile(str(path))
+
+
+@pytest.mark.parametrize("driver", sorted(d for d in SYSTEM_DEVICES if d not in DRIVERS and d not in ALIASES))
+def test_every_driver_qemu_knows_that_is_not_allowed_is_refused(tmp_path, driver):
+    from harness.errors import QabiError
+    from harness.guest.drivers import driver_rule
+
+    assert driver_rule(driver) is None
+    with pytest.raises(QabiError, match=rf"device 0: driver '{re.escape(driver)}' is not allowed in a profile: it "):
+        _load_device(tmp_path, f'driver = "{driver}"')
+
+
+def test_the_build_lists_drivers_and_aliases_and_every_allowed_alias_is_its_drivers():
+    """The parametrized test above is not vacuous: QEMU lists hundreds of drivers, most refused; an
+    alias of an allowed driver is allowed exactly when QEMU says it stands for that driver."""
+    assert len(SYSTEM_DEVICES) > 300 and {"usb-host", "vfio-pci", "vhost-vsock-pci", "usb-redir"} <= set(SYSTEM_DEVICES)
+    assert len([d for d in SYSTEM_DEVICES if d not in DRIVERS and d not in ALIASES]) > 200
+    for alias, driver in ALIASES.items():
+        assert driver in DRIVERS and SYSTEM_DEVICES.get(alias) == driver, alias
+    for alias, driver in SYSTEM_DEVICES.items():
+        if driver in DRIVERS and alias != driver:
+            assert ALIASES.get(alias) == driver, alias
+
+
+@pytest.mark.parametrize("driver,why", [
+    ("usb-host", "claims a host USB device"), ("vfio-pci", "IOMMU group"), ("vfio-pci-nohotplug", "IOMMU group"),
+    ("vhost-vsock-pci", "/dev/vhost-vsock"), ("vhost-scsi-pci", "vhost-scsi"),
+    ("vhost-user-blk-pci", "vhost-user backend over a host socket"), ("usb-redir", "chardev"),
+    ("ccid-card-passthru", "smart-card reader"), ("virtio-input-host-pci", "evdev"),
+    ("scsi-generic", "/dev/sg"), ("virtio-9p-pci", "host directory"), ("u2f-passthru", "hidraw"),
+    ("virtio-gpu-gl-pci", "not on the allow-list"),
+])
+def test_host_device_drivers_are_refused_naming_why(tmp_path, driver, why):
+    from harness.errors import QabiError
+
+    with pytest.raises(QabiError, match=rf"driver '{driver}' is not allowed in a profile: it .*{re.escape(why)}"):
+        _load_device(tmp_path, f'driver = "{driver}"')
+
+
+@pytest.mark.parametrize("name", HOSTILE_PROPERTIES)
+def test_host_reaching_properties_are_refused_on_every_allowed_driver(tmp_path, name):
+    from harness.errors import QabiError
+
+    assert len(DRIVERS) > 60
+    for driver in DRIVERS:
+        for value in ("/dev/vhost-vsock", 3) if name.endswith(("fd", "fds")) else ("/dev/vhost-vsock",):
+            with pytest.raises(QabiError, match=rf"property '{re.escape(name)}' is not allowed on {driver}"):
+                _load_device(tmp_path, f'driver = "{driver}"\nprops = {{ "{name}" = {json.dumps(value)} }}')
+
+
+def test_romfile_may_only_be_empty(tmp_path):
+    """romfile names a host file: "" (no option ROM) is the only value, on every PCI driver."""
+    from harness.errors import QabiError
+
+    pci = [d for d, rule in DRIVERS.items() if "pci" in rule.groups]
+    assert len(pci) > 40
+    for driver in pci:
+        device = _load_device(tmp_path, f'driver = "{driver}"\nprops = {{ romfile = "" }}').devices[0]
+        assert device.props == (("romfile", ""),)
+        with pytest.raises(QabiError, match="names a host file"):
+            _load_device(tmp_path, f'driver = "{driver}"\nprops = {{ romfile = "efi-e1000.rom" }}')
+
+
+def _sample_body(driver: str) -> tuple[str, dict[str, str]]:
+    """A device of `driver` with every property of its allow-list set to its type's sample value, and
+    every launcher key it takes; the option text each property should become."""
+    rule = DRIVERS[driver]
+    samples = {"mac": '"52:54:00:aa:00:01"', "disk": '"1M"', "cdrom": "true", "audio": "true"}
+    lines = [f'driver = "{driver}"', *(f"{key} = {samples[key]}" for key in rule.keys)]
+    props = rule.properties()
+    lines.append("props = { " + ", ".join(f'"{k}" = {json.dumps(t.sample)}' for k, t in props.items()) + " }")
+    expected = {k: t.parse(t.sample) for k, t in props.items()}
+    return "\n".join(lines), {k: v for k, v in expected.items() if v is not None}
+
+
+@pytest.mark.parametrize("driver", sorted(DRIVERS))
+def test_every_allowed_property_validates_with_a_sample_value(tmp_path, driver):
+    from harness.errors import QabiError
+
+    body, expected = _sample_body(driver)
+    device = _load_device(tmp_path, body).devices[0]
+    assert dict(device.props) == expected and len(expected) == len(DRIVERS[driver].properties())
+    for key, kind in DRIVERS[driver].properties().items():   # and a value of another shape is refused
+        wrong = "a,b=/etc/passwd" if kind.qemu != "str" else ["x"]
+        with pytest.raises(QabiError, match=rf"property '{re.escape(key)}' (of {driver} must be|is not allowed)"):
+            _load_device(tmp_path, f'driver = "{driver}"\nprops = {{ "{key}" = {json.dumps(wrong)} }}')
+
+
+def test_no_allowed_property_has_a_name_the_refusal_table_refuses():
+    """The two tables agree: what the allow-list admits is never a name refused on every driver, but
+    romfile, whose only value is "" (no file)."""
+    from harness.guest.drivers import property_refusal
+
+    for driver, rule in DRIVERS.items():
+        for key, kind in rule.properties().items():
+            if property_refusal(key):
+                assert key == "romfile" and kind.parse("") == "" and kind.parse("a") is None, (driver, key)
+
+
+@pytest.mark.skipif(not SYSTEM_DEVICES, reason="needs the host's qemu-system-x86_64")
+@pytest.mark.parametrize("driver", sorted(DRIVERS))
+def test_the_allow_list_matches_what_real_builds_list(tmp_path, driver):
+    """Every allowed property exists on a real build (the system 7.2 build, or trixie's 10.0 for newer
+    ones) with a type of its value type's kind (never a link, a child object or a list), and every
+    other property QEMU lists for the driver is refused by the schema."""
+    from harness.errors import QabiError
+
+    system = _property_help(("qemu-system-x86_64",), tuple(os.environ.items()), driver)
+    known = dict(system)
+    allowed = DRIVERS[driver].properties()
+    if driver not in SYSTEM_DEVICES or set(allowed) - set(system):
+        known = {**_property_help(*_trixie(), driver), **system}
+    for key, kind in allowed.items():
+        assert key in known, f"{driver}: {key} is on no build"
+        assert _qemu_class(known[key]) == kind.qemu, (driver, key, known[key], kind.qemu)
+    for key, qemu_type in known.items():
+        if key in allowed:
+            continue
+        value = True if qemu_type == "bool" else 1 if _qemu_class(qemu_type) == "int" else "x"
+        with pytest.raises(QabiError, match=rf"property (name '{re.escape(key)}' is not valid|'{re.escape(key)}' is "
+                                            rf"not allowed on {driver})"):
+            _load_device(tmp_path, f'driver = "{driver}"\nprops = {{ "{key}" = {json.dumps(value)} }}')
+
+
+@pytest.mark.parametrize("key,driver", [("mac", "VGA"), ("disk", "e1000"), ("cdrom", "ide-hd"),
+                                        ("audio", "qemu-xhci")])
+def test_launcher_keys_apply_only_to_the_drivers_that_take_them(tmp_path, key, driver):
+    from harness.errors import QabiError
+
+    value = {"mac": '"52:54:00:aa:00:01"', "disk": '"1M"'}.get(key, "true")
+    with pytest.raises(QabiError, match=rf"{key} = … does not apply to {driver}"):
+        _load_device(tmp_path, f'driver = "{driver}"\n{key} = {value}')
+
+
+def test_shipped_profiles_validate_and_capture(tmp_path):
+    from harness.guest.drivers import driver_rule
+    from harness.guest.profile import load_profile, profile_names
+
+    for name in profile_names():
+        assert all(driver_rule(d.driver) for d in load_profile(name).devices), name
+    done = run_qabi("capture", "--qemu", "system", "--machine", "pc-q35-7.2", "--guest", "windows",
+                    "--transport", "firmware", "-o", str(tmp_path / "cap"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = json.loads((tmp_path / "cap" / "manifest.json").read_text())
+    argv = " ".join(manifest["argv"])
+    assert "qxl-vga" in argv and "e1000e" in argv and "ich9-intel-hda" in argv
+
+
+def test_readme_documents_the_allow_list_exactly():
+    """The README's "Guest profiles" section carries the allow-list between `<!-- drivers:begin -->`
+    and `<!-- drivers:end -->`, exactly `drivers_markdown()` (regenerate: python3 tests/regen_readme.py)."""
+    from harness.guest.drivers import drivers_markdown
+
+    text = (REPO / "README.md").read_text()
+    profiles = text.split("## Guest profiles", 1)[1].split("\n## ", 1)[0]
+    block = profiles.split("<!-- drivers:begin -->", 1)[1].split("<!-- drivers:end -->", 1)[0]
+    assert block.strip() == drivers_markdown().strip()
+    refusals = text.split("## What qabi refuses, and how it fails", 1)[1].split("\n## ", 1)[0]
+    assert "usb-host" in refusals and "vfio-pci" in refusals and "not on the allow-list" in refusals

@@ -122,7 +122,7 @@ PROPERTY_GROUPS: dict[str, dict[str, ValueType]] = {
     "bridge-reserve": {"bus-reserve": U32, "io-reserve": SIZE, "mem-reserve": SIZE, "pref32-reserve": SIZE,
                        "pref64-reserve": SIZE},
     "pcie-port": {"chassis": U8, "slot": U16, "port": U8, "hotplug": BOOL, "aer_log_max": U16,
-                  "disable-acs": BOOL, "power_controller_present": BOOL},
+                  "power_controller_present": BOOL},
     "virtio-net": {"mq": BOOL, "csum": BOOL, "guest_csum": BOOL, "gso": BOOL, "guest_tso4": BOOL,
                    "guest_tso6": BOOL, "guest_ecn": BOOL, "guest_ufo": BOOL, "guest_uso4": BOOL,
                    "guest_uso6": BOOL, "mrg_rxbuf": BOOL, "status": BOOL, "ctrl_vq": BOOL, "ctrl_rx": BOOL,
@@ -234,8 +234,9 @@ _ALLOWED: list[DriverRule] = [
     *_rules("bridge", "pci-bridge", _PCI + ("bridge-reserve",), props={"chassis_nr": U8, "shpc": BOOL,
                                                                      "msi": ON_OFF_AUTO}),
     *_rules("bridge", "pcie-pci-bridge", _PCI, props={"msi": ON_OFF_AUTO}),
-    *_rules("bridge", "pcie-root-port", _PCI + ("bridge-reserve", "pcie-port")),
-    *_rules("bridge", "ioh3420 xio3130-downstream", _PCI + ("pcie-port",)),
+    *_rules("bridge", "pcie-root-port", _PCI + ("bridge-reserve", "pcie-port"), props={"disable-acs": BOOL}),
+    *_rules("bridge", "ioh3420", _PCI + ("pcie-port",), props={"disable-acs": BOOL}),
+    *_rules("bridge", "xio3130-downstream", _PCI + ("pcie-port",)),
     *_rules("bridge", "x3130-upstream", _PCI, props={"port": U8, "aer_log_max": U16}),
     *_rules("bridge", "i82801b11-bridge", _PCI),
     *_rules("bridge", "pxb pxb-pcie", _PCI, props={"bus_nr": U8, "numa_node": U16}),
@@ -244,7 +245,7 @@ ALIASES = {"ahci": "ich9-ahci", "lsi": "lsi53c895a", "virtio-net": "virtio-net-p
            "virtio-scsi": "virtio-scsi-pci", "virtio-serial": "virtio-serial-pci",
            "virtio-balloon": "virtio-balloon-pci", "virtio-rng": "virtio-rng-pci", "virtio-gpu": "virtio-gpu-pci",
            "virtio-keyboard": "virtio-keyboard-pci", "virtio-mouse": "virtio-mouse-pci",
-           "virtio-tablet": "virtio-tablet-pci", "e1000-82540em": "e1000"}
+           "virtio-tablet": "virtio-tablet-pci", "e1000-82540em": "e1000", "ac97": "AC97", "es1370": "ES1370"}
 DRIVERS: dict[str, DriverRule] = {rule.name: rule for rule in _ALLOWED}
 
 # Why a driver that is not allowed is refused: the first matching glob says it; anything else is
@@ -287,7 +288,8 @@ REFUSED_PROPERTIES: tuple[tuple[str, str], ...] = (
     ("romfile", "names a host file (romfile = \"\", no option ROM, is the only value allowed)"),
     ("*file*", "names a host file"),
     ("*path*", "names a host path"),
-    ("*dir*", "names a host directory"),
+    ("*dir", "names a host directory"),
+    ("dir*", "names a host directory"),
     ("pcap", "writes a packet capture to a host file"),
     ("*sock*", "names a host socket"),
     ("host*", "reaches a host device or a host-side object"),
@@ -329,6 +331,12 @@ def driver_refusal(name: str) -> str:
     return f"it is not on the allow-list of emulated drivers{hint}"
 
 
+def property_refusal(key: str) -> str | None:
+    """Why property `key` is refused on every driver (it reaches the host, or the launcher owns it),
+    or None for a name that is simply not on a driver's list."""
+    return _why(REFUSED_PROPERTIES, key)
+
+
 def check_driver(name: str) -> DriverRule:
     """The allow-list entry of `name`; NotAllowed naming the driver and why, if it has none."""
     rule = driver_rule(name)
@@ -346,7 +354,7 @@ def check_property(rule: DriverRule, key: str, value: object) -> str:
     text = kind.parse(value) if kind is not None else None
     if text is not None:
         return text
-    why = _why(REFUSED_PROPERTIES, key)
+    why = property_refusal(key)
     if why:
         raise NotAllowed(f"property {key[:64]!r} is not allowed on {rule.name}: it {why}")
     if kind is None:

@@ -99,7 +99,8 @@ def _fail(path: Path, message: str) -> QabiError:
 
 
 # -- the schema: every key known, every value of a bounded shape that cannot reach a host file or
-# another QEMU option (profile files are hostile input: they may come from anyone) -------------------
+# another QEMU option (profile files are hostile input: they may come from anyone); drivers and their
+# properties only from the allow-list of harness/guest/drivers.py -----------------------------------
 _TOP_KEYS = {"name", "description", "cpu", "memory", "smp", "uuid", "device", "families", "firmware", "smm",
              "tpm", "hyperv", "hpet", "machine", "smbios", "pm"}
 FIRMWARES = ("seabios", "ovmf", "ovmf-secboot")
