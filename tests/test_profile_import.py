@@ -441,3 +441,47 @@ def test_imported_sysinfo_reaches_the_guests_smbios(tmp_path):
                                                                                        "SN-12345")
     assert system["uuid"] == parse_profile(profile.read_text(), profile).uuid
     assert bios["vendor"] == "Acme"
+
+
+# -- a command line in QEMU's keyval syntax: the one qabi itself launches --------------------------------------------
+@pytest.mark.parametrize(("guest", "machine"), [("win11-proxmox", "pc-q35-7.2"), ("windows", "pc-i440fx-7.2"),
+                                                ("legacy", "pc-i440fx-7.2"), ("linux-virtio", "pc-q35-7.2")])
+def test_the_command_line_qabi_launches_imports_back_to_the_same_profile(tmp_path, guest, machine):
+    """`-device driver,k=v`, `-drive if=none` and `-netdev user` linked by id, `-audiodev`,
+    `-smbios`, `-global`, pflash drives: a shipped profile's argv (as `ps` shows it) imports back
+    to the same machine, CPU, platform keys and devices (ids and bus names renamed alike)."""
+    import shlex
+
+    from harness.capture import plan_capture
+    from harness.guest.profile import load_profile
+    from harness.qemu import resolve
+    from harness.transport.base import Setup
+    from harness.transport.launch import qemu_argv
+
+    original = load_profile(guest)
+    argv = qemu_argv(plan_capture(resolve("system"), original, machine, "kvm", 30), tmp_path, Setup())
+    toml, notes = import_profile(shlex.join(argv), "ps")
+    back = parse_profile(toml, Path("back.toml"))
+    assert back.machine == machine and back.uuid == original.uuid and dict(back.smp) == dict(original.smp)
+    assert (back.cpu, back.memory_mib) == (original.cpu, original.memory_mib)
+    for key in ("firmware", "smm", "tpm", "hpet"):
+        assert getattr(back, key) == getattr(original, key), key
+    assert sorted(back.hyperv) == sorted(original.hyperv)
+
+    def shape(p, machine):
+        ids = {d.id: d.driver for d in p.devices_for(machine) if d.id}
+        return sorted((d.driver, ids.get((d.bus or "").split(".")[0], d.bus or ""), d.addr and int(
+            d.addr.split(".")[0], 16), bool(d.mac), bool(d.disk), d.cdrom, d.audio, tuple(sorted(d.props)))
+            for d in p.devices_for(machine))
+
+    assert shape(back, machine) == shape(original, machine)
+    assert any("a restricted user-mode network" in n for n in notes) or not original.nics_for(machine)
+
+
+def test_a_proxmox_machine_revision_is_checked_as_its_upstream_type():
+    toml, notes = import_profile("/usr/bin/kvm -id 100 -name 'win,debug-threads=on' -machine "
+                                 "type=pc-q35-8.1+pve0 -m 2048 -smp 2,sockets=1,cores=2,maxcpus=2 -vga std", "qm")
+    profile = parse_profile(toml, Path("qm.toml"))
+    assert profile.machine == "pc-q35-8.1" and profile.name == "win"
+    assert [(d.driver, d.addr) for d in profile.devices] == [("VGA", None)]
+    assert any("Proxmox's revision of pc-q35-8.1" in n for n in notes)

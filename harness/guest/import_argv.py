@@ -236,6 +236,11 @@ class _Mapper:
         d = self.d
         opts = _options(value, "type")
         machine = str(opts.get("type", ""))
+        pve = re.fullmatch(r"(.+)\+pve\d{1,3}", machine)
+        if pve:                                        # Proxmox's own revision of an upstream type
+            d.note(f"machine type {machine[:40]}: Proxmox's revision of {pve.group(1)[:40]}, checked as "
+                   f"{pve.group(1)[:40]}")
+            machine = pve.group(1)
         if not VERSIONED_MACHINE.fullmatch(machine):
             raise d.refuse(f"machine type {machine[:40]!r}", "not a versioned i440fx or q35 machine type (such as "
                            "pc-q35-7.2): an alias names another machine type on each QEMU build")
