@@ -200,7 +200,7 @@ def _compare_uefi(old: dict, new: dict):
 
 # -- real QEMU under TCG ----------------------------------------------------------------------------
 def _swtpm_pids() -> set[int]:
-    out = subprocess.run(["pgrep", "-x", "swtpm"], capture_output=True, text=True, timeout=10).stdout
+    out = subprocess.run(["pgrep", "-x", "swtpm"], check=False, capture_output=True, text=True, timeout=10).stdout
     return {int(p) for p in out.split()}
 
 
