@@ -485,3 +485,15 @@ def test_a_proxmox_machine_revision_is_checked_as_its_upstream_type():
     assert profile.machine == "pc-q35-8.1" and profile.name == "win"
     assert [(d.driver, d.addr) for d in profile.devices] == [("VGA", None)]
     assert any("Proxmox's revision of pc-q35-8.1" in n for n in notes)
+
+
+def test_control_characters_in_the_vms_text_reach_neither_the_terminal_nor_the_profile(tmp_path):
+    argv = ("qemu-system-x86_64 -machine pc-q35-7.2 -m 512 -drive 'if=none,id=d0,file=/x/\x1b[2J\x07evil\x00.img' "
+            "-device 'ide-hd,bus=ide.0,drive=d0' -name 'a\x1b]0;pwned\x07'")
+    (tmp_path / "argv").write_text(argv)
+    done = run_qabi("profile", "import", str(tmp_path / "argv"), "-o", str(tmp_path / "p.toml"))
+    assert done.returncode == 0, done.stderr
+    assert "\x1b" not in done.stderr and "\x07" not in done.stderr and "\\x1b[2J" in done.stderr
+    text = (tmp_path / "p.toml").read_text()
+    assert "\x1b" not in text and "\x00" not in text
+    assert parse_profile(text, tmp_path / "p.toml").devices[0].driver == "ide-hd"

@@ -70,7 +70,11 @@ class Draft:
 
     # -- notes and refusals ------------------------------------------------------------------------
     def note(self, text: str) -> None:
-        line = " ".join(text.split())[:300]
+        """One line about a dropped part; the VM's own text in it (paths, names) with control
+        characters written as `\\xNN`, so that it can neither reach the terminal nor end the TOML comment."""
+        from harness.report.text import escape_controls
+
+        line = escape_controls(" ".join(text.split())[:300], keep="")
         if line not in self.notes:
             self.notes.append(line)
 
