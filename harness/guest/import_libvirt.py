@@ -20,7 +20,8 @@ HYPERV_FLAGS = ("relaxed", "vapic", "vpindex", "runtime", "synic", "stimer", "re
 NIC_MODELS = {"virtio": "virtio-net-pci", "e1000e": "e1000e", "e1000": "e1000", "rtl8139": "rtl8139",
               "vmxnet3": "vmxnet3", "igb": "igb", "ne2k_pci": "ne2k_pci", "pcnet": "pcnet"}
 USB_MODELS = {"qemu-xhci": "qemu-xhci", "nec-xhci": "nec-usb-xhci", "piix3-uhci": "piix3-usb-uhci",
-              "piix4-uhci": "piix4-usb-uhci", "ehci": "usb-ehci", "ich9-ehci1": "ich9-usb-ehci1"}
+              "piix4-uhci": "piix4-usb-uhci", "ehci": "usb-ehci", "ich9-ehci1": "ich9-usb-ehci1",
+              "ich9-uhci1": "ich9-usb-uhci1", "ich9-uhci2": "ich9-usb-uhci2", "ich9-uhci3": "ich9-usb-uhci3"}
 PCI_CONTROLLERS = {"pcie-root-port": "pcie-root-port", "pci-bridge": "pci-bridge",
                    "dmi-to-pci-bridge": "i82801b11-bridge", "pcie-to-pci-bridge": "pcie-pci-bridge",
                    "pcie-switch-upstream-port": "x3130-upstream",
@@ -366,10 +367,16 @@ class _Mapper:
             if model not in USB_MODELS:
                 raise d.refuse(f"USB controller {model!r}", "not supported by qabi profile import")
             props = {}
+            master = elem.find("master")
+            if master is not None:                     # a UHCI companion of an EHCI controller
+                props["firstport"] = _int(master.get("startport"), "<master startport>", 0)
+                d.note(f"USB companion {model}: its EHCI master bus is not reproduced (on the allow-list it "
+                       "is a controller of its own)")
             if elem.get("ports") and "xhci" in model:
                 props = {"p2": _int(elem.get("ports"), "<controller ports>"),
                          "p3": _int(elem.get("ports"), "<controller ports>")}
-            self._pci_device(USB_MODELS[model], elem, id="usb" if index == 0 else f"usb{index}", props=props)
+            ident = None if master is not None else "usb" if index == 0 else f"usb{index}"
+            self._pci_device(USB_MODELS[model], elem, id=ident, props=props)
         elif kind == "sata":
             if index == 0 and self.family == "q35":
                 return                                 # the ICH9 AHCI built into q35 (00:1f.2)
