@@ -163,6 +163,11 @@ HOSTILE = {
     "argv-path-property": "qemu-system-x86_64 -machine pc-q35-7.2 -device e1000,romfile=/etc/passwd",
     "argv-host-cpu": "qemu-system-x86_64 -machine pc-q35-7.2 -cpu host",
     "argv-alias-machine": "qemu-system-x86_64 -machine q35 -m 512",
+    "argv-bad-json": "qemu-system-x86_64 -machine pc-q35-7.2 -device '{\"driver\": '",
+    "argv-bad-address": "qemu-system-x86_64 -machine pc-q35-7.2 -device e1000,addr=zz",
+    "argv-smbios-file": "qemu-system-x86_64 -machine pc-q35-7.2 -smbios file=/etc/passwd",
+    "argv-value-with-comma": "qemu-system-x86_64 -machine pc-q35-7.2 -device virtio-serial-pci -device "
+                             "virtserialport,name=a,,romfile=/etc/passwd",
 }
 HOSTILE_SAYS = {
     "billion-laughs": "DTD or entities", "external-entity": "DTD or entities", "external-dtd": "DTD or entities",
@@ -172,6 +177,8 @@ HOSTILE_SAYS = {
     "argv-vfio": "hands a host PCI function", "argv-usb-host": "claims a host USB device",
     "argv-fd-property": "file descriptor", "argv-path-property": "names a host file",
     "argv-host-cpu": "named model", "argv-alias-machine": "not a versioned",
+    "argv-bad-json": "not valid JSON", "argv-bad-address": "not slot[.function]",
+    "argv-smbios-file": "loads SMBIOS tables from a host file", "argv-value-with-comma": "must be text",
 }
 
 

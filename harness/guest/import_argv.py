@@ -225,7 +225,10 @@ class _Mapper:
         if kind == "virtio" and not cdrom:
             d.add("virtio-blk-pci", disk=DEFAULT_DISK)
         elif kind == "ide":
-            index = int(str(opts.get("index", len([x for x in d.devices if x.driver.startswith("ide-")]))), 0)
+            index_text = str(opts.get("index", len([x for x in d.devices if x.driver.startswith("ide-")])))
+            if not re.fullmatch(r"[0-3]", index_text):
+                raise d.refuse(f"-drive index={index_text[:20]}", "an IDE drive index is 0 to 3")
+            index = int(index_text)
             d.add("ide-cd" if cdrom else "ide-hd", bus=f"ide.{index // 2}", props={"unit": index % 2},
                   **({"cdrom": True} if cdrom else {"disk": DEFAULT_DISK}))  # type: ignore[arg-type]
         else:
@@ -315,7 +318,10 @@ class _Mapper:
         if "file" in opts:
             raise d.refuse("-smbios file=", "loads SMBIOS tables from a host file: give the strings with "
                            "-smbios type=N,field=value")
-        kind = int(str(opts.pop("type", "-1")))
+        kind_text = str(opts.pop("type", ""))
+        if not re.fullmatch(r"\d{1,3}", kind_text):
+            raise d.refuse(f"-smbios type={kind_text[:20]}", "not an SMBIOS structure type")
+        kind = int(kind_text)
         if kind not in (0, 1, 2, 3):
             d.note(f"SMBIOS type {kind}: not reproduced")
             return

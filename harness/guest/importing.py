@@ -237,17 +237,22 @@ def import_profile(text: str, where: str) -> tuple[str, list[str]]:
     loader: what is returned is a valid strict profile."""
     if len(text.encode("utf-8", "surrogatepass")) > MAX_INPUT:
         raise QabiError(f"{where}: more than {MAX_INPUT} bytes: not a domain XML or a QEMU command line")
-    if text.lstrip().startswith("<"):
-        from harness.guest.import_libvirt import draft_from_libvirt
+    try:
+        if text.lstrip().startswith("<"):
+            from harness.guest.import_libvirt import draft_from_libvirt
 
-        draft = draft_from_libvirt(text, where)
-    else:
-        from harness.guest.import_argv import draft_from_argv
+            draft = draft_from_libvirt(text, where)
+        else:
+            from harness.guest.import_argv import draft_from_argv
 
-        draft = draft_from_argv(text, where)
-    data = draft.profile_data()
-    toml = to_toml(data, draft.notes)
-    parse_profile(toml, Path(f"{data['name']}.toml"))
+            draft = draft_from_argv(text, where)
+        data = draft.profile_data()
+        toml = to_toml(data, draft.notes)
+        parse_profile(toml, Path(where))
+    except QabiError as exc:
+        if where in str(exc):
+            raise
+        raise QabiError(f"{where}: {exc}") from None
     return toml, list(draft.notes)
 
 
