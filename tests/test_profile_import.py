@@ -157,6 +157,8 @@ HOSTILE = {
                                        "<device path='/dev/tpm0'/></backend></tpm></devices>"),
     "not-well-formed": "<domain type='qemu'><name>x</domain>",
     "oversize": "<domain>" + " " * (1 << 20) + "</domain>",
+    "launch-security": _DOMAIN.replace("</devices>", "</devices><launchSecurity type='sev'><policy>0x0003</policy>"
+                                       "</launchSecurity>"),
     "argv-vfio": "qemu-system-x86_64 -machine pc-q35-7.2 -device vfio-pci,host=0000:03:00.0",
     "argv-usb-host": "qemu-system-x86_64 -machine pc-q35-7.2 -device usb-host,hostbus=1,hostaddr=2",
     "argv-fd-property": "qemu-system-x86_64 -machine pc-q35-7.2 -device virtio-net-pci,vhostfd=3",
@@ -177,7 +179,7 @@ HOSTILE_SAYS = {
     "argv-vfio": "hands a host PCI function", "argv-usb-host": "claims a host USB device",
     "argv-fd-property": "file descriptor", "argv-path-property": "names a host file",
     "argv-host-cpu": "named model", "argv-alias-machine": "not a versioned",
-    "argv-bad-json": "not valid JSON", "argv-bad-address": "not slot[.function]",
+    "launch-security": "memory encryption", "argv-bad-json": "not valid JSON", "argv-bad-address": "not slot[.function]",
     "argv-smbios-file": "loads SMBIOS tables from a host file", "argv-value-with-comma": "must be text",
 }
 
@@ -517,3 +519,14 @@ def test_an_i440fx_domain_maps_ide_and_the_usb2_companions():
     assert usb == [("ich9-usb-ehci1", "usb", "0x5.0x7", None), ("ich9-usb-uhci1", None, "0x5", "0"),
                    ("ich9-usb-uhci2", None, "0x5.0x1", "2"), ("ich9-usb-uhci3", None, "0x5.0x2", "4")]
     assert sum("USB companion" in n for n in notes) == 3
+
+
+def test_host_side_domain_elements_are_noted_and_the_generation_id_kept():
+    xml = _DOMAIN.replace("<vcpu placement='static'>2</vcpu>", "<vcpu placement='static'>2</vcpu><iothreads>2</iothreads>"
+                          "<memoryBacking><hugepages/></memoryBacking><genid>0c8ab1d4-9a63-4d84-8f6f-2b3e7c39a1b0</genid>")
+    assert "<iothreads>" in xml
+    toml, notes = import_profile(xml, "tuned.xml")
+    assert "<iothreads> (I/O threads): host side, dropped" in notes
+    assert "<memoryBacking> (host memory backing): host side, dropped" in notes
+    gen = [d for d in parse_profile(toml, Path("t.toml")).devices if d.driver == "vmgenid"]
+    assert [dict(d.props) for d in gen] == [{"guid": "0c8ab1d4-9a63-4d84-8f6f-2b3e7c39a1b0"}]

@@ -48,6 +48,14 @@ _REFUSED = {
     "iommu": "an emulated IOMMU is not reproduced by qabi profile import; remove it to check the rest",
     "crypto": "a crypto device needs a host backend; remove it to check the rest",
 }
+_MAPPED = {"name", "uuid", "memory", "currentMemory", "vcpu", "os", "features", "cpu", "clock", "pm", "sysinfo",
+           "devices", "title", "description", "metadata", "on_poweroff", "on_reboot", "on_crash", "on_lockfailure"}
+_HOST_SIDE = {"iothreads": "I/O threads", "iothreadids": "I/O threads", "memoryBacking": "host memory backing",
+              "numatune": "host NUMA placement", "cputune": "host CPU pinning", "blkiotune": "host I/O weights",
+              "memtune": "host memory limits", "resource": "host cgroup partition", "seclabel": "host security label",
+              "perf": "host perf events", "keywrap": "host key wrapping", "idmap": "host id mapping",
+              "vcpus": "per-vCPU hotplug state", "maxMemory": "memory hotplug ceiling", "throttlegroups":
+              "host I/O throttling"}
 _DROPPED = {"graphics": "graphics {type} server (host display)", "redirdev": "USB redirection ({type}) over a "
             "host chardev", "audio": "audio backend {type} (a silent one is used)", "emulator": "emulator path",
             "lease": "lock lease", "hub": "USB hub"}
@@ -120,11 +128,33 @@ class _Mapper:
         self.clock()
         self.pm()
         self.sysinfo()
+        self.top_level()
         devices = root.find("devices")
         if devices is not None:
             self.devices(devices)
         if self.hyperv:
             d.top["hyperv"] = self.hyperv
+
+    def top_level(self) -> None:
+        """The domain's other elements: host-side tuning dropped with a note, the VM generation ID
+        kept (a guest-visible device), confidential computing refused."""
+        d = self.d
+        for elem in self.root:
+            tag = elem.tag
+            if tag in _MAPPED:
+                continue
+            if tag in _HOST_SIDE:
+                d.note(f"<{tag}> ({_HOST_SIDE[tag]}): host side, dropped")
+            elif tag == "genid":
+                guid = (elem.text or "").strip().lower()
+                d.add("vmgenid", props={"guid": guid} if guid else {})
+                if not guid:
+                    d.note("VM generation ID: libvirt makes a new one per start; qabi's is fixed by QEMU's default")
+            elif tag == "launchSecurity":
+                raise d.refuse("<launchSecurity>", "memory encryption (SEV/TDX) needs the host's hardware and keys; "
+                               "qabi reproduces emulated hardware only")
+            else:
+                d.note(f"<{tag[:30]}>: not reproduced")
 
     def os(self) -> None:
         d, os_ = self.d, self.root.find("os")
