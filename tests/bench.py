@@ -110,6 +110,8 @@ def bench_firmware(spec: str, runs: int, serial_runs: int | None = None) -> None
     firmware = GuestAccess(transport="firmware")
     for machine in ("pc-i440fx-7.2", "pc-q35-7.2"):
         for guest in profile_names():
+            if load_profile(guest).uefi or not load_profile(guest).applies_to(machine):
+                continue                      # bench_uefi: no serial capture under Secure Boot
             walls: dict[str, list[float]] = {"firmware": [], "serial": []}
             for i in range(runs):
                 for name, access in (("firmware", firmware), ("serial", SERIAL)):
@@ -122,6 +124,28 @@ def bench_firmware(spec: str, runs: int, serial_runs: int | None = None) -> None
             fw, serial = statistics.median(walls["firmware"]), statistics.median(walls["serial"])
             print(f"firmware {spec} {machine:<14} {guest:<13} firmware median {fw:5.2f} s, serial median "
                   f"{serial:5.2f} s over {runs}/{len(walls['serial'])} (ratio {fw / serial:4.2f})")
+
+
+def bench_uefi(specs: list[str], machine: str, runs: int) -> None:
+    """A UEFI hand-off capture (OVMF to the EFI probe, then the reads) of each UEFI profile: median
+    wall time of `runs` fresh captures, and the manifest's boot-to-hand-off time."""
+    from harness.capture import capture, plan_capture
+    from harness.guest.profile import load_profile, profile_names
+    from harness.qemu import resolve
+
+    work = Path(tempfile.mkdtemp(prefix="qabi-bench-uefi-"))
+    for spec in specs:
+        build = resolve(spec)
+        for guest in (g for g in profile_names() if load_profile(g).uefi):
+            walls, handoffs = [], []
+            for i in range(runs):
+                started = time.monotonic()
+                cap = capture(plan_capture(build, load_profile(guest), machine), work / f"{spec}-{guest}-{i}")
+                walls.append(time.monotonic() - started)
+                handoffs.append(cap.manifest["timings"]["boot_to_handoff"])
+            print(f"uefi {spec} {machine} {guest:<14} capture median {statistics.median(walls):5.2f} s "
+                  f"(min {min(walls):5.2f}, max {max(walls):5.2f}), QEMU start to probe done median "
+                  f"{statistics.median(handoffs):5.2f} s over {runs} (load average {os.getloadavg()[0]:.1f})")
 
 
 def bench_decode(captures: list[Path]) -> None:
@@ -146,11 +170,15 @@ def main() -> None:
     parser.add_argument("--machine", default="pc-q35-7.2")
     parser.add_argument("--skip-provision", action="store_true")
     parser.add_argument("--firmware-only", action="store_true", help="only the firmware vs serial figures")
+    parser.add_argument("--uefi-only", action="store_true", help="only the UEFI hand-off capture figures")
     parser.add_argument("--serial-runs", type=int, help="serial captures per profile in the firmware figures "
                         "(default: --runs)")
     args = parser.parse_args()
     if args.firmware_only:
         bench_firmware(args.spec, args.runs, args.serial_runs)
+        return
+    if args.uefi_only:
+        bench_uefi([args.spec, "debian:trixie"], args.machine, args.runs)
         return
     if not args.skip_provision:
         bench_provision("debian:bullseye=1:5.2+dfsg-11+deb11u3")
@@ -158,6 +186,7 @@ def main() -> None:
     bench_decode(captures)
     bench_ssh(args.spec, args.machine, args.runs)
     bench_firmware(args.spec, args.runs, args.serial_runs)
+    bench_uefi([args.spec, "debian:trixie"], args.machine, args.runs)
 
 
 if __name__ == "__main__":

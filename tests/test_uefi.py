@@ -242,3 +242,27 @@ def test_firmware_from_swaps_ovmf(tmp_path):
     assert code.parent == template.parent == bookworm_dir != trixie.ovmf_dir()
     assert mixed.provenance()["ovmf"]["package_version"].startswith("2022.11")
     assert vars_template(mixed, "ovmf-secboot") != vars_template(trixie, "ovmf-secboot")
+
+
+def test_secure_boot_profile_over_serial_is_unsupported_with_the_reason():
+    from harness.capture import SERIAL
+    from harness.errors import UnsupportedError
+
+    with pytest.raises(UnsupportedError, match="not signed with a key in its db: use --transport firmware"):
+        plan_capture(resolve("system"), load_profile("win11"), "pc-q35-7.2", access=SERIAL)
+
+
+def test_a_debian_build_carries_its_suites_ovmf_and_system_the_hosts():
+    import json as _json
+
+    trixie = resolve("debian:trixie")
+    assert str(trixie.ovmf_dir()) in trixie.firmware_dirs and trixie.prefix is not None
+    manifest = _json.loads((Path(trixie.prefix) / "qabi-prefix.json").read_text())
+    ovmf_pkg = next(p for p in manifest["packages"] if p["name"] == "ovmf")
+    prov = trixie.provenance()["ovmf"]
+    assert prov["package_version"] == ovmf_pkg["version"]
+    assert prov["files"]["OVMF_CODE_4M.secboot.fd"] == hashlib.sha256(
+        (trixie.ovmf_dir() / "OVMF_CODE_4M.secboot.fd").read_bytes()).hexdigest()
+    system = resolve("system")
+    assert system.ovmf_dir() == Path("/usr/share/OVMF") and system.provenance()["ovmf"]["package_version"]
+    assert "/usr/share/OVMF" in " ".join(trixie.argv())          # hidden from the isolated build

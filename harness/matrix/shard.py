@@ -18,6 +18,7 @@ _SHARD = re.compile(r"(\d+)/(\d+)")
 
 # Seconds per capture side, measured order of magnitude on a 2-core TCG host (docs/measurements.md).
 TRANSPORT_COST = {"firmware": 1.5, "serial": 8.0, "ssh": 15.0}
+UEFI_BOOT_COST = 5.0    # OVMF (Secure Boot, SMM) to the EFI probe under TCG: 2.6 s idle, 8-13 s on a busy host
 DECODE_COST = 1.0      # fingerprint + compare of one run (iasl dominates)
 
 
@@ -41,10 +42,13 @@ def profile_cost(guest: str, transport: str) -> float:
     from harness.guest.profile import load_profile
 
     try:
-        devices = len(load_profile(guest).devices)
+        profile = load_profile(guest)
     except QabiError:
-        devices = 0            # an unloadable profile fails fast: it costs little
-    return 2 * TRANSPORT_COST.get(transport, TRANSPORT_COST["serial"]) * (1 + 0.1 * devices) + DECODE_COST
+        return DECODE_COST     # an unloadable profile fails fast: it costs little
+    base = TRANSPORT_COST.get(transport, TRANSPORT_COST["serial"])
+    if profile.uefi:
+        base = max(base, UEFI_BOOT_COST)
+    return 2 * base * (1 + 0.1 * len(profile.devices)) + DECODE_COST
 
 
 def assign(cases: Sequence[tuple[str, str]], shards: int,

@@ -242,6 +242,7 @@ def provision(suite: str, version: str | None, refresh: bool = False, offline: b
                     "provisioned_seconds": round(time.monotonic() - started, 2),
                 }
                 write_json(tmp / PREFIX_MANIFEST, manifest)
+    _add_ovmf(prefix, suite)            # a prefix made before OVMF joined the closure
     write_json(_pointer(suite), {"suite": suite, "version": version})
     return prefix
 
