@@ -530,3 +530,9 @@ def test_host_side_domain_elements_are_noted_and_the_generation_id_kept():
     assert "<memoryBacking> (host memory backing): host side, dropped" in notes
     gen = [d for d in parse_profile(toml, Path("t.toml")).devices if d.driver == "vmgenid"]
     assert [dict(d.props) for d in gen] == [{"guid": "0c8ab1d4-9a63-4d84-8f6f-2b3e7c39a1b0"}]
+
+
+def test_virt_installs_own_xml_names_a_machine_alias_and_is_refused_with_the_way_out():
+    done = run_qabi("profile", "import", str(LIBVIRT / "win11.virt-install.xml"))
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1
+    assert "machine type 'q35'" in done.stderr and "virsh dumpxml" in done.stderr

@@ -173,6 +173,9 @@ class _Mapper:
         secure = _secure_boot(os_, loader)
         if efi:
             d.top["firmware"] = "ovmf-secboot" if secure else "ovmf"
+            if secure and loader is None and os_.find("firmware") is None:
+                d.note("firmware='efi' without a Secure Boot choice: taken as OVMF Secure Boot with the Microsoft "
+                       "keys, what libvirt's firmware autoselection picks on Debian")
             if secure:
                 d.top["smm"] = True
         if loader is not None and (loader.text or "").strip():
