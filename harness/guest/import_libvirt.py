@@ -256,7 +256,7 @@ class _Mapper:
         mode = cpu.get("mode", "custom")
         if mode in ("host-passthrough", "host-model", "maximum"):
             raise d.refuse(f"<cpu mode='{mode}'>", "the CPU the guest sees depends on the host (or on the QEMU "
-                           "build): use a named model, e.g. <cpu mode='custom'><model>Skylake-Client-v4</model>")
+                           "build): use a named model, e.g. <cpu mode='custom'><model>Skylake-Client</model>")
         model = cpu.findtext("model")
         if model:
             d.cpu_model = model.strip()
