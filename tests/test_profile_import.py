@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -101,7 +102,7 @@ def test_cli_import_writes_the_profile_and_notes_one_line_each(tmp_path):
 
 
 def test_cli_import_reads_stdin_and_writes_stdout():
-    done = subprocess.run([os.sys.executable, "-m", "harness.cli", "profile", "import", "-"],
+    done = subprocess.run([sys.executable, "-m", "harness.cli", "profile", "import", "-"],
                           input=(LIBVIRT / "debian11.argv").read_text(), capture_output=True, text=True,
                           cwd=DATA.parents[1], timeout=60, check=False)
     assert done.returncode == 0, done.stderr
@@ -406,8 +407,6 @@ def test_a_pinned_profile_is_planned_on_its_machine_type_and_an_explicit_machine
 
 
 def test_pytest_harness_runs_a_pinned_profile_on_its_machine_type_only(tmp_path):
-    import sys
-
     profile = tmp_path / "w22.toml"
     profile.write_text(_imported("win2k22")[0])
     done = subprocess.run([sys.executable, "-m", "pytest", "harness/", "--qemu-old", "system", "--qemu-new", "system",
