@@ -430,6 +430,8 @@ def test_server_domain_maps_sysinfo_scsi_named_cpu_and_notes_what_is_not_reprodu
     scsi = [d for d in p.devices if d.driver == "scsi-hd"]
     assert [(d.bus, dict(d.props)["serial"], d.disk) for d in scsi] == [("scsi0.0", "DISK-0001", "64G")]
     assert any("scsi-hd property device_id=DISK-0001: not on the driver allow-list" in n for n in notes)
+    assert [dict(d.props).get("num-queues") for d in p.devices if d.driver == "virtio-blk-pci"] == ["2"]
+    assert any("queues=4: multiqueue comes with a tap backend" in n for n in notes)
     assert any(d.driver == "pcie-pci-bridge" for d in p.devices)
     behind_bridge = sorted((d.driver, d.bus, d.addr) for d in p.devices if d.driver in ("intel-hda", "i6300esb"))
     assert behind_bridge == [("i6300esb", "pci-16", "0x2"), ("intel-hda", "pci-16", "0x1")]

@@ -477,6 +477,11 @@ class _Mapper:
         elif bus == "virtio":
             if cdrom:
                 raise d.refuse("virtio CD-ROM", "libvirt has none")
+            driver_elem = elem.find("driver")
+            if driver_elem is not None and driver_elem.get("queues"):
+                props["num-queues"] = _int(driver_elem.get("queues"), "<driver queues>")
+            if driver_elem is not None and driver_elem.get("iothread"):
+                d.note(f"disk {dev_name[:20]} iothread: host side, dropped")
             self._pci_device("virtio-blk-pci", elem, props=props, disk=disk)
         elif bus == "scsi":
             controller = _int(addr.get("controller"), "<address controller>", 0) if addr is not None else 0
@@ -516,6 +521,10 @@ class _Mapper:
         mac = mac_elem.get("address", "").lower() if mac_elem is not None else None
         d.note(f"network backend of NIC {mac or model} ({kind[:20]}): a restricted user-mode network is used")
         props = self._boot(elem, "network")
+        queues = elem.find("driver")
+        if queues is not None and _int(queues.get("queues"), "<driver queues>", 1) > 1:
+            d.note(f"NIC {mac or model} queues={queues.get('queues')}: multiqueue comes with a tap backend, "
+                   "not reproduced on qabi's user-mode network")
         rom = elem.find("rom")
         if rom is not None:
             if rom.get("bar") == "off":
