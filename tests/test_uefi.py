@@ -266,3 +266,50 @@ def test_a_debian_build_carries_its_suites_ovmf_and_system_the_hosts():
     system = resolve("system")
     assert system.ovmf_dir() == Path("/usr/share/OVMF") and system.provenance()["ovmf"]["package_version"]
     assert "/usr/share/OVMF" in " ".join(trixie.argv())          # hidden from the isolated build
+
+
+PLAIN_OVMF = '''description = "plain OVMF (no Secure Boot, no TPM): the reference kernel's EFI stub boots under it"
+families = ["q35"]
+firmware = "ovmf"
+cpu = "qemu64"
+memory = 512
+smp = { cpus = 1 }
+uuid = "6a1e0d3c-0000-4000-8000-0000000000ab"
+'''
+
+
+@pytest.mark.integration
+def test_serial_under_ovmf_agrees_with_the_hand_off_capture(tmp_path):
+    """Under OVMF the reference kernel boots through its EFI stub; over serial it reads the same
+    ACPI, SMBIOS and memory map bytes as the EFI probe's hand-off capture, and the comparison of
+    the two has no drift (uefi, which the guest probe does not read, is left out with a note)."""
+    from harness.capture import SERIAL, capture
+    from harness.drift import compare
+    from harness.fingerprint import fingerprint_capture
+
+    path = tmp_path / "plain-ovmf.toml"
+    path.write_text(PLAIN_OVMF)
+    build, profile = resolve("debian:trixie"), load_profile(str(path))
+    fw = capture(plan_capture(build, profile, "pc-q35-9.2", timeout=120), tmp_path / "fw")
+    serial = capture(plan_capture(build, profile, "pc-q35-9.2", access=SERIAL, timeout=240), tmp_path / "serial")
+    for prefix in ("sys/firmware/acpi/tables", "sys/firmware/dmi/tables", "sys/firmware/memmap"):
+        files = [{p.relative_to(c.raw).as_posix(): p.read_bytes() for p in (c.raw / prefix).rglob("*") if p.is_file()}
+                 for c in (fw, serial)]
+        assert files[0] == files[1] and files[0], prefix
+    result = compare(fingerprint_capture(fw), fingerprint_capture(serial))
+    assert not result.drifts, [(d.subject, d.path) for d in result.drifts]
+    assert any(n.startswith("uefi: not compared") for n in result.notes)
+
+
+def test_uefi_is_left_out_only_where_the_other_transport_cannot_read_it():
+    from harness.drift.uefi import across_transports
+
+    entries = uefi.decode(WIN11)
+    fw = {"source": {"transport": "firmware"}, "uefi": entries}
+    serial = {"source": {"transport": "serial"}, "uefi": {}}
+    assert across_transports(fw, serial)[:2] == ({}, {}) and "not compared" in across_transports(fw, serial)[2][0]
+    # over the same transport, a side without UEFI entries is a change of firmware: compared
+    seabios = {"source": {"transport": "firmware"}, "uefi": {}}
+    assert across_transports(fw, seabios) == (entries, {}, [])
+    assert _compare_uefi(entries, {}) and all(d.severity == "break" for d in _compare_uefi(entries, {})
+                                              if d.key in ("secure_boot", "keys/db", "firmware"))

@@ -6,7 +6,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from harness.categories import get, names
-from harness.drift.cpuid import across_transports
+from harness.drift import cpuid as cpuid_drift
+from harness.drift import uefi as uefi_drift
 from harness.drift.impact import assess
 from harness.drift.model import Comparison, Drift
 from harness.drift.pci_state import comparing
@@ -57,6 +58,10 @@ def _present(cats: tuple[str, ...], old: Any, new: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
+# categories that two transports read differently: what of them is compared, and a note on the rest
+ACROSS_TRANSPORTS = {"cpuid": cpuid_drift.across_transports, "uefi": uefi_drift.across_transports}
+
+
 def compare(old: dict[str, Any], new: dict[str, Any], waivers: Waivers | None = None, *,
             categories: Iterable[str] | None = None) -> Comparison:
     """Every guest-visible difference between two fingerprints, most severe first, each with its
@@ -80,9 +85,9 @@ def compare(old: dict[str, Any], new: dict[str, Any], waivers: Waivers | None = 
     for category in cats:
         try:
             a, b = old[category], new[category]
-            if category == "cpuid":   # captures over two transports: the vCPUs both read
-                a, b, cpuid_notes = across_transports(old, new)
-                notes += cpuid_notes
+            if category in ACROSS_TRANSPORTS:   # captures over two transports: what both read
+                a, b, transport_notes = ACROSS_TRANSPORTS[category](old, new)
+                notes += transport_notes
             with comparing(old, new):
                 drifts += get(category).compare(a, b)
         except QabiError:

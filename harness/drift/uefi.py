@@ -13,6 +13,24 @@ from harness.drift.model import Drift
 CATEGORY = "uefi"
 
 
+def across_transports(old_fp: dict[str, Any], new_fp: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any],
+                                                                               list[str]]:
+    """The uefi entries to compare: over two transports where only the firmware transport's EFI
+    probe read them (the serial and SSH guest probe reads no UEFI variables or memory map: its side
+    is empty), nothing, with a note saying so; otherwise both sides as they are (an empty side over
+    the same transport is a firmware change: a drift)."""
+    from harness.drift.pci_state import transport_of
+
+    old, new = old_fp[CATEGORY], new_fp[CATEGORY]
+    sides = transport_of(old_fp), transport_of(new_fp)
+    if sides[0] == sides[1] or (bool(old) == bool(new)):
+        return old, new, []
+    read, unread = (sides[0], sides[1]) if old else (sides[1], sides[0])
+    note = (f"uefi: not compared (read over {read} by the EFI probe; the guest probe over {unread} does not "
+            "read the UEFI variables, configuration table or memory map)")
+    return {}, {}, [note]
+
+
 def compare(old: dict[str, Any], new: dict[str, Any]) -> list[Drift]:
     drifts: list[Drift] = []
     for key in sorted(old.keys() | new.keys()):

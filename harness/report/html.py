@@ -60,7 +60,7 @@ INLINE_LIMIT = 160          # longer (or multi-line) values are shown collapsed
 _PROVENANCE_FIELDS: tuple[tuple[str, str], ...] = (
     ("spec", "spec"), ("version", "QEMU version"), ("package_version", "package version"),
     ("sha256", "binary sha256"), ("kind", "kind"), ("executable", "executable"),
-    ("firmware_dirs", "firmware"), ("firmware_from", "firmware from"),
+    ("firmware_dirs", "firmware"), ("firmware_from", "firmware from"), ("ovmf", "OVMF"),
 )
 
 
@@ -203,6 +203,10 @@ def _provenance_rows(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tup
             return "—"
         if isinstance(value, list):
             return "\n".join(shown(v) for v in value)
+        if isinstance(value, dict) and isinstance(value.get("files"), dict):   # OVMF: version, dir, images
+            images = [f"{name} {shown(digest)[:16]}" for name, digest in sorted(value["files"].items())]
+            return "\n".join([shown(value.get("package_version") or "unknown version"), shown(value.get("dir")),
+                              *images])
         return shown(value)
 
     rows = []
