@@ -152,6 +152,15 @@ def check_plan(machines: list[str], guests: list[str], old: Side, new: Side) -> 
                 raise QabiError(f"machine type '{part}' is on neither side ({old.spec}, {new.spec}){hint}")
 
 
+def _pinned(guest: str) -> str | None:
+    """The machine type `guest` pins (`machine = ...`, an imported profile), or None. A profile that
+    does not load pins none: its run reports the error."""
+    try:
+        return load_profile(guest).machine
+    except QabiError:
+        return None
+
+
 def _alias_known(machine: str, *sides: Side) -> bool:
     return any(side.build is not None and side.build.info().resolve_machine(machine) is not None for side in sides)
 
@@ -227,7 +236,7 @@ class RunRequest:
 
     old: str
     new: str
-    machines: tuple[str, ...] = ()        # empty: the newest i440fx and q35 types both sides have
+    machines: tuple[str, ...] = ()        # empty: a profile's own `machine`, else `fallback_machines`
     guests: tuple[str, ...] = ()          # empty: every profile in guests/
     accel: str = "tcg"
     timeout: float = DEFAULT_TIMEOUT
@@ -239,6 +248,7 @@ class RunRequest:
     jobs: int | None = None               # runs side by side; None: what the host can carry (default_jobs)
     shard: Shard | None = None            # (I, N): only shard I of N of the runs (harness/shard.py)
     migrate: str | None = None            # "none"/None, "forward" (old -> new) or "both" (and back)
+    fallback_machines: tuple[str, ...] = ()   # empty: the newest i440fx and q35 types both sides have
 
     def __post_init__(self) -> None:
         from harness.migrate import check_direction
@@ -250,7 +260,7 @@ class RunRequest:
         check_transport(self.access.transport)
         check_shard(self.shard)
         check_unique(self.machines, self.guests)
-        for machine in self.machines:
+        for machine in (*self.machines, *self.fallback_machines):
             split_machine(machine)
         severity_rank(self.fail_on)
         if self.jobs is not None and not 1 <= self.jobs <= MAX_JOBS:
@@ -276,7 +286,10 @@ class Check:
         self._planned: list[tuple[str, str]] | None = None
 
     def machines(self) -> list[str]:
-        asked = list(self.request.machines)
+        """The machine types asked for (--machine), else the fallback ones, else the newest of each
+        family both sides have; a profile that pins its machine type runs on that one instead,
+        unless --machine is given (`planned`)."""
+        asked = list(self.request.machines or self.request.fallback_machines)
         return expand_machines(asked, self.old, self.new) if asked else default_machines(self.old, self.new)
 
     @property
@@ -293,12 +306,17 @@ class Check:
         """Every (machine, guest) run of the whole request, whatever the shard, in report order;
         a machine `OLD:NEW` is a bump (harness/bump.py)."""
         if self._planned is None:
-            machines = self.machines()
             guests = expand_guests(list(self.request.guests))
-            check_plan(machines, guests, self.old, self.new)
-            self._planned = [(m, g) for m in machines for g in guests if _applies(g, m)]
+            pinned = {} if self.request.machines else {g: m for g in guests if (m := _pinned(g))}
+            others = [g for g in guests if g not in pinned]
+            machines = self.machines() if others else []
+            check_plan(list(dict.fromkeys([*machines, *pinned.values()])), guests, self.old, self.new)
+            planned = [(m, g) for m in machines for g in others if _applies(g, m)]
+            order = machines + versioned_machines(sorted(set(pinned.values()) - set(machines)))
+            planned += [(m, g) for g, m in pinned.items()]
+            self._planned = sorted(planned, key=lambda run: (order.index(run[0]), guests.index(run[1])))
             for guest in self.request.guests:
-                if machines and not any(g == guest for _m, g in self._planned):
+                if guest not in pinned and machines and not any(g == guest for _m, g in self._planned):
                     families = ", ".join(load_profile(guest).families)
                     raise QabiError(f"guest profile '{guest}' runs on {families} machine types only, and none "
                                     f"of {', '.join(machines)} is one")

@@ -95,7 +95,11 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
     access = _access(args)
     build = resolve(args.qemu, firmware_from=args.firmware_from)
-    plan = plan_capture(build, load_profile(args.guest), args.machine, args.accel, args.timeout, access,
+    profile = load_profile(args.guest)
+    machine = args.machine or profile.machine
+    if machine is None:
+        raise QabiError(f"--machine is needed: profile '{profile.name}' pins no machine type (machine = ...)")
+    plan = plan_capture(build, profile, machine, args.accel, args.timeout, access,
                         Path(args.reference) if args.reference else None)
     result = capture(plan, Path(args.output))
     m = result.manifest
@@ -131,6 +135,30 @@ def _add_access_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ssh-key", metavar="K", help="private key that logs in to --guest-image")
     p.add_argument("--ssh-host-key", metavar="F",
                    help="the guest image's pinned host public key(s): a .pub or known_hosts file")
+
+
+# -- qabi profile import ------------------------------------------------------------------------
+def cmd_profile_import(args: argparse.Namespace) -> int:
+    """A profile from the user's own VM (a libvirt domain XML or a QEMU command line): the TOML on
+    stdout or in -o FILE (never over an existing file), one `note:` line on stderr per dropped part."""
+    from pathlib import Path
+
+    from harness.cache import atomic_write_bytes
+    from harness.guest.importing import import_profile, read_input
+
+    out = None if args.output in (None, "-") else Path(args.output)
+    if out is not None and (out.exists() or out.is_symlink()):
+        raise QabiError(f"{args.output[:200]}: already exists (qabi never overwrites a file; remove it or name another)")
+    text, where = read_input(args.input)
+    toml, notes = import_profile(text, where)
+    for note in notes:
+        print(f"qabi: note: {note}", file=sys.stderr)
+    if out is None:
+        sys.stdout.write(toml)
+        return 0
+    atomic_write_bytes(out, toml, what="profile")
+    print(f"{out}: profile written ({len(notes)} host-only parts dropped, listed at its top)")
+    return 0
 
 
 # -- qabi diff ----------------------------------------------------------------------------------
@@ -406,10 +434,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", metavar="DIR", help="a reference-guest recipe other than guests/reference")
     p.set_defaults(func=cmd_guest_build)
 
+    profile = sub.add_parser("profile", help="guest profiles: import one from your own VM")
+    psub = profile.add_subparsers(dest="profile_command", required=True, parser_class=_Parser)
+    p = psub.add_parser("import", help="a profile from a libvirt domain XML (virsh dumpxml) or a QEMU command line")
+    p.add_argument("input", metavar="FILE|-", help="the domain XML or the command line ('-': stdin)")
+    p.add_argument("-o", "--output", metavar="PROFILE.toml", help="write the profile here (default: stdout)")
+    p.set_defaults(func=cmd_profile_import)
+
     p = sub.add_parser("capture", help="boot the reference guest and capture what it sees")
     p.add_argument("--qemu", required=True, metavar="SPEC")
     p.add_argument("--firmware-from", metavar="SPEC")
-    p.add_argument("--machine", required=True, metavar="M")
+    p.add_argument("--machine", metavar="M", help="machine type (default: the profile's own `machine`)")
     p.add_argument("--guest", required=True, metavar="PROFILE")
     p.add_argument("--accel", choices=["tcg", "kvm"], default="tcg")
     p.add_argument("--timeout", type=float, default=180.0, metavar="S")
@@ -425,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--firmware-from", metavar="SPEC", help="run the new build with this build's firmware")
     p.add_argument("--machine", action="append", metavar="M",
                    help="machine type (repeatable; 'common' = every versioned i440fx/q35 type both have; "
-                        "default: the newest of each family both have)")
+                        "default: a profile's own `machine`, else the newest of each family both have)")
     p.add_argument("--guest", action="append", metavar="P", help="profile (repeatable; default: all)")
     p.add_argument("--accel", choices=["tcg", "kvm"], default="tcg")
     p.add_argument("--waivers", metavar="F", help="waiver file (default: fingerprints/waivers.toml if present)")

@@ -111,8 +111,11 @@ def run_request(config: pytest.Config) -> RunRequest:
     fail_on = str(_setting(config, "fail-on"))
     if fail_on not in SEVERITIES:
         raise QabiError(f"fail-on '{fail_on}' is not one of {', '.join(SEVERITIES)}")
+    # the default machine types are a fallback: a profile that pins its machine type runs on that one
+    machines = _setting(config, "machine")
+    asked, fallback = ((), tuple(machines)) if machines is DEFAULTS["machine"] else (tuple(machines), ())
     return RunRequest(old=str(_setting(config, "baseline") or _setting(config, "qemu-old")),
-                      new=str(_setting(config, "qemu-new")), machines=tuple(_setting(config, "machine")),
+                      new=str(_setting(config, "qemu-new")), machines=asked, fallback_machines=fallback,
                       guests=tuple(_setting(config, "guest")), accel=str(_setting(config, "accel")),
                       access=access, waivers=_text(config, "waivers"), fail_on=fail_on,  # type: ignore[arg-type]
                       shard=parse_shard(_text(config, "shard")), migrate=_text(config, "migrate"))

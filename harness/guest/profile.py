@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from harness.cache import read_toml
+from harness.cache import TOML_LIMIT, parse_toml, read_text
 from harness.errors import QabiError, UnsupportedError
 from harness.guest.drivers import DriverRule, NotAllowed, check_driver, check_key, check_property
 
@@ -57,6 +57,9 @@ class GuestProfile:
     uuid: str
     devices: tuple[Device, ...] = field(default_factory=tuple)
     source: str = ""
+    machine: str | None = None            # the machine type the VM runs (an imported profile pins it)
+    smbios: tuple[tuple[int, tuple[tuple[str, str], ...]], ...] = ()   # (type, ((field, value), ...))
+    pm: tuple[tuple[str, bool], ...] = ()     # ACPI sleep states offered: (("s3", False), ...); unset: default
     families: tuple[str, ...] = FAMILIES       # the machine families the profile applies to
     firmware: str = "seabios"                  # seabios | ovmf | ovmf-secboot
     smm: bool | None = None                    # None: the machine type's default
@@ -99,7 +102,7 @@ def _fail(path: Path, message: str) -> QabiError:
 # another QEMU option (profile files are hostile input: they may come from anyone); drivers and their
 # properties only from the allow-list of harness/guest/drivers.py -----------------------------------
 _TOP_KEYS = {"name", "description", "cpu", "memory", "smp", "uuid", "device", "families", "firmware", "smm",
-             "tpm", "hyperv", "hpet"}
+             "tpm", "hyperv", "hpet", "machine", "smbios", "pm"}
 FIRMWARES = ("seabios", "ovmf", "ovmf-secboot")
 # The TPM: `tpm = "crb" | "tis"` is the one -device driver a profile gets outside [[device]] (on
 # qabi's swtpm backend, harness/transport/platform.py); kept in this small table, apart from the
@@ -130,6 +133,14 @@ BUS = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}(?:\.\d{1,3})?")
 ADDR = re.compile(r"(?:0x)?[0-9a-fA-F]{1,2}(?:\.(?:0x)?[0-7])?")
 MAC = re.compile(r"[0-9a-f][02468ace](?::[0-9a-f]{2}){5}")     # lower case, unicast
 PROP_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+# a versioned machine type: what a profile pins (an alias such as q35 names another type on each build)
+VERSIONED_MACHINE = re.compile(r"pc-(?:i440fx|q35)-\d{1,2}\.\d{1,2}")
+# SMBIOS strings the profile sets (-smbios type=N,field=value): printable ASCII, bounded
+SMBIOS_FIELDS = {0: ("vendor", "version", "date", "release"),
+                 1: ("manufacturer", "product", "version", "serial", "sku", "family"),
+                 2: ("manufacturer", "product", "version", "serial", "asset", "location"),
+                 3: ("manufacturer", "version", "serial", "asset", "sku")}
+SMBIOS_VALUE = re.compile(r"[ -~]{0,64}")
 RESERVED_ID_PREFIX = "qabi"                     # ids the launcher gives its own objects
 
 
@@ -205,6 +216,41 @@ def _allowed(path: Path, where: str, check: Callable[..., _T], *args: Any) -> _T
         return check(*args)
     except NotAllowed as exc:
         raise _fail(path, f"{where}: {exc}") from None
+
+
+def _machine(path: Path, raw: object) -> str:
+    machine = _str(path, "machine", raw)
+    if not VERSIONED_MACHINE.fullmatch(machine):
+        raise _fail(path, f"machine {machine[:80]!r} is not a versioned i440fx or q35 machine type (such as "
+                          "pc-q35-7.2): an alias names another machine type on each build")
+    return machine
+
+
+def _smbios(path: Path, raw: object) -> tuple[tuple[int, tuple[tuple[str, str], ...]], ...]:
+    """`[smbios]` with `type0` .. `type3` tables of strings (the system UUID is `uuid`)."""
+    if not isinstance(raw, dict):
+        raise _fail(path, "smbios must be a table ([smbios] with type0 .. type3)")
+    known = {f"type{t}": t for t in SMBIOS_FIELDS}
+    out = []
+    for key, table in raw.items():
+        if key not in known:
+            raise _fail(path, f"smbios: unknown key {key[:40]!r} (known: {', '.join(known)})")
+        kind = known[key]
+        if not isinstance(table, dict):
+            raise _fail(path, f"smbios.{key} must be a table of strings")
+        unknown = sorted(set(table) - set(SMBIOS_FIELDS[kind]))
+        if unknown:
+            raise _fail(path, f"smbios.{key}: unknown field(s) {', '.join(u[:40] for u in unknown)} "
+                              f"(known: {', '.join(SMBIOS_FIELDS[kind])})")
+        out.append((kind, tuple((k, _str(path, f"smbios.{key}.{k}", v, SMBIOS_VALUE)) for k, v in table.items())))
+    return tuple(sorted(out))
+
+
+def _pm(path: Path, raw: object) -> tuple[tuple[str, bool], ...]:
+    """`pm = { s3 = false, s4 = false }`: whether the DSDT offers S3 (suspend to RAM) and S4."""
+    if not isinstance(raw, dict) or not set(raw) <= {"s3", "s4"}:
+        raise _fail(path, "pm must be a table such as { s3 = false, s4 = false }")
+    return tuple((k, _bool(path, f"pm.{k}", v)) for k, v in sorted(raw.items()))
 
 
 def _name(path: Path, data: dict[str, Any]) -> str:
@@ -294,7 +340,12 @@ def load_profile(name_or_path: str) -> GuestProfile:
         path = GUESTS_DIR / f"{name_or_path}.toml"
     if not (path.exists() or path.is_symlink()):   # there but not a regular file: read_toml says so
         raise QabiError(f"unknown guest profile '{name_or_path[:200]}' (known: {', '.join(profile_names())})")
-    data = read_toml(path, "a guest profile")
+    return parse_profile(read_text(path, "a guest profile", TOML_LIMIT), path)
+
+
+def parse_profile(text: str, path: Path) -> GuestProfile:
+    """A profile's TOML `text` (from `path`, which names it in messages), checked against the schema."""
+    data = parse_toml(text, str(path), "a guest profile")
     unknown = sorted(set(data) - _TOP_KEYS)
     if unknown:
         raise _fail(path, f"unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(_TOP_KEYS))})")
@@ -315,7 +366,13 @@ def load_profile(name_or_path: str) -> GuestProfile:
         cpu=_str(path, "cpu", data["cpu"], CPU),
         memory_mib=_int(path, "memory (MiB)", data["memory"], *MEMORY_MIB),
         smp=_smp(path, data.get("smp", {"cpus": 1})), uuid=_str(path, "uuid", data["uuid"]),
-        devices=devices, source=str(path), **_platform(path, data))
+        devices=devices, source=str(path), **_platform(path, data),
+        machine=_machine(path, data["machine"]) if "machine" in data else None,
+        smbios=_smbios(path, data["smbios"]) if "smbios" in data else (),
+        pm=_pm(path, data["pm"]) if "pm" in data else ())
+    if profile.machine is not None and not profile.applies_to(profile.machine):
+        raise _fail(path, f"machine = {profile.machine} is not of the profile's families "
+                          f"({', '.join(profile.families)})")
     if _HOST_CPU.search(profile.cpu):
         raise _fail(path, f"cpu {profile.cpu[:80]!r}: host CPU passthrough (host, max, host-phys-bits, host-cache-info) "
                           "is not allowed: name a CPU model (and a fixed phys-bits)")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.errors import QabiError
-from harness.guest.profile import GuestProfile, disk_size
+from harness.guest.profile import GuestProfile, disk_size, machine_family
 from harness.transport.platform import machine_options, platform_args
 
 if TYPE_CHECKING:
@@ -29,6 +29,7 @@ ACCEL_ARGS = {"tcg": "tcg,thread=single", "kvm": "kvm"}
 RTC_BASE = "2020-01-01T00:00:00"
 AUDIODEV_ID = "qabi-snd"
 QMP_SOCKET = "qmp.sock"
+PM_DEVICE = {"q35": "ICH9-LPC", "i440fx": "PIIX4_PM"}     # where a machine family's S3/S4 switches are
 
 
 def check_accel(accel: str) -> str:
@@ -75,6 +76,11 @@ def hardware_args(profile: GuestProfile, machine: str, workdir: Path, hostfwd: s
     smp = ",".join(f"{k}={v}" for k, v in profile.smp)
     args = ["-machine", machine + machine_options(profile), "-cpu", profile.cpu_option(hyperv=accel == "kvm"),
             "-m", str(profile.memory_mib), "-smp", smp, "-uuid", profile.uuid, "-rtc", f"base={RTC_BASE},clock=vm"]
+    for kind, fields in profile.smbios:
+        args += ["-smbios", ",".join([f"type={kind}", *(f"{k}={_opt(v)}" for k, v in fields)])]
+    power = PM_DEVICE[machine_family(machine)]
+    for state, offered in profile.pm:
+        args += ["-global", f"{power}.disable_{state}={0 if offered else 1}"]
     devices = profile.devices_for(machine)
     if any(d.audio for d in devices):
         args += ["-audiodev", f"none,id={AUDIODEV_ID}"]
