@@ -144,7 +144,7 @@ def cmd_profile_import(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from harness.cache import atomic_write_bytes
-    from harness.guest.importing import import_profile, read_input
+    from harness.guest.profile_import import import_profile, read_input
 
     out = None if args.output in (None, "-") else Path(args.output)
     if out is not None and (out.exists() or out.is_symlink()):

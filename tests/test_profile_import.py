@@ -22,8 +22,8 @@ import pytest
 
 from harness.errors import QabiError
 from harness.guest.import_argv import split_options, tokens
-from harness.guest.importing import import_profile
 from harness.guest.profile import parse_profile
+from harness.guest.profile_import import import_profile
 from tests.conftest import DATA, run_qabi
 
 LIBVIRT = DATA / "libvirt"

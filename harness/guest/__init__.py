@@ -1,6 +1,6 @@
 """Guests: the built-in reference image (kernel + busybox initramfs running the probe, over the
 serial console or, with dropbear, over SSH), guest profiles (profile; drivers: the allow-list of the
-drivers and properties a profile may use), `qabi profile import` (importing: the draft and its
+drivers and properties a profile may use), `qabi profile import` (profile_import: the entry point; draft: the draft and its
 TOML; import_libvirt: a libvirt domain XML; import_argv: a QEMU command line) and bring-your-own
 images.
 

@@ -1,5 +1,5 @@
 """A QEMU command line (libvirt's per-domain log, `ps -o args`, Proxmox's `qm showcmd`) as a profile
-draft (harness/guest/importing.py).
+draft (harness/guest/draft.py).
 
 The text is split as a shell would (`shlex`), leading `NAME=value` environment words and the
 binary are skipped, and each option is read with QEMU's option syntax: `driver,key=value,...`
@@ -16,7 +16,7 @@ import shlex
 from dataclasses import dataclass, field
 
 from harness.errors import QabiError
-from harness.guest.importing import DEFAULT_DISK, Draft, ImportRefused, Value
+from harness.guest.draft import DEFAULT_DISK, Draft, ImportRefused, Value
 from harness.guest.profile import VERSIONED_MACHINE
 
 # options that take no argument

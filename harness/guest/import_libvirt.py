@@ -1,5 +1,5 @@
 """A libvirt domain XML (`virsh dumpxml NAME`, with every controller and address filled in) as a
-profile draft (harness/guest/importing.py), mapped as libvirt's QEMU driver maps it to a command
+profile draft (harness/guest/draft.py), mapped as libvirt's QEMU driver maps it to a command
 line (libvirt `src/qemu/qemu_command.c`; checked against `virsh domxml-to-native qemu-argv` by
 tests/test_profile_import.py).
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 from xml.etree.ElementTree import Element
 
 from harness.errors import QabiError
-from harness.guest.importing import DEFAULT_DISK, Draft, Value
+from harness.guest.draft import DEFAULT_DISK, Draft, Value
 from harness.guest.profile import VERSIONED_MACHINE
 
 HYPERV_FLAGS = ("relaxed", "vapic", "vpindex", "runtime", "synic", "stimer", "reset", "frequencies",
