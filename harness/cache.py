@@ -276,14 +276,18 @@ def read_input(path: Path, what: str, limit: int) -> bytes:
         if exc.errno == errno.ELOOP:
             raise QabiError(f"{path}: a symlink loop, not {what}") from None
         raise QabiError(f"cannot read {path} ({what}): {exc.strerror or exc}") from None
-    with os.fdopen(fd, "rb") as handle:
+    try:      # checked on the descriptor before any file object exists (a directory refuses one)
         st = os.fstat(fd)
-        if stat.S_ISCHR(st.st_mode) and st.st_rdev == NULL_DEVICE:
-            return b""      # /dev/null: the usual way to say "an empty file" (`--waivers /dev/null`)
         if not stat.S_ISREG(st.st_mode):
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == NULL_DEVICE:
+                return b""  # /dev/null: the usual way to say "an empty file" (`--waivers /dev/null`)
             raise QabiError(f"{path}: not {what} (a {file_kind(st.st_mode)}, not a regular file)")
         if st.st_size > limit:
             raise QabiError(f"{path}: not {what} (over {_size(limit)})")
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as handle:
         try:
             data = handle.read(limit + 1)
         except OSError as exc:

@@ -34,8 +34,11 @@ def test_same_build_against_itself_is_unchanged(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr
     data = _report(out)
     assert data["verdict"] == "unchanged"
-    assert [(r["machine"], r["guest"]) for r in data["runs"]] == [
-        (m, g) for m in ("pc-i440fx-7.2", "pc-q35-7.2") for g in ("legacy", "linux-virtio", "minimal", "windows")]
+    from harness.guest.profile import load_profile, machine_family, profile_names
+
+    assert [(r["machine"], r["guest"]) for r in data["runs"]] == [   # a q35-only profile is not planned on i440fx
+        (m, g) for m in ("pc-i440fx-7.2", "pc-q35-7.2") for g in profile_names()
+        if machine_family(m) in load_profile(g).families]
     assert all(r["status"] == "compared" and r["drifts"] == [] for r in data["runs"])
     assert done.stdout.strip().splitlines()[-1].startswith("verdict: ")
 

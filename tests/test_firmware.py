@@ -85,6 +85,9 @@ class _Bridges:
     def config_dwords(self, bdf: int, count: int = 64) -> bytes:
         return self.funcs.get(bdf, b"\xff" * 256)[:4 * count]
 
+    def configs(self, bdfs: list[int], count: int = 64) -> list[bytes]:
+        return [self.config_dwords(bdf, count) for bdf in bdfs]
+
 
 def test_looping_bridge_chain_is_an_error():
     with pytest.raises(CaptureError, match="looping bridge chain"):

@@ -176,7 +176,7 @@ HOSTILE_SAYS = {
     "billion-laughs": "DTD or entities", "external-entity": "DTD or entities", "external-dtd": "DTD or entities",
     "hostdev": "passes a host device through", "vfio-interface": "passes a host device through",
     "rom-file-path": "names a host file", "host-passthrough-cpu": "use a named model",
-    "tpm-passthrough": "host's TPM", "not-well-formed": "not well-formed", "oversize": "more than 1048576 bytes",
+    "tpm-passthrough": "host's TPM", "not-well-formed": "not well-formed", "oversize": "(over 1 MiB)",
     "argv-vfio": "hands a host PCI function", "argv-usb-host": "claims a host USB device",
     "argv-fd-property": "file descriptor", "argv-path-property": "names a host file",
     "argv-host-cpu": "named model", "argv-alias-machine": "not a versioned",

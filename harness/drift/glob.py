@@ -27,7 +27,8 @@ SUBJECT_PROBES = (
     "pci 0000:00:1f.2 [8086:2922] 82801IR/IO/IH (ICH9R/DO/DH) 6 port SATA Controller [AHCI mode]",
     "cpuid leaf 0x80000001 edx bit 11 (syscall)", "cpuid leaf 0x1 ecx bit 15 (pdcm)", "acpi DSDT \\_SB.PCI0.S18",
     "acpi APIC", "acpi FACP", "smbios type 1 System Information", "smbios entry point", "e820", "e820 range 3",
-    "migration vmstate", "vmstate virtio-net", "props virtio-net-pci", "profile device qxl-vga (device)")
+    "migration vmstate", "vmstate virtio-net", "props virtio-net-pci", "profile device qxl-vga (device)",
+    "registers 0000:00:04.0 virtio block device", "fw_cfg etc/boot/kernel", "uefi keys/db", "hyperv vcpu0")
 PATH_PROBES = ("config_hex", "header.revision", "asl", "edx[11]", "fields.bios_version", "pointers.table_address",
                "capabilities[MSI-X].offset", "bars[0].size", "ranges[2].type", "present", "fields.version_id",
                "props.x-pcie-err-unc-mask")

@@ -26,6 +26,7 @@ from harness.cache import TOML_LIMIT, parse_toml, read_text
 from harness.categories import names
 from harness.drift.glob import PATH_PROBES, SUBJECT_PROBES, glob_match, glob_problem, matches_everything
 from harness.drift.model import Drift, Waiver, value_text
+from harness.drift.policy import policy_rows
 from harness.errors import QabiError
 
 DEFAULT_WAIVERS = Path("fingerprints") / "waivers.toml"
@@ -60,6 +61,16 @@ class Waivers:
         stale = [w for i, w in enumerate(self.entries)
                  if i not in used and any(w.applies_to(c) for c in cats)]
         return out, stale
+
+
+def _probes() -> dict[str, tuple[str, ...]]:
+    """What drifts look like, per waiver key, for the catch-all test: every registered category, and
+    subjects and paths of every category (the fixed probes, and each policy row's example entry and
+    path: a category registered later brings its rows, so its drifts are probed too)."""
+    rows = [rule for rule in policy_rows() if rule.category != "*"]
+    return {"category": names(),
+            "subject": SUBJECT_PROBES + tuple(f"{rule.category} {rule.example[0]}".strip() for rule in rows),
+            "path": PATH_PROBES + tuple(rule.example[1] for rule in rows if rule.example[1])}
 
 
 def _waiver_lines(text: str) -> list[int]:
@@ -98,7 +109,7 @@ def parse_waivers(text: str, source: str = "<waivers>") -> Waivers:
         scope = entry.get("scope")
         if scope is not None and scope != "all":
             raise QabiError(f"{where}: scope must be \"all\" (or left out), not {scope!r}")
-        probes = {"category": names(), "subject": SUBJECT_PROBES, "path": PATH_PROBES}
+        probes = _probes()
         catch_all = (all(matches_everything(entry.get(k, "*"), probes[k]) for k in probes)
                      and entry.get("old") is None and entry.get("new") is None)
         if catch_all and scope != "all":

@@ -30,7 +30,7 @@ def import_profile(text: str, where: str) -> tuple[str, list[str]]:
     names it in messages), and the notes for what was dropped. Loaded back through the profile
     loader: what is returned is a valid strict profile."""
     if len(text.encode("utf-8", "surrogatepass")) > MAX_INPUT:
-        raise QabiError(f"{where}: more than {MAX_INPUT} bytes: not a domain XML or a QEMU command line")
+        raise QabiError(f"{where}: not a domain XML or a QEMU command line (over {MAX_INPUT >> 20} MiB)")
     try:
         if text.lstrip().startswith("<"):
             from harness.guest.import_libvirt import draft_from_libvirt
@@ -59,10 +59,10 @@ def read_input(path: str) -> tuple[str, str]:
         raw = sys.stdin.buffer.read(MAX_INPUT + 1)
         where = "<stdin>"
     else:
-        raw = read_bytes_input(Path(path), "a domain XML or a QEMU command line", MAX_INPUT + 1)
+        raw = read_bytes_input(Path(path), "a domain XML or a QEMU command line", MAX_INPUT)
         where = Path(path).name
     if len(raw) > MAX_INPUT:
-        raise QabiError(f"{where}: more than {MAX_INPUT} bytes: not a domain XML or a QEMU command line")
+        raise QabiError(f"{where}: not a domain XML or a QEMU command line (over {MAX_INPUT >> 20} MiB)")
     try:
         return raw.decode("utf-8"), where
     except UnicodeDecodeError as exc:
