@@ -167,9 +167,9 @@ def plan_capture(build: QemuBuild, profile: GuestProfile, machine: str, accel: s
         raise QabiError(f"guest profile '{profile.name}' runs on {', '.join(profile.families)} machine types "
                         f"only, not on {resolved}")
     check_supported(profile, resolved, frozenset(build.info().devices))
-    if profile.firmware == "ovmf-secboot" and transport.name != "firmware":
-        raise UnsupportedError(f"profile '{profile.name}' boots with Secure Boot, and the reference kernel is not "
-                               f"signed with a key in its db: use --transport firmware (the signed EFI probe)")
+    if profile.firmware == "ovmf-secboot" and access.guest_image is not None:
+        raise UnsupportedError(f"profile '{profile.name}' boots with Secure Boot: a guest image must bring a boot "
+                               "loader signed for the build's db (the reference guest's kernel is signed for it)")
     if transport.needs_nic and not profile.nics_for(resolved):
         raise UnsupportedError(f"profile '{profile.name}' has no NIC, so the {transport.name} transport cannot "
                                "reach it (use --transport firmware or serial)")

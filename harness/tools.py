@@ -20,6 +20,7 @@ TOOLS: dict[str, str] = {
     "chromium": "chromium",
     "unshare": "util-linux",
     "swtpm": "swtpm",
+    "sbsign": "sbsigntool",
 }
 
 

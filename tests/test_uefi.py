@@ -244,12 +244,26 @@ def test_firmware_from_swaps_ovmf(tmp_path):
     assert vars_template(mixed, "ovmf-secboot") != vars_template(trixie, "ovmf-secboot")
 
 
-def test_secure_boot_profile_over_serial_is_unsupported_with_the_reason():
-    from harness.errors import UnsupportedError
+@pytest.mark.integration
+def test_secure_boot_profile_boots_the_reference_guest_over_serial(tmp_path):
+    """Under Secure Boot the serial transport boots the reference kernel with a second signature by
+    the test key the vars enroll (sbsign, deterministic) and lets it load its module certificates
+    (lockdown verifies every module /init loads); the guest reads the firmware's tables as the EFI
+    probe's hand-off capture has them. (BGRT holds where OVMF put its boot logo, which moves with what
+    it booted; the OS-written state of a booted guest is the cross-transport comparison's business.)"""
+    from harness.capture import capture
     from harness.plan import SERIAL
-
-    with pytest.raises(UnsupportedError, match="not signed with a key in its db: use --transport firmware"):
-        plan_capture(resolve("system"), load_profile("win11"), "pc-q35-7.2", access=SERIAL)
+    build, profile = resolve("debian:trixie"), load_profile("win11")
+    plan = plan_capture(build, profile, "pc-q35-7.2", access=SERIAL, timeout=240)
+    fw = capture(plan_capture(build, profile, "pc-q35-7.2", timeout=120), tmp_path / "fw")
+    serial = capture(plan, tmp_path / "serial")
+    assert serial.manifest["transport"] == "serial" and serial.manifest["complete"]
+    for prefix in ("sys/firmware/acpi/tables", "sys/firmware/dmi/tables", "sys/firmware/memmap"):
+        files = [{p.relative_to(c.raw).as_posix(): p.read_bytes() for p in (c.raw / prefix).rglob("*")
+                  if p.is_file() and p.name != "BGRT"} for c in (fw, serial)]
+        assert files[0] == files[1] and files[0], prefix
+    signed = [a for a in serial.manifest["argv"] if a.endswith(".efi") and "signed-kernels" in a]
+    assert signed, "the serial capture boots the signed copy of the reference kernel"
 
 
 def test_a_debian_build_carries_its_suites_ovmf_and_system_the_hosts():

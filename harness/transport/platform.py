@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 
 GUESTS = Path(__file__).resolve().parents[2] / "guests"
 TEST_CERT = GUESTS / "efi" / "keys" / "db.crt"
+TEST_KEY = GUESTS / "efi" / "keys" / "db.key"      # committed, not secret: it signs test images only
+SIGN_TIMEOUT = 60.0
 TPM_STATE = GUESTS / "tpm" / "tpm2-00.permall"
 # owner GUID of the test certificate in db (any fixed GUID: it is part of the db bytes)
 TEST_CERT_OWNER = "7161626b-0000-4000-8000-000000000001"
@@ -96,6 +98,34 @@ def vars_template(build: QemuBuild, firmware: str) -> Path:
     return out
 
 
+def reference_boot(plan: CapturePlan, kernel: Path, cmdline: str) -> tuple[Path, str]:
+    """The reference kernel and command line a profile boots: as built, or under Secure Boot
+    (`ovmf-secboot`) a kernel that also carries a signature by the test key the vars enroll in db
+    (sbsign adds it beside Debian's; deterministic, cached by content) and a command line that lets
+    the kernel load its module-signing certificates (lockdown then verifies every module /init
+    loads), so that the serial and ssh transports boot the reference guest as the firmware transport
+    boots its signed probe."""
+    if plan.profile.firmware != "ovmf-secboot":
+        return kernel, cmdline
+    digest = hashlib.sha256(kernel.read_bytes() + TEST_CERT.read_bytes() + TEST_KEY.read_bytes()).hexdigest()[:32]
+    out = cache_dir("signed-kernels") / f"{digest}.efi"
+    with file_lock(out.with_suffix(".lock")):
+        if not out.is_file():
+            tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+            try:
+                done = subprocess.run([require("sbsign"), "--key", str(TEST_KEY), "--cert", str(TEST_CERT),
+                                       "--output", str(tmp), str(kernel)], check=False, capture_output=True,
+                                      text=True, timeout=SIGN_TIMEOUT, stdin=subprocess.DEVNULL)
+                if done.returncode != 0 or not tmp.is_file():
+                    last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+                    raise QabiError(f"cannot sign the reference kernel for Secure Boot (sbsign): {last}")
+                atomic_write_bytes(out, tmp.read_bytes())
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+    return out, cmdline.replace("load_system_certificate_list,", "").replace(",load_system_certificate_list", "")
+
+
 def platform_key(plan: CapturePlan) -> dict[str, str]:
     """What of the platform decides a capture's bytes beyond the profile text (for cache keys)."""
     profile = plan.profile
@@ -108,6 +138,8 @@ def platform_key(plan: CapturePlan) -> dict[str, str]:
             from harness.transport.firmware.ovmf import probe_sha256
 
             parts["efi_probe"] = probe_sha256(profile.firmware == "ovmf-secboot")
+        elif profile.firmware == "ovmf-secboot" and plan.user_image is None:
+            parts["kernel_signer"] = sha256_file(TEST_CERT)     # the reference kernel's added signature
     if profile.tpm:
         parts["tpm_state"] = sha256_file(TPM_STATE)
     if profile.hyperv and plan.access.transport == "firmware":

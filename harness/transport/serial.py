@@ -22,6 +22,7 @@ from harness.guest import build_reference_image
 from harness.qemu.process import spawn, wait_for
 from harness.transport.base import Session, Setup, TransportResult, early_exit_error
 from harness.transport.framing import parse
+from harness.transport.platform import reference_boot
 
 if TYPE_CHECKING:
     from harness.plan import CapturePlan
@@ -87,8 +88,8 @@ class SerialTransport:
     def setup(self, plan: CapturePlan, workdir: Path, console_log: Path, stay: bool = False) -> Setup:
         """`stay`: the guest stays up after the probe and probes again on request (LiveConsole)."""
         image = build_reference_image(plan.reference)
-        cmdline = image.cmdline_for(self.name, stay=stay)
-        return Setup(args=("-kernel", str(image.kernel), "-initrd", str(image.initramfs), "-append", cmdline,
+        kernel, cmdline = reference_boot(plan, image.kernel, image.cmdline_for(self.name, stay=stay))
+        return Setup(args=("-kernel", str(kernel), "-initrd", str(image.initramfs), "-append", cmdline,
                            "-chardev", f"socket,id=qabicon,path={workdir / SOCKET},server=on,wait=on",
                            "-serial", "chardev:qabicon"),
                      image={"sha256": image.sha256, "cmdline": cmdline, "kernel": image.kernel_version})

@@ -41,6 +41,7 @@ from harness.guest.user_image import open_guest_image
 from harness.qemu.process import spawn, wait_for
 from harness.transport.base import Session, Setup, TransportResult, early_exit_error
 from harness.transport.framing import parse
+from harness.transport.platform import reference_boot
 
 if TYPE_CHECKING:
     from harness.plan import CapturePlan
@@ -94,11 +95,11 @@ class SshTransport:
             return Setup(args=console, hostfwd=HOSTFWD, boot_disk=(user_image.path, user_image.format),
                          image=user_image.as_json(), state=(login, _probe(plan), user_image))
         image = build_reference_image(plan.reference)
-        cmdline = image.cmdline_for(self.name)
+        kernel, cmdline = reference_boot(plan, image.kernel, image.cmdline_for(self.name))
         # the reference guest: its own pinned host key and the cache's client key
         login = SshLogin("root", image.client_key, (image.host_key,), probe_env=(("QABI_PROBE_BATCH", "1"),),
                          shutdown="poweroff -f", ready_marker="@@QABI-SSH-READY")
-        return Setup(args=("-kernel", str(image.kernel), "-initrd", str(image.initramfs), "-append", cmdline,
+        return Setup(args=("-kernel", str(kernel), "-initrd", str(image.initramfs), "-append", cmdline,
                            *console),
                      hostfwd=HOSTFWD, image={"sha256": image.sha256, "cmdline": cmdline,
                                              "kernel": image.kernel_version},
