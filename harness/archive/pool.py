@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,6 +16,7 @@ from harness.errors import ArchiveError, VerificationError
 from harness.tools import require
 
 DOWNLOAD_TIMEOUT = 120
+DOWNLOAD_TRIES = 3          # a transient failure (DNS, a reset connection) is tried again after 1 s, 2 s
 
 
 def _pool() -> Path:
@@ -42,11 +44,15 @@ def download(packages: list[PackageFile], tick: Callable[[], None] | None = None
             import urllib.error
             import urllib.request
 
-            try:
-                with urllib.request.urlopen(pkg.uri, timeout=DOWNLOAD_TIMEOUT) as resp:
-                    data = resp.read(pkg.size + 1)
-            except (urllib.error.URLError, OSError, TimeoutError) as exc:
-                raise ArchiveError(f"cannot download {pkg.uri}: {exc}") from None
+            for attempt in range(DOWNLOAD_TRIES):     # a mirror's transient failure (DNS, reset) is retried
+                try:
+                    with urllib.request.urlopen(pkg.uri, timeout=DOWNLOAD_TIMEOUT) as resp:
+                        data = resp.read(pkg.size + 1)
+                    break
+                except (urllib.error.URLError, OSError, TimeoutError) as exc:
+                    if attempt + 1 == DOWNLOAD_TRIES:
+                        raise ArchiveError(f"cannot download {pkg.uri}: {exc} ({DOWNLOAD_TRIES} tries)") from None
+                    time.sleep(2 ** attempt)
             digest = hashlib.sha256(data).hexdigest()
             if digest != pkg.sha256:
                 raise VerificationError(f"checksum mismatch for {pkg.uri}: the signed index says sha256 "
