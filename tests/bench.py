@@ -155,17 +155,22 @@ def bench_fast_loop(runs: int = 5) -> None:
     print(f"capture {spec} {machine} minimal over firmware (whole process): median "
           f"{statistics.median(walls):5.2f} s over {runs}")
     old, new, machines = PEER_PAIR
-    argv = ("check", "--old", old, "--new", new, *(a for m in machines for a in ("--machine", m)))
-    cold = []
-    for _ in range(3):
-        started = time.monotonic()
-        done = subprocess.run(check=False, args=[sys.executable, "-m", "harness.cli", *argv, "--no-reuse"],
-                              capture_output=True, text=True, cwd=REPO, env=BASE_ENV)
-        if done.returncode not in (0, 1):
-            raise SystemExit(f"qabi {' '.join(argv)} failed: {done.stderr.strip()}")
-        cold.append(time.monotonic() - started)
-    print(f"check {old} -> {new} {' '.join(machines)} every profile, cold (--no-reuse): median "
-          f"{statistics.median(cold):5.2f} s over 3 (compare-machine-types.py: {PEER_SECONDS} s)")
+    from harness.guest.profile import load_profile, profile_names
+
+    seabios = tuple(g for g in profile_names() if not load_profile(g).uefi)
+    for label, guests in ((f"the SeaBIOS profiles ({', '.join(seabios)})", seabios), ("every profile", ())):
+        argv = ("check", "--old", old, "--new", new, *(a for m in machines for a in ("--machine", m)),
+                *(a for g in guests for a in ("--guest", g)), "--no-reuse")
+        cold = []
+        for _ in range(3):
+            started = time.monotonic()
+            done = subprocess.run(check=False, args=[sys.executable, "-m", "harness.cli", *argv],
+                                  capture_output=True, text=True, cwd=REPO, env=BASE_ENV)
+            if done.returncode not in (0, 1):
+                raise SystemExit(f"qabi {' '.join(argv)} failed: {done.stderr.strip()}")
+            cold.append(time.monotonic() - started)
+        print(f"check {old} -> {new} {' '.join(machines)}, {label}, cold (--no-reuse): median "
+              f"{statistics.median(cold):5.2f} s over 3 (compare-machine-types.py: {PEER_SECONDS} s)")
 
 
 def bench_uefi(specs: list[str], machine: str, runs: int) -> None:

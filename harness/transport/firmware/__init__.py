@@ -194,13 +194,14 @@ def run(argv: list[str], env: dict[str, str], workdir: Path, console_log: Path, 
                 acpi = acpi_records(qt, mem, result.rsdp)
                 smbios = smbios_records(qt, mem, result.smbios)
                 sizes = qmp_query_pci(workdir / "qmp.sock", deadline, alive)
-                pci = pci_records(qt, _mcfg_base(acpi), sizes)
+                ecam = _mcfg_base(acpi)
+                pci = pci_records(qt, ecam, sizes)
                 timings["tables_and_pci"] = round(time.monotonic() - started - timings["boot_to_handoff"], 3)
                 mark = time.monotonic()
                 fwcfg = fwcfg_records(qt, scratch_ram(result.e820))
                 timings["fw_cfg"] = round(time.monotonic() - mark, 3)
                 mark = time.monotonic()
-                registers = register_records(qt, pci, sizes)
+                registers = register_records(qt, pci, sizes, ecam)
                 timings["registers"] = round(time.monotonic() - mark, 3)
                 records = [*acpi, *smbios, *pci, Record("/dev/cpu/0/cpuid", cpuid_record(result.cpuid)),
                            *memmap_records(result.e820), *result.records, *fwcfg, *registers]

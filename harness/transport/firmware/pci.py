@@ -149,14 +149,14 @@ def pci_records(qt: Qtest, ecam: int | None, sizes: dict[tuple[int, int, int], d
         bus = pending.pop(0)
         # a bus in three round trips: function 0 of every slot (id, header type), the other functions
         # of multi-function slots, then the config space of every function present
-        heads = qt.configs([bus << 8 | dev << 3 for dev in range(32)], 4)
+        heads = qt.configs([bus << 8 | dev << 3 for dev in range(32)], 4, ecam)
         present = [(dev, 0) for dev, head in enumerate(heads) if head[:2] not in (b"\xff\xff", b"\x00\x00")]
         multi = [(dev, fn) for dev, _ in present if heads[dev][0x0E] & 0x80 for fn in range(1, 8)]
         if multi:
-            ids = qt.configs([bus << 8 | dev << 3 | fn for dev, fn in multi], 1)
+            ids = qt.configs([bus << 8 | dev << 3 | fn for dev, fn in multi], 1, ecam)
             present += [slot for slot, ident in zip(multi, ids, strict=True) if ident[:2] not in (b"\xff\xff", b"\x00\x00")]
         present.sort()
-        for (dev, fn), config in zip(present, qt.configs([bus << 8 | dev << 3 | fn for dev, fn in present]),
+        for (dev, fn), config in zip(present, qt.configs([bus << 8 | dev << 3 | fn for dev, fn in present], 64, ecam),
                                      strict=True):
             bdf = bus << 8 | dev << 3 | fn
             if ecam is not None and _find_cap(config, 0x10) is not None:

@@ -349,7 +349,8 @@ def reader_for(f: Function) -> Reader | None:
     return None
 
 
-def register_records(qt: Qtest, pci: list[Record], sizes: dict[tuple[int, int, int], dict[int, int]]) -> list[Record]:
+def register_records(qt: Qtest, pci: list[Record], sizes: dict[tuple[int, int, int], dict[int, int]],
+                     ecam: int | None = None) -> list[Record]:
     """The register records of every function qabi has a reader for (module docstring)."""
     funcs = functions(pci, sizes)
     windows = Windows(funcs)
@@ -373,7 +374,7 @@ def register_records(qt: Qtest, pci: list[Record], sizes: dict[tuple[int, int, i
         records += [Record(f"{ROOT}/{f.name}/{name}", data) for name, data in files.items()]
         read.append(f)
     # what the pci category measured must be what a driver finds after qabi's reads
-    for f, config in zip(read, qt.configs([f.bdf for f in read]), strict=True):
+    for f, config in zip(read, qt.configs([f.bdf for f in read], 64, ecam), strict=True):
         if config != f.config[:256]:
             raise CaptureError(f"reading the registers of {f.name} changed its PCI config space")
     records.append(Record(f"{ROOT}/index", "".join(line + "\n" for line in index).encode()))
