@@ -85,7 +85,7 @@ class _Bridges:
     def config_dwords(self, bdf: int, count: int = 64) -> bytes:
         return self.funcs.get(bdf, b"\xff" * 256)[:4 * count]
 
-    def configs(self, bdfs: list[int], count: int = 64) -> list[bytes]:
+    def configs(self, bdfs: list[int], count: int = 64, ecam: int | None = None) -> list[bytes]:
         return [self.config_dwords(bdf, count) for bdf in bdfs]
 
 
