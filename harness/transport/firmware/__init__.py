@@ -106,7 +106,7 @@ class FirmwareTransport:
         digest = boot_sha256(firmware)
         return Setup(args=("-kernel", str(path),
                            "-chardev", f"file,id=qabicon,path={workdir / CONSOLE}", "-serial", "chardev:qabicon",
-                           "-qtest", f"unix:{workdir / QTEST_SOCKET}"),
+                           "-qtest", f"unix:{workdir / QTEST_SOCKET}", "-qtest-log", "none"),
                      image={"sha256": digest, "payload": str(path.relative_to(PAYLOAD.parents[2]))},
                      state=(firmware, bool(plan.profile.hyperv)))
 
