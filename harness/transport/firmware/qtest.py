@@ -116,12 +116,8 @@ class Qtest:
                     raise CaptureError(f"qtest sent a malformed reply to {cmd!r}: {reply[:40]!r}") from None
         return out
 
-    def config_dwords(self, bdf: int, count: int = 64) -> bytes:
-        """The first 4*count bytes of a function's config space, through CF8/CFC."""
-        return self.configs([bdf], count)[0]
-
     def configs(self, bdfs: list[int], count: int = 64, ecam: int | None = None) -> list[bytes]:
-        """config_dwords of several functions in one round trip: through ECAM (one read of each
+        """The first 4*count bytes of the config space of each of `bdfs`, in one round trip: through ECAM (one read of each
         function's window at the MCFG base `ecam`, the same config-space accessors as CF8/CFC) when
         the machine has one, else two port accesses per dword."""
         if ecam is not None:
