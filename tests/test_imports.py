@@ -137,3 +137,13 @@ def test_a_cached_check_imports_none_of_the_heavy_libraries(tmp_path: Path) -> N
     assert first.returncode == 0, first.stderr
     names = _imported(*argv)
     assert not {n for n in names for h in HEAVY if n == h or n.startswith(h + ".")}
+
+
+def test_policy_rows_follow_the_registry():
+    """The policy keeps each built-in category's rows itself (it sits below the registry); they are
+    the rows the registry names, in the registry's order."""
+    from harness.categories import registry
+    from harness.drift.policy import CATEGORY_ROWS
+
+    assert list(CATEGORY_ROWS) == list(registry())
+    assert all(CATEGORY_ROWS[name] == category.policy for name, category in registry().items())
