@@ -147,3 +147,27 @@ def test_policy_rows_follow_the_registry():
 
     assert list(CATEGORY_ROWS) == list(registry())
     assert all(CATEGORY_ROWS[name] == category.policy for name, category in registry().items())
+
+
+def _after_a_difference(prelude: str) -> tuple[set[str], str]:
+    code = (f"import sys\n{prelude}\nfrom harness.drift.diffing import changes\n"
+            "atoms = changes({'bars': [1, 2], 'id': 'a'}, {'bars': [1, 3], 'id': 'b'})\n"
+            "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'pandas', 'pydantic'))))\n"
+            "print(repr([(a.path, a.old, a.new) for a in atoms]))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    loaded, atoms = done.stdout.splitlines()
+    return set(loaded.split()), atoms
+
+
+def test_describing_a_difference_leaves_numpy_and_pandas_out() -> None:
+    """deepdiff imports numpy, pandas and pydantic when installed; the fingerprints hold only JSON
+    values, so the differ imports it without them, and still describes the difference."""
+    loaded, atoms = _after_a_difference("")
+    assert loaded == set()
+    assert atoms == "[('bars[1]', 2, 3), ('id', 'a', 'b')]"
+
+
+def test_a_process_that_has_pandas_keeps_it_for_deepdiff() -> None:
+    loaded, atoms = _after_a_difference("import pandas")
+    assert "pandas" in loaded and "numpy" in loaded
+    assert atoms == "[('bars[1]', 2, 3), ('id', 'a', 'b')]"

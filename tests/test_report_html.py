@@ -408,7 +408,7 @@ def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed (Debian package chromium; "
-                                                   ".ci/setup installs it)")
+                                                   ".ci/setup --tests installs it)")
 def test_report_in_headless_chromium(real, tmp_path):
     _, page = write_reports(real["runset"], tmp_path / "report", fingerprints=real["fingerprints"], seconds=83.2,
                             run_seconds=[7.6, 9.0, None], generated=GENERATED)

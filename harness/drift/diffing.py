@@ -10,6 +10,7 @@ capabilities by id) before calling `changes()`.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 from typing import Any
@@ -110,13 +111,37 @@ def align(old: Any, new: Any) -> tuple[Any, Any]:
     return old, new
 
 
+# deepdiff looks for these at import and, when they are installed, imports them to hash their types
+# (numpy starts OpenBLAS threads, pandas and pydantic take a quarter of a second): the fingerprints
+# hold only JSON-ready values, so deepdiff is imported as if they were absent, unless already loaded.
+_DEEPDIFF_OPTIONAL = ("numpy", "pandas", "polars", "pydantic", "orjson")
+_IMPORTING = threading.Lock()
+
+
+def _deepdiff() -> tuple[Any, Any]:
+    """deepdiff's DeepDiff and its `notpresent` marker, imported without its optional type libraries."""
+    import sys
+
+    with _IMPORTING:
+        blocked = [] if "deepdiff.diff" in sys.modules else [n for n in _DEEPDIFF_OPTIONAL if n not in sys.modules]
+        for name in blocked:
+            sys.modules[name] = None  # type: ignore[assignment]  # import of `name` raises ImportError
+        try:
+            from deepdiff import DeepDiff
+            from deepdiff.helper import notpresent
+        finally:
+            for name in blocked:
+                if sys.modules.get(name, 0) is None:
+                    del sys.modules[name]
+    return DeepDiff, notpresent
+
+
 def changes(old: Any, new: Any, prefix: tuple[Any, ...] = ()) -> list[Atom]:
     """Every difference between `old` and `new` as atoms, in path order (none for equal entries: DeepDiff
     is imported only when there is a difference to describe)."""
     if type(old) is type(new) and old == new:
         return []
-    from deepdiff import DeepDiff
-    from deepdiff.helper import notpresent
+    DeepDiff, notpresent = _deepdiff()
 
     a, b = align(old, new)
     tree = DeepDiff(a, b, ignore_order=False, verbose_level=2, view="tree")
