@@ -380,7 +380,7 @@ class Check:
             comparison = compare(old_fp, new_fp, with_bump(self.waivers, machine))
             comparison = replace(comparison, stale_waivers=tuple(w for w in comparison.stale_waivers
                                                                  if not is_generated(w)))
-            run = Run(machine=machine, guest=guest, old=old_fp["source"]["build"], new=new_fp["source"]["build"],
+            run = Run(machine=machine, guest=guest, old=_as_asked(self.old, old_fp), new=_as_asked(self.new, new_fp),
                       comparison=comparison).with_fingerprints(old_fp, new_fp)
         except UnsupportedError as exc:
             run = self._failed(machine, guest, "unsupported", str(exc))
@@ -529,6 +529,16 @@ def load_waivers_option(path: str | None) -> Waivers | None:
     if path:
         return load_waivers(path)
     return load_waivers(DEFAULT_WAIVERS) if DEFAULT_WAIVERS.is_file() else None
+
+
+def _as_asked(side: Side, fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """A run's build provenance: its capture's, named by the spec this check was given. The cache keys
+    a capture by the binary's sha256, so a capture reused from `debian:bookworm=1:7.2+...` serves
+    `debian:bookworm` when both resolve to that binary; the report names what was asked."""
+    provenance = dict(fingerprint["source"]["build"])
+    if side.build is not None and provenance.get("sha256") == side.build.sha256:
+        provenance["spec"] = side.spec
+    return provenance
 
 
 def _safe_provenance(side: Side) -> dict[str, Any]:

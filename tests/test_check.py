@@ -164,3 +164,20 @@ def test_pytest_harness_parallel_gives_the_same_verdicts(tmp_path):
     for match in re.finditer(r"\[(gw\d+)\] .*test_guest_abi\[pc-i440fx-7\.2-(\w+)-\w+\]", parallel.stdout):
         workers.setdefault(match.group(2), set()).add(match.group(1))
     assert set(workers) == {"minimal", "legacy"} and all(len(w) == 1 for w in workers.values()), workers
+
+
+@pytest.mark.integration
+def test_a_capture_reused_under_another_spec_is_reported_under_the_spec_asked(tmp_path):
+    """The cache keys a capture by the binary, not by how the build was named: a capture made for the
+    pinned spec serves the suite's spec, and the report (and a shard's merge) names the spec asked."""
+    from harness.qemu import resolve
+
+    pinned = f"debian:bookworm={resolve('debian:bookworm').package_version}"
+    common = ("--new", "debian:trixie", "--machine", "pc-q35-7.2", "--guest", "minimal", "--transport", "firmware")
+    specs = []
+    for i, old in enumerate((pinned, "debian:bookworm")):
+        done = run_qabi("check", "--old", old, *common, "--report", str(tmp_path / str(i)))
+        assert done.returncode in (0, 1), done.stderr
+        report = json.loads((tmp_path / str(i) / "qabi.json").read_text())
+        specs.append(report["runs"][0]["old"]["spec"])
+    assert specs == [pinned, "debian:bookworm"]

@@ -191,3 +191,74 @@ def test_each_build_boots_the_reference_guest_under_tcg(spec):
                                              access=SERIAL)).path)
     assert cap.manifest["accel"] == "tcg" and cap.manifest["build"]["spec"] == spec
     assert "raw/sys/firmware/acpi/tables/DSDT" in cap.manifest["files"]
+
+
+# -- two builds provisioned side by side share their downloads -------------------------------------
+
+def _one_real_deb() -> Path:
+    from harness.cache import cache_root
+
+    debs = sorted((cache_root() / "debs").glob("*.deb"), key=lambda p: p.stat().st_size)
+    if not debs:
+        pytest.skip("no .deb in the cache yet (any build fetch fills it)")
+    return debs[len(debs) // 2]
+
+
+def _side_by_side(pkg, workers: int = 2):
+    import threading
+
+    from harness.archive import pool
+
+    results: list[object] = []
+    calls: list[str] = []
+    real_fetch = pool._fetch
+
+    def counted(p, dest):
+        calls.append(p.filename)
+        threading.Event().wait(0.2)          # a slow mirror: the other thread asks meanwhile
+        real_fetch(p, dest)
+
+    def one():
+        try:
+            results.append(pool.download([pkg])[0])
+        except Exception as exc:  # noqa: BLE001 - the test looks at what each thread got
+            results.append(exc)
+
+    pool._fetch = counted
+    try:
+        threads = [threading.Thread(target=one) for _ in range(workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    finally:
+        pool._fetch = real_fetch
+    return results, calls
+
+
+def test_a_deb_two_builds_need_is_downloaded_once(tmp_path, monkeypatch):
+    import hashlib
+
+    from harness.archive.suite import PackageFile
+
+    deb = _one_real_deb()
+    data = deb.read_bytes()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    pkg = PackageFile("pkg", "1", deb.as_uri(), deb.name, len(data), hashlib.sha256(data).hexdigest())
+    results, calls = _side_by_side(pkg, workers=3)
+    assert calls == [deb.name]
+    assert len(results) == 3 and len({str(r) for r in results}) == 1
+    assert Path(str(results[0])).read_bytes() == data
+
+
+def test_a_deb_that_fails_verification_fails_every_waiting_build(tmp_path, monkeypatch):
+    from harness.archive.suite import PackageFile
+    from harness.errors import VerificationError
+
+    deb = _one_real_deb()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    pkg = PackageFile("pkg", "1", deb.as_uri(), deb.name, deb.stat().st_size, "0" * 64)
+    results, calls = _side_by_side(pkg)
+    assert calls == [deb.name]
+    assert [type(r) for r in results] == [VerificationError, VerificationError]
+    assert not (tmp_path / "cache" / "qabi" / "debs" / deb.name).exists()
