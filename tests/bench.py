@@ -1,6 +1,7 @@
 """Benchmarks: speed and size figures (printed, never asserted). Run: tox -e bench, or
-python tests/bench.py [--runs N] [--spec SPEC] [--machine M] [--skip-provision] [--fast-loop]
-(--fast-loop: only the process start, whole-process capture and cold peer-pair figures, printed first)."""
+python tests/bench.py [--runs N] [--spec SPEC] [--machine M] [--skip-provision] [--fast-loop] [--fresh-main]
+(--fast-loop: only the process start, whole-process capture and cold peer-pair figures, printed first;
+--fresh-main: also the main job on an empty cache, provisioning included)."""
 
 from __future__ import annotations
 
@@ -191,6 +192,23 @@ def bench_fast_loop(runs: int = 5) -> None:
                   f"(compare-machine-types.py: {PEER_SECONDS} s)")
 
 
+def bench_fresh_main_job() -> None:
+    """The main job on a machine that has never run qabi: `pytest harness/` on an empty
+    XDG_CACHE_HOME (both Debian builds fetched, verified and unpacked, then every capture), with the
+    time of each provisioning step as qabi prints it."""
+    with tempfile.TemporaryDirectory(prefix="qabi-bench-fresh-") as scratch:
+        env = {**BASE_ENV, "XDG_CACHE_HOME": f"{scratch}/cache"}
+        started = time.monotonic()
+        done = subprocess.run(check=False, args=[sys.executable, "-m", "pytest", "harness/", "-q", "-p",
+                                                 "no:cacheprovider", "--report", f"{scratch}/report"],
+                              capture_output=True, text=True, cwd=REPO, env=env, stdin=subprocess.DEVNULL)
+        wall = time.monotonic() - started
+    if done.returncode not in (0, 1):
+        raise SystemExit(f"pytest harness/ failed: {done.stdout[-2000:]}{done.stderr[-2000:]}")
+    steps = [line.split("qabi: ", 1)[1] for line in done.stderr.splitlines() if ": done in " in line]
+    print(f"main job (pytest harness/) on an empty cache: {wall:5.1f} s; " + "; ".join(steps))
+
+
 def bench_uefi(specs: list[str], machine: str, runs: int) -> None:
     """A UEFI hand-off capture (OVMF to the EFI probe, then the reads) of each UEFI profile: median
     wall time of `runs` fresh captures, and the manifest's boot-to-hand-off time."""
@@ -239,8 +257,12 @@ def main() -> None:
     parser.add_argument("--serial-runs", type=int, help="serial captures per profile in the firmware figures "
                         "(default: --runs)")
     parser.add_argument("--fast-loop", action="store_true", help="only the fast-loop figures (issue 20)")
+    parser.add_argument("--fresh-main", action="store_true", help="also the main job on an empty cache "
+                        "(downloads two builds: about 100 MB)")
     args = parser.parse_args()
     bench_fast_loop()
+    if args.fresh_main:
+        bench_fresh_main_job()
     if args.fast_loop:
         return
     if args.firmware_only:
