@@ -21,6 +21,22 @@ from typing import Any
 
 from harness.errors import QabiError
 
+SHARED_MEMORY = Path("/dev/shm")
+
+
+def memory_scratch() -> str | None:
+    """Where short-lived small files go (a capture's run dir: sockets, logs, console output, the
+    profile's sparse scratch disks; iasl's work files): $TMPDIR when the user set it, else /dev/shm
+    when it is there and writable, else None (the system's temporary directory). On a disk file
+    system, creating a file costs more the more files were just deleted near it (ext4 without a
+    journal skips every inode freed in the last minutes): each capture creates and deletes a few,
+    and memory keeps them away from the capture cache."""
+    if os.environ.get("TMPDIR"):
+        return None
+    if SHARED_MEMORY.is_dir() and os.access(SHARED_MEMORY, os.W_OK | os.X_OK):
+        return str(SHARED_MEMORY)
+    return None
+
 
 def cache_root() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")

@@ -197,7 +197,7 @@ def _capture(plan: CapturePlan, transport: Any, out: Path, staging: Path) -> Cap
     try:
         shutil.rmtree(staging, ignore_errors=True)
         (staging / "raw").mkdir(parents=True)
-        with private_dir() as work, platform(plan, work):
+        with private_dir(memory=True) as work, platform(plan, work):
             setup = transport.setup(plan, work, console_log)
             argv = qemu_argv(plan, work, setup)
             result = transport.run(Session(argv, plan.build.environ(), work, console_log, plan.timeout, setup))

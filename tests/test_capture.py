@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -144,3 +145,24 @@ def test_existing_capture_is_never_overwritten(tmp_path):
                     "-o", str(out))
     assert done.returncode == 2 and "refusing to overwrite" in done.stderr
     assert (out / "manifest.json").read_bytes() == before
+
+
+# -- where a capture's short-lived files go -----------------------------------------------------------
+
+def test_run_dirs_go_to_memory_unless_tmpdir_is_set(monkeypatch, tmp_path):
+    from harness.cache import SHARED_MEMORY, memory_scratch
+    from harness.qemu.process import private_dir
+
+    monkeypatch.delenv("TMPDIR", raising=False)
+    expected = str(SHARED_MEMORY) if SHARED_MEMORY.is_dir() and os.access(SHARED_MEMORY, os.W_OK) else None
+    assert memory_scratch() == expected
+    with private_dir(memory=True) as run:
+        assert (expected is None or run.parent == SHARED_MEMORY) and oct(run.stat().st_mode & 0o777) == "0o700"
+    assert not run.exists()
+    monkeypatch.setenv("TMPDIR", str(tmp_path))       # the user's choice wins
+    assert memory_scratch() is None
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)     # tempfile reads TMPDIR again
+    with private_dir(memory=True) as run:
+        assert run.parent == tmp_path

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.cache import memory_scratch
 from harness.errors import DecodeError
 from harness.fingerprint.acpi_names import ROOT, Frame, Namespace, last_segment, mask, parent_path
 from harness.fingerprint.binary import hx
@@ -126,7 +127,7 @@ def disassemble(tables: dict[str, tuple[str, bytes]]) -> dict[str, str]:
     order = sorted(tables, key=lambda k: (not k.endswith("DSDT"), k.count("/"), k))
     names = _file_names(order)
     out: dict[str, str] = {}
-    with tempfile.TemporaryDirectory(prefix="qabi-iasl-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="qabi-iasl-", dir=memory_scratch()) as tmp:
         folder = Path(tmp)
         for key in order:
             (folder / names[key]).write_bytes(tables[key][1])

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from harness.cache import memory_scratch
 from harness.errors import BuildError
 
 _LIVE: set[int] = set()
@@ -79,9 +80,9 @@ def signals_held() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def private_dir(prefix: str = "qabi-") -> Iterator[Path]:
-    """A 0700 temporary directory, removed afterwards."""
-    with tempfile.TemporaryDirectory(prefix=prefix) as name:
+def private_dir(prefix: str = "qabi-", memory: bool = False) -> Iterator[Path]:
+    """A 0700 temporary directory, removed afterwards; with `memory`, in memory_scratch()."""
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=memory_scratch() if memory else None) as name:
         os.chmod(name, 0o700)
         yield Path(name)
 
