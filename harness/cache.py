@@ -25,8 +25,8 @@ SHARED_MEMORY = Path("/dev/shm")
 
 
 def memory_scratch() -> str | None:
-    """Where short-lived small files go (a capture's run dir: sockets, logs, console output, the
-    profile's sparse scratch disks; iasl's work files): $TMPDIR when the user set it, else /dev/shm
+    """Where short-lived small files go (a firmware capture's run dir: sockets, logs, console output,
+    the profile's sparse scratch disks; iasl's work files): $TMPDIR when the user set it, else /dev/shm
     when it is there and writable, else None (the system's temporary directory). On a disk file
     system, creating a file costs more the more files were just deleted near it (ext4 without a
     journal skips every inode freed in the last minutes): each capture creates and deletes a few,

@@ -197,7 +197,9 @@ def _capture(plan: CapturePlan, transport: Any, out: Path, staging: Path) -> Cap
     try:
         shutil.rmtree(staging, ignore_errors=True)
         (staging / "raw").mkdir(parents=True)
-        with private_dir(memory=True) as work, platform(plan, work):
+        # in memory only when the guest is qabi's own hand-off probe: a user's image or a booted OS
+        # may write its console without bound, and that belongs on disk
+        with private_dir(memory=transport.name == "firmware") as work, platform(plan, work):
             setup = transport.setup(plan, work, console_log)
             argv = qemu_argv(plan, work, setup)
             result = transport.run(Session(argv, plan.build.environ(), work, console_log, plan.timeout, setup))
