@@ -1457,7 +1457,9 @@ def test_a_no_reuse_capture_stopped_by_sigterm_or_sigkill_leaves_no_fresh_dir(tm
     wrapper.write_text(f'#!/bin/sh\ncase "$*" in *-qtest*) if [ -e {hang} ]; then echo $$ > {mark}; exec sleep 60; fi;; '
                        'esac\nexec /usr/bin/qemu-system-x86_64 "$@"\n')
     wrapper.chmod(0o755)
-    env = private_captures(tmp_path / "home")
+    # the run killed with SIGKILL cannot remove its run dir: it stays in this test's folder
+    (tmp_path / "tmp").mkdir()
+    env = {**private_captures(tmp_path / "home"), "TMPDIR": str(tmp_path / "tmp")}
     captures = tmp_path / "home" / "qabi" / "captures"
     argv = [sys.executable, "-m", "harness.cli", "check", "--old", str(wrapper), "--new", str(wrapper), *FW_RUN,
             "--guest", "minimal"]
