@@ -92,7 +92,10 @@ def test_same_build_migrates_ok_and_the_guest_sees_identical_hardware(tmp_path):
     from harness.cache import cache_dir
 
     def this_run(folder: Path) -> bool:   # other tests migrate the same machine and profile meanwhile
-        legs = json.loads((folder / "new" / "migration.json").read_text())
+        record = folder / "new" / "migration.json"
+        if not record.is_file():          # another test's migration, still under way
+            return False
+        legs = json.loads(record.read_text())
         return set(legs) == {"forward", "rollback"} and {legs["forward"]["source"],
                                                          legs["forward"]["destination"]} == {"system"}
 
